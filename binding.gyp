@@ -1,0 +1,31 @@
+{
+  "targets": [
+    {
+      "target_name": "treestate",
+      "sources": [
+        "native/addon.cc",
+        "native/errors.cc",
+        "native/proc.cc",
+        "native/signal.cc",
+        "native/walk.cc",
+        "native/workers.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
+      "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    },
+    {
+      "target_name": "treestate-reaper",
+      "type": "executable",
+      "sources": ["native/tools/reaper.cc", "native/proc.cc", "native/ptrace.cc"],
+      "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra"]
+    },
+    {
+      "target_name": "treestate-fixture",
+      "type": "executable",
+      "sources": ["native/tools/fixture.c"],
+      "cflags": ["-O2", "-Wall", "-pthread"],
+      "ldflags": ["-pthread"]
+    }
+  ]
+}

@@ -1,0 +1,46 @@
+// procfs readers. Everything here is a plain read of /proc with no policy:
+// callers decide what a vanished file means.
+#pragma once
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace treestate {
+
+struct ProcStat {
+  pid_t pid = 0;
+  pid_t ppid = 0;
+  char state = '?';
+  unsigned long flags = 0;
+  long numThreads = 0;
+  uint64_t startTime = 0;  // clock ticks after boot: with the pid, a process's identity
+  std::string comm;
+};
+
+// PF_KTHREAD from include/linux/sched.h.
+constexpr unsigned long kKernelThreadFlag = 0x00200000;
+
+// Each returns 0 or an errno value (ENOENT/ESRCH when the process is gone).
+int ReadStat(pid_t pid, ProcStat* out);
+int ReadThreadState(pid_t pid, pid_t tid, char* state);
+int ListThreads(pid_t pid, std::vector<pid_t>* tids);
+// Appends the children of thread `tid` of `pid` (from .../task/TID/children).
+int ReadChildren(pid_t pid, pid_t tid, std::vector<pid_t>* out);
+// TracerPid of one thread (from .../task/TID/status); 0 when not traced.
+pid_t ReadTracer(pid_t pid, pid_t tid);
+
+// Whether /proc/PID/task/TID/children exists (CONFIG_PROC_CHILDREN).
+bool ChildrenFilesSupported();
+
+// The fallback walk: one scan of /proc/*/stat, parent pid -> child pids.
+using ChildMap = std::unordered_map<pid_t, std::vector<pid_t>>;
+int ScanChildren(ChildMap* out);
+
+// The calling process and its ancestors, nearest first, up to pid 1.
+std::vector<pid_t> SelfAndAncestors();
+
+}  // namespace treestate

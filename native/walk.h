@@ -1,0 +1,88 @@
+// The tree walk: the one iterator over a process tree (CRIU's pstree idea).
+// A pass discovers the tree from the root, reads every thread's state and,
+// if asked, signals the selected processes in the requested order. Identity
+// is pinned with a pidfd opened before the process is inspected, so nothing
+// that is signalled can be a recycled pid.
+#pragma once
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+#include "errors.h"
+
+namespace treestate {
+
+enum class Order { ParentsFirst, ChildrenFirst };
+
+// Which processes of the pass receive the signal, judged from the thread
+// states read in the same pass.
+enum class Select {
+  All,         // every live process
+  NotStopped,  // some live thread is not in group-stop (T)
+  Stopped,     // some live thread is in group-stop (T)
+};
+
+struct ThreadRecord {
+  pid_t tid = 0;
+  char state = '?';
+  pid_t tracer = 0;  // read only for threads in ptrace-stop ('t')
+};
+
+struct ProcessRecord {
+  pid_t pid = 0;
+  pid_t ppid = 0;
+  uint64_t startTime = 0;
+  std::string comm;
+  bool kernelThread = false;
+  bool signalled = false;
+  std::vector<ThreadRecord> threads;
+  std::vector<pid_t> children;
+};
+
+struct Identity {
+  pid_t pid = 0;
+  uint64_t startTime = 0;
+};
+
+struct WalkOptions {
+  pid_t root = 0;
+  uint64_t rootStartTime = 0;  // 0: accept whatever process has the pid
+  bool scan = false;           // the /proc/*/stat fallback instead of children files
+  int signal = 0;              // 0: only look
+  Order order = Order::ParentsFirst;
+  Select select = Select::All;
+  bool perThread = false;      // also tgkill every other thread
+  std::vector<pid_t> protect;  // never signalled (the caller and its ancestors)
+};
+
+struct WalkResult {
+  bool rootFound = false;
+  SysError rootError;
+  bool scan = false;
+  std::vector<ProcessRecord> processes;  // in visiting order
+  std::vector<pid_t> gone;               // listed, but exited before it could be read
+  std::vector<SysError> failures;        // signals that failed (EPERM, refusals)
+};
+
+void Walk(const WalkOptions& options, WalkResult* result);
+
+struct SignalListResult {
+  std::vector<pid_t> signalled;
+  std::vector<pid_t> gone;
+  std::vector<SysError> failures;
+};
+
+// Signals processes known from an earlier pass, in the given order, after
+// re-checking each one's start time: a pid that now names another process is
+// reported as gone and left alone.
+void SignalList(const std::vector<Identity>& targets, int sig, bool perThread,
+                const std::vector<pid_t>& protect, SignalListResult* result);
+
+// Waits (poll on pidfds) until every target has exited (zombie or reaped) or
+// the timeout passes. Returns the targets still alive.
+std::vector<pid_t> WaitExit(const std::vector<Identity>& targets, int timeoutMs);
+
+}  // namespace treestate

@@ -1,0 +1,209 @@
+#include "workers.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "errors.h"
+#include "walk.h"
+
+namespace treestate {
+
+namespace {
+
+std::vector<pid_t> PidArray(const Napi::Value& v) {
+  std::vector<pid_t> out;
+  if (!v.IsArray()) return out;
+  Napi::Array a = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < a.Length(); i++) {
+    out.push_back(a.Get(i).As<Napi::Number>().Int32Value());
+  }
+  return out;
+}
+
+std::vector<Identity> IdentityArray(const Napi::Value& v) {
+  std::vector<Identity> out;
+  Napi::Array a = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < a.Length(); i++) {
+    Napi::Object o = a.Get(i).As<Napi::Object>();
+    out.push_back({o.Get("pid").As<Napi::Number>().Int32Value(),
+                   static_cast<uint64_t>(o.Get("startTime").As<Napi::Number>().DoubleValue())});
+  }
+  return out;
+}
+
+Napi::Array ToArray(Napi::Env env, const std::vector<pid_t>& pids) {
+  Napi::Array a = Napi::Array::New(env, pids.size());
+  for (size_t i = 0; i < pids.size(); i++) a.Set(i, Napi::Number::New(env, pids[i]));
+  return a;
+}
+
+Napi::Array ToArray(Napi::Env env, const std::vector<SysError>& errors) {
+  Napi::Array a = Napi::Array::New(env, errors.size());
+  for (size_t i = 0; i < errors.size(); i++) a.Set(i, ErrorRecord(env, errors[i]));
+  return a;
+}
+
+Napi::Object ToObject(Napi::Env env, const ProcessRecord& p) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("pid", Napi::Number::New(env, p.pid));
+  o.Set("ppid", Napi::Number::New(env, p.ppid));
+  o.Set("startTime", Napi::Number::New(env, static_cast<double>(p.startTime)));
+  o.Set("comm", Napi::String::New(env, p.comm));
+  o.Set("kernelThread", Napi::Boolean::New(env, p.kernelThread));
+  o.Set("signalled", Napi::Boolean::New(env, p.signalled));
+  Napi::Array threads = Napi::Array::New(env, p.threads.size());
+  for (size_t i = 0; i < p.threads.size(); i++) {
+    Napi::Object t = Napi::Object::New(env);
+    t.Set("tid", Napi::Number::New(env, p.threads[i].tid));
+    t.Set("state", Napi::String::New(env, std::string(1, p.threads[i].state)));
+    if (p.threads[i].tracer) t.Set("tracerPid", Napi::Number::New(env, p.threads[i].tracer));
+    threads.Set(i, t);
+  }
+  o.Set("threads", threads);
+  o.Set("children", ToArray(env, p.children));
+  return o;
+}
+
+class WalkWorker : public Napi::AsyncWorker {
+ public:
+  WalkWorker(Napi::Env env, WalkOptions options)
+      : Napi::AsyncWorker(env, "treestate:walk"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        options_(std::move(options)) {}
+
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override { Walk(options_, &result_); }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (!result_.rootFound) {
+      deferred_.Reject(MakeError(env, result_.rootError,
+                                 "cannot read process " + std::to_string(options_.root))
+                           .Value());
+      return;
+    }
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("root", Napi::Number::New(env, options_.root));
+    out.Set("walk", Napi::String::New(env, result_.scan ? "scan" : "children"));
+    Napi::Array processes = Napi::Array::New(env, result_.processes.size());
+    for (size_t i = 0; i < result_.processes.size(); i++) {
+      processes.Set(i, ToObject(env, result_.processes[i]));
+    }
+    out.Set("processes", processes);
+    out.Set("gone", ToArray(env, result_.gone));
+    out.Set("failures", ToArray(env, result_.failures));
+    deferred_.Resolve(out);
+  }
+
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  WalkOptions options_;
+  WalkResult result_;
+};
+
+class SignalListWorker : public Napi::AsyncWorker {
+ public:
+  SignalListWorker(Napi::Env env, std::vector<Identity> targets, int sig, bool perThread,
+                   std::vector<pid_t> protect)
+      : Napi::AsyncWorker(env, "treestate:signalList"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        targets_(std::move(targets)),
+        sig_(sig),
+        perThread_(perThread),
+        protect_(std::move(protect)) {}
+
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override { SignalList(targets_, sig_, perThread_, protect_, &result_); }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("signalled", ToArray(env, result_.signalled));
+    out.Set("gone", ToArray(env, result_.gone));
+    out.Set("failures", ToArray(env, result_.failures));
+    deferred_.Resolve(out);
+  }
+
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::vector<Identity> targets_;
+  int sig_;
+  bool perThread_;
+  std::vector<pid_t> protect_;
+  SignalListResult result_;
+};
+
+class WaitExitWorker : public Napi::AsyncWorker {
+ public:
+  WaitExitWorker(Napi::Env env, std::vector<Identity> targets, int timeoutMs)
+      : Napi::AsyncWorker(env, "treestate:waitExit"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        targets_(std::move(targets)),
+        timeoutMs_(timeoutMs) {}
+
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override { alive_ = WaitExit(targets_, timeoutMs_); }
+
+  void OnOK() override { deferred_.Resolve(ToArray(Env(), alive_)); }
+
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::vector<Identity> targets_;
+  int timeoutMs_;
+  std::vector<pid_t> alive_;
+};
+
+}  // namespace
+
+Napi::Value WalkAsync(const Napi::CallbackInfo& info) {
+  Napi::Object o = info[0].As<Napi::Object>();
+  WalkOptions options;
+  options.root = o.Get("root").As<Napi::Number>().Int32Value();
+  if (o.Has("rootStartTime") && o.Get("rootStartTime").IsNumber()) {
+    options.rootStartTime =
+        static_cast<uint64_t>(o.Get("rootStartTime").As<Napi::Number>().DoubleValue());
+  }
+  options.scan = o.Get("scan").ToBoolean();
+  if (o.Get("signal").IsNumber()) options.signal = o.Get("signal").As<Napi::Number>().Int32Value();
+  std::string order = o.Get("order").IsString() ? o.Get("order").As<Napi::String>().Utf8Value() : "";
+  options.order = order == "children-first" ? Order::ChildrenFirst : Order::ParentsFirst;
+  std::string select = o.Get("select").IsString() ? o.Get("select").As<Napi::String>().Utf8Value() : "";
+  options.select = select == "not-stopped" ? Select::NotStopped
+                   : select == "stopped"   ? Select::Stopped
+                                           : Select::All;
+  options.perThread = o.Get("perThread").ToBoolean();
+  options.protect = PidArray(o.Get("protect"));
+  auto* worker = new WalkWorker(info.Env(), std::move(options));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value SignalListAsync(const Napi::CallbackInfo& info) {
+  auto* worker = new SignalListWorker(info.Env(), IdentityArray(info[0]),
+                                      info[1].As<Napi::Number>().Int32Value(),
+                                      info[2].ToBoolean(), PidArray(info[3]));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value WaitExitAsync(const Napi::CallbackInfo& info) {
+  auto* worker = new WaitExitWorker(info.Env(), IdentityArray(info[0]),
+                                    info[1].As<Napi::Number>().Int32Value());
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+}  // namespace treestate

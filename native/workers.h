@@ -1,0 +1,13 @@
+// One Napi::AsyncWorker per tree operation: Execute() works on plain structs
+// off the JS thread, OnOK() turns them into JS values.
+#pragma once
+
+#include <napi.h>
+
+namespace treestate {
+
+Napi::Value WalkAsync(const Napi::CallbackInfo& info);
+Napi::Value SignalListAsync(const Napi::CallbackInfo& info);
+Napi::Value WaitExitAsync(const Napi::CallbackInfo& info);
+
+}  // namespace treestate
