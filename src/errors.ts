@@ -1,0 +1,72 @@
+// The errors treestate throws: one class, a small set of stable codes.
+
+export type ErrorCode =
+  | 'EINVAL_PID' // not a positive integer pid
+  | 'EREFUSED' // pid 1, a kernel thread, or a tree holding treestate itself
+  | 'ESRCH' // no such process
+  | 'EPERM' // not allowed to signal some process
+  | 'ETIMEDOUT' // the tree did not reach the state in time
+  | 'ENOTSETTLED' // the tree kept forking new processes
+  | 'ETRACED' // threads in ptrace-stop that SIGCONT cannot resume
+  | 'EINVAL' // a bad option
+  | 'ENOCRIU' // no working criu
+  | 'ECRIU' // criu failed
+  | 'EIMAGES' // an images directory that cannot be used
+  | 'ENODIRTYTRACK' // pre-dump on a kernel without dirty-memory tracking
+  | 'EMISMATCH'; // the tree is not in the state criu should have left it in
+
+export interface ThreadRef {
+  pid: number;
+  tid: number;
+  state: string;
+  tracerPid?: number;
+}
+
+export class TreeStateError extends Error {
+  readonly code: ErrorCode | string;
+  /** The process the operation was about. */
+  readonly pid?: number;
+  /** The processes the error concerns (EPERM, EREFUSED, ETIMEDOUT …). */
+  readonly pids: number[];
+  /** Threads in the wrong state (ETIMEDOUT, ETRACED, EMISMATCH). */
+  readonly threads: ThreadRef[];
+  readonly errno?: number;
+  readonly syscall?: string;
+  /** What the operation did before it failed, when that matters (a rollback, a partial result). */
+  readonly details?: Record<string, unknown>;
+
+  constructor(
+    code: ErrorCode | string,
+    message: string,
+    extra: { pid?: number; pids?: number[]; threads?: ThreadRef[]; errno?: number; syscall?: string; details?: Record<string, unknown>; cause?: unknown } = {},
+  ) {
+    super(message, extra.cause === undefined ? undefined : { cause: extra.cause });
+    this.name = 'TreeStateError';
+    this.code = code;
+    this.pid = extra.pid;
+    this.pids = extra.pids ?? [];
+    this.threads = extra.threads ?? [];
+    this.errno = extra.errno;
+    this.syscall = extra.syscall;
+    this.details = extra.details;
+  }
+}
+
+/** Whether `e` is an error with the given code (ours or a native one). */
+export function hasCode(e: unknown, ...codes: string[]): boolean {
+  return typeof e === 'object' && e !== null && codes.includes((e as { code?: string }).code ?? '');
+}
+
+export function describeThreads(threads: ThreadRef[], limit = 8): string {
+  const shown = threads.slice(0, limit).map((t) => {
+    const who = t.tid === t.pid ? `pid ${t.pid}` : `pid ${t.pid} thread ${t.tid}`;
+    return t.tracerPid ? `${who} (${t.state}, traced by ${t.tracerPid})` : `${who} (${t.state})`;
+  });
+  const more = threads.length > limit ? ` and ${threads.length - limit} more` : '';
+  return shown.join(', ') + more;
+}
+
+export function describePids(pids: Array<number | string>, limit = 12): string {
+  const more = pids.length > limit ? ` and ${pids.length - limit} more` : '';
+  return pids.slice(0, limit).join(', ') + more;
+}

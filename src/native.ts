@@ -1,0 +1,123 @@
+// The native surface, declared once: everything else is typed against it.
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface NativeThread {
+  tid: number;
+  /** The kernel's state letter: R S D T t Z X I … */
+  state: string;
+  /** Only for threads in ptrace-stop ('t'). */
+  tracerPid?: number;
+}
+
+export interface NativeProcess {
+  pid: number;
+  ppid: number;
+  /** Clock ticks after boot; with the pid, the process's identity. */
+  startTime: number;
+  comm: string;
+  kernelThread: boolean;
+  /** Whether this pass signalled it. */
+  signalled: boolean;
+  threads: NativeThread[];
+  children: number[];
+}
+
+export interface NativeFailure {
+  code: string;
+  errno: number;
+  syscall: string;
+  pid: number;
+  message: string;
+}
+
+export interface NativeWalkResult {
+  root: number;
+  walk: 'children' | 'scan';
+  processes: NativeProcess[];
+  gone: number[];
+  failures: NativeFailure[];
+}
+
+export interface NativeWalkOptions {
+  root: number;
+  rootStartTime?: number;
+  scan?: boolean;
+  signal?: number;
+  order?: 'parents-first' | 'children-first';
+  select?: 'all' | 'not-stopped' | 'stopped';
+  perThread?: boolean;
+  protect?: number[];
+}
+
+export interface Identity {
+  pid: number;
+  startTime: number;
+}
+
+export interface NativeSignalListResult {
+  signalled: number[];
+  gone: number[];
+  failures: NativeFailure[];
+}
+
+export interface NativeAddon {
+  /** One pass over the tree: discover, read every thread's state, signal the selected. */
+  walk(options: NativeWalkOptions): Promise<NativeWalkResult>;
+  /** Signal processes known from an earlier pass, re-checking each start time. */
+  signalList(targets: Identity[], signal: number, perThread: boolean, protect: number[]): Promise<NativeSignalListResult>;
+  /** Resolves to the targets still alive when all others exited or the timeout passed. */
+  waitExit(targets: Identity[], timeoutMs: number): Promise<number[]>;
+  selfAndAncestors(): number[];
+  childrenFilesSupported(): boolean;
+  signals: { SIGSTOP: number; SIGCONT: number; SIGKILL: number };
+}
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+/** The package's root: the nearest folder above this file with our package.json. */
+export function packageRoot(): string {
+  for (let dir = here; ; dir = dirname(dir)) {
+    const manifest = join(dir, 'package.json');
+    if (existsSync(manifest)) {
+      try {
+        if (JSON.parse(readFileSync(manifest, 'utf8')).name === 'treestate') return dir;
+      } catch {
+        // not ours: keep looking
+      }
+    }
+    if (dirname(dir) === dir) throw new Error(`treestate: cannot find the package root above ${here}`);
+  }
+}
+
+const buildDirs = ['build/Release', 'build/Debug'];
+
+/** Path of one of the executables binding.gyp builds (treestate-reaper, treestate-fixture). */
+export function nativeExecutable(name: string): string {
+  const root = packageRoot();
+  const tried = buildDirs.map((d) => join(root, d, name));
+  const found = tried.find((p) => existsSync(p));
+  if (!found) {
+    throw new Error(`treestate: ${name} is not built; looked in:\n  ${tried.join('\n  ')}\nRun \`npm install\` (or \`npx node-gyp rebuild\`) in ${root}.`);
+  }
+  return found;
+}
+
+let addon: NativeAddon | undefined;
+
+export function native(): NativeAddon {
+  if (addon) return addon;
+  const root = packageRoot();
+  const require = createRequire(import.meta.url);
+  const bindings = require('bindings') as (o: { bindings: string; module_root: string }) => unknown;
+  try {
+    // bindings knows every place node-gyp may have put the addon.
+    addon = bindings({ bindings: 'treestate.node', module_root: root }) as NativeAddon;
+  } catch (error) {
+    const detail = error instanceof Error ? error.message : String(error);
+    throw new Error(`treestate: cannot load the native addon (run \`npm install\` or \`npx node-gyp rebuild\` in ${root}).\n${detail}`);
+  }
+  return addon;
+}

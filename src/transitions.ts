@@ -1,0 +1,330 @@
+// Moving a tree between Running, Stopped and Dead. Policy lives here (order,
+// passes, verification, rollback, timeouts); every look at the tree and every
+// signal is one native pass (see native/walk.cc).
+import { TreeStateError, describePids, describeThreads, hasCode, type ThreadRef } from './errors.js';
+import { native, type Identity, type NativeFailure, type NativeWalkResult } from './native.js';
+import { checkNotSelf, checkPid, classify, liveThreads, toProcessInfo, walkTree, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
+
+export interface TransitionOptions extends WalkOptions {
+  /** How long the tree may take to reach the state (default 10 000 ms). */
+  timeoutMs?: number;
+}
+
+export interface StopOptions extends TransitionOptions {
+  /** Passes that may still find new processes before the tree counts as never settling (default 100). */
+  maxPasses?: number;
+}
+
+export interface TransitionResult {
+  root: number;
+  /** The state the tree was verified to be in when the call returned. */
+  state: TreeState;
+  /** Live processes of the tree at the end. */
+  processes: number[];
+  /** Processes this call signalled. */
+  signalled: number[];
+  /** Processes seen during the call that were gone at the end: exits, not errors. */
+  exited: number[];
+  passes: number;
+  elapsedMs: number;
+  walk: 'children' | 'scan';
+  /** With the root pid, the identity of the tree's root (clock ticks after boot). */
+  rootStartTime: number;
+}
+
+const DEFAULT_TIMEOUT_MS = 10_000;
+
+function pause(ms: number): Promise<void> {
+  return new Promise((resolve) => (ms <= 0 ? setImmediate(resolve) : setTimeout(resolve, ms)));
+}
+
+/** Backoff between verification passes: the first ones come at once, since delivery takes microseconds. */
+function backoff(quietPasses: number): number {
+  return quietPasses < 2 ? 0 : Math.min(16, 2 ** (quietPasses - 2));
+}
+
+/** Tracks every process a call has seen, by identity, to report exits. */
+class Tally {
+  private readonly seen = new Map<number, number>();
+  readonly signalled = new Map<number, Identity>();
+  private readonly gone = new Set<number>();
+
+  /** Returns how many processes this pass showed for the first time. */
+  add(pass: NativeWalkResult): number {
+    let fresh = 0;
+    for (const p of pass.processes) {
+      if (this.seen.get(p.pid) !== p.startTime) {
+        this.seen.set(p.pid, p.startTime);
+        fresh++;
+      }
+      if (p.signalled) this.signalled.set(p.pid, { pid: p.pid, startTime: p.startTime });
+    }
+    for (const pid of pass.gone) this.gone.add(pid);
+    return fresh;
+  }
+
+  result(root: number, state: TreeState, last: NativeWalkResult | undefined, passes: number, started: number, rootStartTime: number): TransitionResult {
+    const alive = (last?.processes ?? []).filter((p) => p.threads.some((t) => !'ZXx'.includes(t.state)));
+    const present = new Set(alive.map((p) => p.pid));
+    const exited = new Set([...this.gone, ...this.seen.keys()].filter((pid) => !present.has(pid)));
+    return {
+      root,
+      state,
+      processes: alive.map((p) => p.pid),
+      signalled: [...this.signalled.keys()],
+      exited: [...exited],
+      passes,
+      elapsedMs: Math.round((performance.now() - started) * 1000) / 1000,
+      walk: last?.walk ?? 'children',
+      rootStartTime,
+    };
+  }
+}
+
+function failureError(failures: NativeFailure[], verb: string, extra: string): TreeStateError {
+  const refused = failures.filter((f) => f.code === 'EREFUSED');
+  if (refused.length > 0) {
+    const pids = refused.map((f) => f.pid);
+    return new TreeStateError('EREFUSED', `refusing to ${verb} ${describePids(pids)}: pid 1, a kernel thread or treestate's own ancestry${extra}`, { pids, pid: pids[0] });
+  }
+  const first = failures[0]!;
+  const pids = failures.filter((f) => f.code === first.code).map((f) => f.pid);
+  const why = first.code === 'EPERM' ? 'operation not permitted' : first.message;
+  return new TreeStateError(first.code, `cannot ${verb} ${pids.length === 1 ? 'pid' : 'pids'} ${describePids(pids)} (${first.code}: ${why})${extra}`, {
+    pids,
+    pid: pids[0],
+    errno: first.errno,
+    syscall: first.syscall,
+  });
+}
+
+/** Resumes exactly the processes a failed stop had stopped, children before parents. */
+async function rollback(tally: Tally, protect: number[]): Promise<number[]> {
+  const targets = [...tally.signalled.values()].reverse();
+  if (targets.length === 0) return [];
+  const { SIGCONT } = native().signals;
+  const result = await native().signalList(targets, SIGCONT, true, protect);
+  return result.signalled;
+}
+
+function rolledBackNote(resumed: number[]): string {
+  return resumed.length === 0 ? '; nothing had been stopped' : `; the ${resumed.length} process(es) it had stopped were resumed`;
+}
+
+/**
+ * Running → Stopped. Parents before children; passes repeat until one finds
+ * every live thread in group-stop and nothing left to signal, because
+ * processes fork while we walk. On any failure the processes this call
+ * stopped are resumed, so no half-stopped tree is left behind.
+ */
+export async function stopTree(pid: number, options: StopOptions = {}): Promise<TransitionResult> {
+  const root = checkPid(pid);
+  const protect = checkNotSelf(root);
+  const started = performance.now();
+  const deadline = started + (options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+  const maxPasses = options.maxPasses ?? 100;
+  const { SIGSTOP } = native().signals;
+  const tally = new Tally();
+  let rootStartTime: number | undefined;
+  let passes = 0;
+  let growing = 0;
+  let quiet = 0;
+  let tracedOnly = 0;
+  for (;;) {
+    let pass: NativeWalkResult;
+    try {
+      pass = await walkTree({ root, rootStartTime, scan: options.scan, signal: SIGSTOP, select: 'not-stopped', order: 'parents-first', protect });
+    } catch (e) {
+      if (passes === 0 || !hasCode(e, 'ESRCH')) throw e;
+      const resumed = await rollback(tally, protect);
+      throw new TreeStateError('ESRCH', `process ${root} exited while its tree was being stopped${rolledBackNote(resumed)}`, { pid: root, details: { resumed } });
+    }
+    passes++;
+    rootStartTime ??= pass.processes[0]!.startTime;
+    const fresh = tally.add(pass);
+    if (pass.failures.length > 0) {
+      const resumed = await rollback(tally, protect);
+      throw failureError(pass.failures, 'stop', rolledBackNote(resumed));
+    }
+    const signalledNow = pass.processes.some((p) => p.signalled);
+    const notStopped = liveThreads(pass.processes, (s) => s !== 'T');
+    if (!signalledNow && notStopped.length === 0) {
+      return tally.result(root, 'stopped', pass, passes, started, rootStartTime);
+    }
+    if (passes > 1 && fresh > 0 && ++growing > maxPasses) {
+      const resumed = await rollback(tally, protect);
+      throw new TreeStateError('ENOTSETTLED', `the tree of ${root} kept forking new processes through ${maxPasses} passes${rolledBackNote(resumed)}`, { pid: root, pids: pass.processes.map((p) => p.pid) });
+    }
+    // A thread in ptrace-stop only reaches group-stop when its tracer lets
+    // it: if nothing else is left, say so rather than wait for the timeout.
+    tracedOnly = notStopped.length > 0 && notStopped.every((t) => t.state === 't') ? tracedOnly + 1 : 0;
+    if (tracedOnly >= 8) {
+      const resumed = await rollback(tally, protect);
+      throw new TreeStateError('ETRACED', `cannot stop the tree of ${root}: ${describeThreads(notStopped)} in ptrace-stop${rolledBackNote(resumed)}`, { pid: root, threads: notStopped, pids: [...new Set(notStopped.map((t) => t.pid))] });
+    }
+    if (performance.now() > deadline) {
+      const resumed = await rollback(tally, protect);
+      throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not stop within ${options.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms: ${describeThreads(notStopped)} not stopped${rolledBackNote(resumed)}`, {
+        pid: root,
+        threads: notStopped,
+        pids: [...new Set(notStopped.map((t) => t.pid))],
+      });
+    }
+    quiet = fresh > 0 ? 0 : quiet + 1;
+    await pause(backoff(quiet));
+  }
+}
+
+/**
+ * Stopped → Running. Depth-first, children before their parent, SIGCONT to
+ * every thread of every process; then passes until no live thread is in
+ * group-stop. Threads in ptrace-stop cannot be resumed by SIGCONT: they are
+ * reported (ETRACED, with their tracer) instead of claiming success.
+ */
+export async function continueTree(pid: number, options: TransitionOptions = {}): Promise<TransitionResult> {
+  const root = checkPid(pid);
+  const protect = checkNotSelf(root);
+  const started = performance.now();
+  const deadline = started + (options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+  const { SIGCONT } = native().signals;
+  const tally = new Tally();
+  let rootStartTime: number | undefined;
+  let passes = 0;
+  for (;;) {
+    const pass = await walkTree({
+      root,
+      rootStartTime,
+      scan: options.scan,
+      signal: SIGCONT,
+      select: passes === 0 ? 'all' : 'stopped',
+      order: 'children-first',
+      perThread: true,
+      protect,
+    });
+    passes++;
+    rootStartTime ??= pass.processes[0]!.startTime;
+    tally.add(pass);
+    if (pass.failures.length > 0) throw failureError(pass.failures, 'continue', '');
+    // States are read before each pass signals, so a pass that finds no
+    // thread in group-stop proves the SIGCONTs of the passes before it worked
+    // (or, on the first pass, that nothing was stopped).
+    const stopped = liveThreads(pass.processes, (s) => s === 'T');
+    if (stopped.length === 0) {
+      const result = tally.result(root, 'running', pass, passes, started, rootStartTime);
+      const traced = liveThreads(pass.processes, (s) => s === 't');
+      if (traced.length > 0) {
+        result.state = 'mixed';
+        throw new TreeStateError('ETRACED', `continued the tree of ${root}, but ${describeThreads(traced)} ${traced.length === 1 ? 'is' : 'are'} in ptrace-stop, which SIGCONT cannot resume`, {
+          pid: root,
+          threads: traced,
+          pids: [...new Set(traced.map((t) => t.pid))],
+          details: { result },
+        });
+      }
+      return result;
+    }
+    if (performance.now() > deadline) {
+      throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not resume within ${options.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms: ${describeThreads(stopped)} still stopped`, {
+        pid: root,
+        threads: stopped,
+        pids: [...new Set(stopped.map((t) => t.pid))],
+      });
+    }
+    await pause(backoff(passes - 1));
+  }
+}
+
+/**
+ * → Dead. The tree is stopped first so nothing can fork away while it is
+ * killed; then SIGKILL to every process, children first, and wait on the
+ * pidfds until every process is gone or a zombie.
+ */
+export async function killTree(pid: number, options: StopOptions = {}): Promise<TransitionResult> {
+  const root = checkPid(pid);
+  const protect = checkNotSelf(root);
+  const started = performance.now();
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const deadline = started + timeoutMs;
+  const { SIGKILL } = native().signals;
+  const tally = new Tally();
+  let rootStartTime: number | undefined;
+  try {
+    rootStartTime = (await stopTree(root, { ...options, timeoutMs: Math.max(1, timeoutMs / 2) })).rootStartTime;
+  } catch (e) {
+    // A tree that will not stop (traced threads, endless forking) is still
+    // killed: SIGKILL needs no cooperation. Anything else is the caller's to see.
+    if (!hasCode(e, 'ETIMEDOUT', 'ETRACED', 'ENOTSETTLED')) throw e;
+  }
+  let passes = 0;
+  let last: NativeWalkResult | undefined;
+  for (;;) {
+    let pass: NativeWalkResult;
+    try {
+      pass = await walkTree({ root, rootStartTime, scan: options.scan, signal: SIGKILL, select: 'all', order: 'children-first', protect });
+    } catch (e) {
+      if (passes > 0 && hasCode(e, 'ESRCH')) break; // the root is reaped: nothing left to kill
+      throw e;
+    }
+    passes++;
+    rootStartTime ??= pass.processes[0]!.startTime;
+    tally.add(pass);
+    last = pass;
+    if (pass.failures.length > 0) throw failureError(pass.failures, 'kill', '');
+    if (!pass.processes.some((p) => p.signalled)) break; // every process is a zombie
+    const alive = await native().waitExit(
+      pass.processes.map((p) => ({ pid: p.pid, startTime: p.startTime })),
+      Math.max(0, deadline - performance.now()),
+    );
+    if (alive.length > 0 && performance.now() > deadline) {
+      throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not die within ${timeoutMs} ms: ${describePids(alive)} still alive`, { pid: root, pids: alive });
+    }
+  }
+  const result = tally.result(root, 'dead', undefined, passes, started, rootStartTime ?? 0);
+  result.exited = [...new Set([...result.exited, ...(last?.processes.map((p) => p.pid) ?? [])])];
+  return result;
+}
+
+export interface WaitOptions extends WalkOptions {
+  /** Default 10 000 ms. */
+  timeoutMs?: number;
+  /** Time between looks (default 10 ms). */
+  intervalMs?: number;
+}
+
+/**
+ * Resolves with the tree's status once it is in `state`. For `dead`, a root
+ * that exits or is reaped (or never existed) counts as dead.
+ */
+export async function waitForState(pid: number, state: TreeState, options: WaitOptions = {}): Promise<TreeStatus> {
+  const root = checkPid(pid);
+  if (!['running', 'stopped', 'dead', 'mixed'].includes(state)) {
+    throw new TreeStateError('EINVAL', `unknown state ${JSON.stringify(state)}: expected running, stopped, dead or mixed`);
+  }
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const deadline = performance.now() + timeoutMs;
+  let rootStartTime: number | undefined;
+  for (;;) {
+    let status: TreeStatus;
+    try {
+      const pass = await walkTree({ root, rootStartTime, scan: options.scan });
+      rootStartTime ??= pass.processes[0]!.startTime;
+      status = classify({ root, walk: pass.walk, processes: pass.processes.map(toProcessInfo) });
+    } catch (e) {
+      if (!hasCode(e, 'ESRCH') || !(e instanceof TreeStateError)) throw e;
+      if (state === 'dead') {
+        return { root, walk: 'children', processes: [], state: 'dead', differing: [], counts: { running: 0, stopped: 0, traced: 0, dead: 0 } };
+      }
+      throw rootStartTime === undefined ? e : new TreeStateError('ESRCH', `process ${root} exited while waiting for its tree to be ${state}`, { pid: root });
+    }
+    if (status.state === state) return status;
+    if (performance.now() > deadline) {
+      const off: ThreadRef[] = status.state === 'mixed' ? status.differing : liveThreads(status.processes.map((p) => ({ ...p, kernelThread: false, signalled: false })), () => true);
+      throw new TreeStateError('ETIMEDOUT', `the tree of ${root} is ${status.state}, not ${state}, after ${timeoutMs} ms${off.length ? `: ${describeThreads(off)}` : ''}`, {
+        pid: root,
+        threads: off,
+        details: { status },
+      });
+    }
+    await pause(options.intervalMs ?? 10);
+  }
+}

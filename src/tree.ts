@@ -1,0 +1,167 @@
+// The tree as treestate sees it: a snapshot, and what state it is in.
+import { TreeStateError, hasCode, type ThreadRef } from './errors.js';
+import { native, type NativeProcess, type NativeWalkOptions, type NativeWalkResult } from './native.js';
+
+/** The three final states CRIU defines, plus `mixed` for a tree that is in none of them. */
+export type TreeState = 'running' | 'stopped' | 'dead' | 'mixed';
+/** How one thread or process stands. `traced` is ptrace-stop ('t'): SIGCONT cannot resume it. */
+export type ProcessState = 'running' | 'stopped' | 'traced' | 'dead' | 'mixed';
+
+export interface ThreadInfo {
+  tid: number;
+  /** The kernel's state letter: R, S, D, T, t, Z, X … */
+  state: string;
+  tracerPid?: number;
+}
+
+export interface ProcessInfo {
+  pid: number;
+  ppid: number;
+  /** Clock ticks after boot (field 22 of /proc/PID/stat). */
+  startTime: number;
+  comm: string;
+  state: ProcessState;
+  threads: ThreadInfo[];
+  children: number[];
+}
+
+export interface TreeSnapshot {
+  root: number;
+  /** `children`: /proc/PID/task/TID/children of every thread; `scan`: one pass over /proc/*\/stat. */
+  walk: 'children' | 'scan';
+  processes: ProcessInfo[];
+}
+
+export interface TreeStatus extends TreeSnapshot {
+  state: TreeState;
+  /** For `mixed`: the threads not in the tree's most common state. */
+  differing: ThreadRef[];
+  counts: Record<Exclude<ProcessState, 'mixed'>, number>;
+}
+
+export interface WalkOptions {
+  /** Force the /proc/*\/stat fallback walk (what a kernel without CONFIG_PROC_CHILDREN gets). */
+  scan?: boolean;
+}
+
+export function threadState(letter: string): Exclude<ProcessState, 'mixed'> {
+  switch (letter) {
+    case 'T':
+      return 'stopped';
+    case 't':
+      return 'traced';
+    case 'Z':
+    case 'X':
+    case 'x':
+      return 'dead';
+    default:
+      return 'running';
+  }
+}
+
+export function processState(threads: ThreadInfo[]): ProcessState {
+  const live = threads.map((t) => threadState(t.state)).filter((s) => s !== 'dead');
+  if (live.length === 0) return 'dead';
+  return live.every((s) => s === live[0]) ? live[0]! : 'mixed';
+}
+
+const MAX_PID = 4_194_304; // PID_MAX_LIMIT on 64-bit
+
+/** Checks what a pid argument can be before anything touches /proc. */
+export function checkPid(pid: unknown): number {
+  if (typeof pid === 'string' && /^\d+$/.test(pid.trim())) pid = Number(pid.trim());
+  if (typeof pid !== 'number' || !Number.isSafeInteger(pid) || pid <= 0 || pid > MAX_PID) {
+    throw new TreeStateError('EINVAL_PID', `not a process id: ${JSON.stringify(pid)} (expected an integer from 1 to ${MAX_PID})`);
+  }
+  if (pid === 1) {
+    throw new TreeStateError('EREFUSED', 'refusing pid 1: its tree is the whole system', { pid });
+  }
+  return pid;
+}
+
+/** Refuses trees that hold treestate itself: stopping them would stop us halfway. */
+export function checkNotSelf(pid: number): number[] {
+  const protect = native().selfAndAncestors();
+  if (protect.includes(pid)) {
+    const who = pid === process.pid ? 'treestate itself' : 'an ancestor of treestate';
+    throw new TreeStateError('EREFUSED', `refusing pid ${pid}: it is ${who}, so its tree contains this process`, { pid });
+  }
+  return protect;
+}
+
+export function toProcessInfo(p: NativeProcess): ProcessInfo {
+  return {
+    pid: p.pid,
+    ppid: p.ppid,
+    startTime: p.startTime,
+    comm: p.comm,
+    state: processState(p.threads),
+    threads: p.threads,
+    children: p.children,
+  };
+}
+
+/** One native pass; a root that does not exist becomes our ESRCH error. */
+export async function walkTree(options: NativeWalkOptions): Promise<NativeWalkResult> {
+  try {
+    const result = await native().walk(options);
+    const root = result.processes[0];
+    if (root?.kernelThread) {
+      throw new TreeStateError('EREFUSED', `refusing pid ${options.root}: it is a kernel thread (${root.comm})`, { pid: options.root });
+    }
+    return result;
+  } catch (e) {
+    if (hasCode(e, 'ESRCH') && !(e instanceof TreeStateError)) {
+      throw new TreeStateError('ESRCH', `no such process: ${options.root}`, { pid: options.root, errno: -3, syscall: 'pidfd_open', cause: e });
+    }
+    throw e;
+  }
+}
+
+export async function snapshot(pid: number, options: WalkOptions = {}): Promise<TreeSnapshot> {
+  const root = checkPid(pid);
+  const result = await walkTree({ root, scan: options.scan });
+  return { root, walk: result.walk, processes: result.processes.map(toProcessInfo) };
+}
+
+export function classify(snap: TreeSnapshot): TreeStatus {
+  const counts = { running: 0, stopped: 0, traced: 0, dead: 0 };
+  const live: ThreadRef[] = [];
+  for (const p of snap.processes) {
+    for (const t of p.threads) {
+      const s = threadState(t.state);
+      counts[s]++;
+      if (s !== 'dead') live.push({ pid: p.pid, tid: t.tid, state: t.state, tracerPid: t.tracerPid });
+    }
+  }
+  let state: TreeState;
+  let differing: ThreadRef[] = [];
+  if (live.length === 0) {
+    state = 'dead';
+  } else if (counts.running === live.length) {
+    state = 'running';
+  } else if (counts.stopped === live.length) {
+    state = 'stopped';
+  } else {
+    state = 'mixed';
+    const majority = (['running', 'stopped', 'traced'] as const).reduce((a, b) => (counts[b] > counts[a] ? b : a));
+    differing = live.filter((t) => threadState(t.state) !== majority);
+  }
+  return { ...snap, state, differing, counts };
+}
+
+/** The tree's state now. A process that does not exist is an ESRCH error, not `dead`. */
+export async function getTreeState(pid: number, options: WalkOptions = {}): Promise<TreeStatus> {
+  return classify(await snapshot(pid, options));
+}
+
+/** Live threads of a pass, as references for error messages. */
+export function liveThreads(processes: NativeProcess[], keep: (state: string) => boolean): ThreadRef[] {
+  const out: ThreadRef[] = [];
+  for (const p of processes) {
+    for (const t of p.threads) {
+      if (threadState(t.state) !== 'dead' && keep(t.state)) out.push({ pid: p.pid, tid: t.tid, state: t.state, tracerPid: t.tracerPid });
+    }
+  }
+  return out;
+}
