@@ -1,0 +1,41 @@
+// criu's argument vectors, built in one place (and unit-tested): criu always
+// runs with an argv, never through a shell.
+import { relative } from 'node:path';
+
+export type DumpFinalState = 'dead' | 'running' | 'stopped';
+export type RestoreFinalState = 'running' | 'stopped';
+
+export interface CriuFlags {
+  shellJob?: boolean;
+  tcpEstablished?: boolean;
+  extraArgs?: string[];
+}
+
+function common(flags: CriuFlags, logFile: string): string[] {
+  return [
+    '-o',
+    logFile,
+    '-v4',
+    ...(flags.shellJob ? ['--shell-job'] : []),
+    ...(flags.tcpEstablished ? ['--tcp-established'] : []),
+  ];
+}
+
+/** criu reads --prev-images-dir relative to the images directory. */
+function prev(imagesDir: string, prevImagesDir: string | undefined): string[] {
+  return prevImagesDir ? ['--prev-images-dir', relative(imagesDir, prevImagesDir) || '.', '--track-mem'] : [];
+}
+
+export function dumpArgs(pid: number, imagesDir: string, logFile: string, finalState: DumpFinalState, flags: CriuFlags & { prevImagesDir?: string }): string[] {
+  const state = finalState === 'running' ? ['--leave-running'] : finalState === 'stopped' ? ['--leave-stopped'] : [];
+  return ['dump', '-t', String(pid), '-D', imagesDir, ...state, ...prev(imagesDir, flags.prevImagesDir), ...common(flags, logFile), ...(flags.extraArgs ?? [])];
+}
+
+export function restoreArgs(imagesDir: string, logFile: string, pidFile: string, finalState: RestoreFinalState, flags: CriuFlags): string[] {
+  const state = finalState === 'stopped' ? ['--leave-stopped'] : [];
+  return ['restore', '-D', imagesDir, '--restore-detached', '--pidfile', pidFile, ...state, ...common(flags, logFile), ...(flags.extraArgs ?? [])];
+}
+
+export function preDumpArgs(pid: number, imagesDir: string, logFile: string, flags: CriuFlags & { prevImagesDir?: string }): string[] {
+  return ['pre-dump', '-t', String(pid), '-D', imagesDir, ...(flags.prevImagesDir ? ['--prev-images-dir', relative(imagesDir, flags.prevImagesDir) || '.'] : []), ...common(flags, logFile), ...(flags.extraArgs ?? [])];
+}
