@@ -1,0 +1,164 @@
+// Fixture trees with a heartbeat: the semantic proof of a state. Running
+// means every counter advances; Stopped means none does.
+import { readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { TreeStateError, describePids } from '../errors.js';
+import { nativeExecutable } from '../native.js';
+import { spawnSupervised, type Supervisor } from './supervisor.js';
+
+export interface TreeShape {
+  /** Levels below the root (0: the root alone). Default 1. */
+  depth?: number;
+  /** Children per process. Default 2. */
+  fanout?: number;
+  /** Threads per process, the main thread included. Default 1. */
+  threads?: number;
+  /** Fork children from the non-leader threads, so only those threads' children files list them. */
+  forkFromThreads?: boolean;
+}
+
+export interface TreeOptions extends TreeShape {
+  /** Every process forks short-lived children without pause (and so may leave orphans, which the root adopts). */
+  storm?: boolean;
+  /** The root is a child subreaper: orphans of the tree stay in the tree. */
+  subreaper?: boolean;
+  /** Processes at this depth drop to `uid` after forking their children. */
+  uidDepth?: number;
+  uid?: number;
+  /** The root allocates and touches this much memory (a dump that takes a while). */
+  memoryMb?: number;
+  /** The root keeps one unreaped, exited child: a zombie inside the tree. */
+  zombie?: boolean;
+  /** The leaves exit when they receive SIGCONT. */
+  exitOnCont?: boolean;
+  /** Heartbeat period in ms (default 5). */
+  intervalMs?: number;
+  /** How long the tree may take to come up (default 20 000 ms). */
+  readyTimeoutMs?: number;
+}
+
+export interface Heartbeat {
+  pid: number;
+  depth: number;
+  counter: number;
+}
+
+const HEADER = 16;
+const SLOT = 16;
+let serial = 0;
+
+export function treeSize({ depth = 1, fanout = 2 }: TreeShape): number {
+  let size = 0;
+  for (let d = 0, level = 1; d <= depth; d++, level *= fanout) size += level;
+  return size;
+}
+
+function fixtureArgs(o: TreeOptions, heartbeatFile: string): string[] {
+  const args = ['--depth', String(o.depth ?? 1), '--fanout', String(o.fanout ?? 2), '--threads', String(o.threads ?? 1), '--shm', heartbeatFile];
+  if (o.forkFromThreads) args.push('--fork-from-threads');
+  if (o.storm) args.push('--storm');
+  if (o.subreaper) args.push('--subreaper');
+  if (o.uidDepth !== undefined) args.push('--uid-depth', String(o.uidDepth), '--uid', String(o.uid ?? 65534));
+  if (o.memoryMb) args.push('--memory-mb', String(o.memoryMb));
+  if (o.zombie) args.push('--zombie');
+  if (o.exitOnCont) args.push('--exit-on-cont');
+  if (o.intervalMs) args.push('--interval-ms', String(o.intervalMs));
+  return args;
+}
+
+function pause(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+export class TreeFixture {
+  /** The tree's root pid. */
+  readonly root: number;
+  /** How many processes the shape has (storm children not counted). */
+  readonly size: number;
+
+  constructor(
+    readonly supervisor: Supervisor,
+    readonly heartbeatFile: string,
+    size: number,
+  ) {
+    this.root = supervisor.root;
+    this.size = size;
+  }
+
+  /** One counter per process, read from the shared heartbeat file. */
+  heartbeats(): Heartbeat[] {
+    const buf = readFileSync(this.heartbeatFile);
+    const out: Heartbeat[] = [];
+    for (let i = 0; i < this.size && HEADER + (i + 1) * SLOT <= buf.length; i++) {
+      const at = HEADER + i * SLOT;
+      out.push({ pid: buf.readInt32LE(at), depth: buf.readInt32LE(at + 4), counter: Number(buf.readBigUInt64LE(at + 8)) });
+    }
+    return out;
+  }
+
+  /** Every process of the shape (storm children not included). */
+  pids(): number[] {
+    return this.heartbeats().map((h) => h.pid);
+  }
+
+  /** Resolves once every counter has advanced; rejects naming the processes whose counters did not. */
+  async waitProgress({ timeoutMs = 5000 }: { timeoutMs?: number } = {}): Promise<void> {
+    const before = this.heartbeats();
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const now = this.heartbeats();
+      const still = now.filter((h, i) => h.counter <= before[i]!.counter).map((h) => h.pid);
+      if (still.length === 0) return;
+      if (Date.now() > deadline) {
+        throw new TreeStateError('ETIMEDOUT', `heartbeat did not advance within ${timeoutMs} ms for ${describePids(still)}`, { pids: still });
+      }
+      await pause(5);
+    }
+  }
+
+  /** Rejects naming any process whose counter advances within `forMs`: the proof that nothing runs. */
+  async assertNoProgress({ forMs = 100 }: { forMs?: number } = {}): Promise<void> {
+    const before = this.heartbeats();
+    await pause(forMs);
+    const moved = this.heartbeats().filter((h, i) => h.counter !== before[i]!.counter).map((h) => h.pid);
+    if (moved.length > 0) {
+      throw new TreeStateError('EMISMATCH', `heartbeat advanced within ${forMs} ms for ${describePids(moved)}: they are running`, { pids: moved });
+    }
+  }
+
+  /** Kills and reaps everything the fixture made, and removes its heartbeat file. */
+  async dispose(): Promise<void> {
+    await this.supervisor.dispose();
+    rmSync(this.heartbeatFile, { force: true });
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.dispose();
+  }
+}
+
+/** Spawns a fixture tree under a reaper and resolves once every process is up and counting. */
+export async function spawnTree(options: TreeOptions = {}): Promise<TreeFixture> {
+  const size = treeSize(options);
+  const dir = process.env.TREESTATE_HEARTBEAT_DIR ?? (process.platform === 'linux' ? '/dev/shm' : tmpdir());
+  const heartbeatFile = join(dir, `treestate-${process.pid}-${++serial}.heartbeat`);
+  const supervisor = await spawnSupervised(nativeExecutable('treestate-fixture'), fixtureArgs(options, heartbeatFile));
+  const fixture = new TreeFixture(supervisor, heartbeatFile, size);
+  const deadline = Date.now() + (options.readyTimeoutMs ?? 20_000);
+  for (;;) {
+    let beats: Heartbeat[] = [];
+    try {
+      beats = fixture.heartbeats();
+    } catch {
+      // the root has not created the file yet
+    }
+    if (beats.length === size && beats.every((h) => h.pid > 0 && h.counter > 0)) return fixture;
+    if (Date.now() > deadline) {
+      await fixture.dispose();
+      const up = beats.filter((h) => h.pid > 0).length;
+      throw new TreeStateError('ETIMEDOUT', `fixture tree did not come up: ${up} of ${size} processes running`);
+    }
+    await pause(5);
+  }
+}
