@@ -1,0 +1,74 @@
+// A small, strict argv parser: every command declares its flags, anything
+// else is a usage error (exit 2), never a guess.
+
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+export interface FlagSpec {
+  /** Takes a value (`--timeout 500`, `--timeout=500`). */
+  value?: boolean;
+  alias?: string;
+}
+
+export interface Parsed {
+  positionals: string[];
+  flags: Map<string, string | true>;
+}
+
+export function parseArgs(argv: string[], spec: Record<string, FlagSpec>): Parsed {
+  const positionals: string[] = [];
+  const flags = new Map<string, string | true>();
+  const byAlias = new Map(Object.entries(spec).flatMap(([name, s]) => (s.alias ? [[s.alias, name] as const] : [])));
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') {
+      positionals.push(...argv.slice(i + 1));
+      break;
+    }
+    if (!arg.startsWith('-') || arg === '-' || /^-\d/.test(arg)) {
+      positionals.push(arg);
+      continue;
+    }
+    const eq = arg.indexOf('=');
+    let name = eq > 0 ? arg.slice(0, eq) : arg;
+    name = byAlias.get(name) ?? name;
+    const flag = spec[name];
+    if (!flag) throw new UsageError(`unknown option ${JSON.stringify(eq > 0 ? arg.slice(0, eq) : arg)}`);
+    if (flags.has(name)) throw new UsageError(`${name} given twice`);
+    if (flag.value) {
+      const value = eq > 0 ? arg.slice(eq + 1) : argv[++i];
+      if (value === undefined || (eq < 0 && value.startsWith('--'))) throw new UsageError(`${name} needs a value`);
+      flags.set(name, value);
+    } else {
+      if (eq > 0) throw new UsageError(`${name} takes no value`);
+      flags.set(name, true);
+    }
+  }
+  return { positionals, flags };
+}
+
+/** A non-negative integer number of milliseconds. */
+export function parseMs(name: string, value: string | true | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  if (value === true || !/^\d{1,9}$/.test(value)) throw new UsageError(`${name} takes a whole number of milliseconds (0 to 999999999), not ${JSON.stringify(value)}`);
+  return Number(value);
+}
+
+export function parseChoice<T extends string>(name: string, value: string | true | undefined, choices: readonly T[]): T | undefined {
+  if (value === undefined) return undefined;
+  if (value === true || !choices.includes(value as T)) throw new UsageError(`${name} must be one of ${choices.join(', ')}, not ${JSON.stringify(value)}`);
+  return value as T;
+}
+
+/** A pid operand: decimal digits only; range and meaning are the library's to judge. */
+export function parsePid(positionals: string[], command: string): number {
+  if (positionals.length === 0) throw new UsageError(`${command} needs a PID`);
+  if (positionals.length > 1) throw new UsageError(`${command} takes one PID, got ${positionals.length} operands`);
+  const text = positionals[0]!;
+  if (!/^\d{1,10}$/.test(text)) throw new UsageError(`not a process id: ${JSON.stringify(text.length > 40 ? `${text.slice(0, 40)}…` : text)}`);
+  return Number(text);
+}

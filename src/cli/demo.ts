@@ -1,0 +1,71 @@
+// `treestate demo`: a fixture tree walked through every final state, and,
+// when a working criu is here, the checkpoint story.
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { dump, restore } from '../criu/checkpoint.js';
+import { locateCriu } from '../criu/locate.js';
+import { TreeStateError } from '../errors.js';
+import { spawnTree, type TreeFixture } from '../testing/fixture.js';
+import { getTreeState } from '../tree.js';
+import { continueTree, killTree, stopTree } from '../transitions.js';
+import type { Io } from './main.js';
+import { drawTree } from './render.js';
+
+async function show(io: Io, title: string, pid: number): Promise<void> {
+  io.out(`\n== ${title}`);
+  try {
+    io.out(drawTree(await getTreeState(pid), io.tty));
+  } catch (e) {
+    if (!(e instanceof TreeStateError && e.code === 'ESRCH')) throw e;
+    io.out(`${pid}: gone`);
+  }
+}
+
+function beat(tree: TreeFixture): number {
+  return tree.heartbeats()[0]!.counter;
+}
+
+async function checkpointStory(io: Io, tree: TreeFixture): Promise<void> {
+  try {
+    await locateCriu();
+  } catch (e) {
+    io.out(`\n(no checkpoint part: ${(e as Error).message})`);
+    return;
+  }
+  const imagesDir = mkdtempSync(join(tmpdir(), 'treestate-demo-'));
+  io.out(`\n== checkpoint: criu dump --final-state stopped into ${imagesDir}`);
+  const dumped = await dump(tree.root, { imagesDir, finalState: 'stopped' });
+  const atDump = beat(tree);
+  io.out(`criu dump took ${dumped.elapsedMs} ms; heartbeat of the root at the dump: ${atDump}`);
+  await show(io, 'after the dump: stopped, as asked', tree.root);
+  await killTree(tree.root);
+  await show(io, 'killed', tree.root);
+  const restored = await restore({ imagesDir, finalState: 'stopped', runner: tree.supervisor });
+  await show(io, `restored stopped (criu restore took ${restored.elapsedMs} ms)`, restored.root);
+  await continueTree(restored.root);
+  await tree.waitProgress();
+  io.out(`\n== continued: the heartbeat goes on from where it was dumped: ${atDump} → ${beat(tree)}`);
+  await show(io, 'running again', restored.root);
+  io.out(`\n(images kept in ${imagesDir}: treestate never deletes images)`);
+}
+
+export async function demo(io: Io): Promise<number> {
+  const tree = await spawnTree({ depth: 2, fanout: 2, threads: 2, forkFromThreads: true });
+  try {
+    io.out(`a fixture tree: ${tree.size} processes, 2 threads each, children forked by the non-leader thread`);
+    await show(io, 'running', tree.root);
+    const stopped = await stopTree(tree.root);
+    await tree.assertNoProgress();
+    await show(io, `stopped in ${stopped.elapsedMs.toFixed(1)} ms; the heartbeats are frozen`, tree.root);
+    const continued = await continueTree(tree.root);
+    await tree.waitProgress();
+    await show(io, `continued in ${continued.elapsedMs.toFixed(1)} ms; every heartbeat advances`, tree.root);
+    await checkpointStory(io, tree);
+    const killed = await killTree(tree.root);
+    await show(io, `killed in ${killed.elapsedMs.toFixed(1)} ms`, tree.root);
+    return 0;
+  } finally {
+    await tree.dispose();
+  }
+}

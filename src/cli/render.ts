@@ -1,0 +1,40 @@
+// How trees and results look in a terminal.
+import type { ProcessInfo, ProcessState, TreeStatus } from '../tree.js';
+
+const colours: Record<ProcessState, string> = {
+  running: '\x1b[32m',
+  stopped: '\x1b[33m',
+  traced: '\x1b[35m',
+  dead: '\x1b[90m',
+  mixed: '\x1b[31m',
+};
+
+export function paint(text: string, state: ProcessState, colour: boolean): string {
+  return colour ? `${colours[state]}${text}\x1b[0m` : text;
+}
+
+/** A pstree-like drawing, each process with its state (and its threads' when they differ). */
+export function drawTree(status: TreeStatus, colour: boolean): string {
+  const byPid = new Map(status.processes.map((p) => [p.pid, p]));
+  const lines: string[] = [];
+  const label = (p: ProcessInfo) => {
+    const threads = p.threads.length > 1 ? `, ${p.threads.length} threads` : '';
+    const detail = p.state === 'mixed' || p.state === 'traced' ? ` ${p.threads.map((t) => `${t.tid}:${t.state}${t.tracerPid ? `<${t.tracerPid}` : ''}`).join(' ')}` : '';
+    return `${p.pid} ${p.comm} ${paint(`[${p.state}]`, p.state, colour)}${threads}${detail}`;
+  };
+  const visit = (pid: number, prefix: string, last: boolean, top: boolean) => {
+    const p = byPid.get(pid);
+    if (!p) return;
+    lines.push(top ? label(p) : `${prefix}${last ? '└─ ' : '├─ '}${label(p)}`);
+    const kids = p.children.filter((c) => byPid.has(c));
+    const next = top ? '' : `${prefix}${last ? '   ' : '│  '}`;
+    kids.forEach((c, i) => visit(c, next, i === kids.length - 1, false));
+  };
+  visit(status.root, '', true, true);
+  return lines.join('\n');
+}
+
+export function summary(status: TreeStatus, colour: boolean): string {
+  const threads = status.processes.reduce((n, p) => n + p.threads.length, 0);
+  return `${status.root}: ${paint(status.state, status.state, colour)} (${status.processes.length} processes, ${threads} threads)`;
+}
