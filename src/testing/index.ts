@@ -3,4 +3,4 @@
 export { spawnTree, treeSize, TreeFixture, type Heartbeat, type TreeOptions, type TreeShape } from './fixture.js';
 export { spawnSupervised, spawnStopped, Supervisor, liveSupervisors, type SuperviseOptions } from './supervisor.js';
 export { assertTreeState, assertNotTreeState, chaiTreeState, type AssertOptions } from './assertions.js';
-export { checkNoLeaks, mochaHooks } from './leaks.js';
+export { checkNoLeaks, recordBaseline, mochaHooks } from './leaks.js';
