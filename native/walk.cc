@@ -109,6 +109,7 @@ void Deliver(const WalkOptions& o, const Pidfd& fd, ProcessRecord* rec, WalkResu
     result->failures.push_back(e);
   } else {
     rec->signalled = true;
+    result->signalled.push_back(rec->pid);
     if (o.perThread) SignalThreads(rec->pid, rec->threads, o.signal);
   }
 }

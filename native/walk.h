@@ -63,6 +63,7 @@ struct WalkResult {
   SysError rootError;
   bool scan = false;
   std::vector<ProcessRecord> processes;  // in visiting order
+  std::vector<pid_t> signalled;          // in signalling order
   std::vector<pid_t> gone;               // listed, but exited before it could be read
   std::vector<SysError> failures;        // signals that failed (EPERM, refusals)
 };

@@ -92,6 +92,7 @@ class WalkWorker : public Napi::AsyncWorker {
       processes.Set(i, ToObject(env, result_.processes[i]));
     }
     out.Set("processes", processes);
+    out.Set("signalled", ToArray(env, result_.signalled));
     out.Set("gone", ToArray(env, result_.gone));
     out.Set("failures", ToArray(env, result_.failures));
     deferred_.Resolve(out);

@@ -37,6 +37,8 @@ export interface NativeWalkResult {
   root: number;
   walk: 'children' | 'scan';
   processes: NativeProcess[];
+  /** The processes this pass signalled, in the order it signalled them. */
+  signalled: number[];
   gone: number[];
   failures: NativeFailure[];
 }

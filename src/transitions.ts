@@ -21,7 +21,7 @@ export interface TransitionResult {
   state: TreeState;
   /** Live processes of the tree at the end. */
   processes: number[];
-  /** Processes this call signalled. */
+  /** Processes this call signalled, in the order of their first signal. */
   signalled: number[];
   /** Processes seen during the call that were gone at the end: exits, not errors. */
   exited: number[];
@@ -57,7 +57,10 @@ class Tally {
         this.seen.set(p.pid, p.startTime);
         fresh++;
       }
-      if (p.signalled) this.signalled.set(p.pid, { pid: p.pid, startTime: p.startTime });
+    }
+    const byPid = new Map(pass.processes.map((p) => [p.pid, p]));
+    for (const pid of pass.signalled) {
+      if (!this.signalled.has(pid)) this.signalled.set(pid, { pid, startTime: byPid.get(pid)!.startTime });
     }
     for (const pid of pass.gone) this.gone.add(pid);
     return fresh;

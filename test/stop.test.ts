@@ -1,6 +1,7 @@
 import { expect } from 'chai';
-import { getTreeState, stopTree } from '../src/index.js';
-import { spawnTree } from '../src/testing/index.js';
+import { TreeStateError, getTreeState, snapshot, stopTree } from '../src/index.js';
+import { native, nativeExecutable } from '../src/native.js';
+import { spawnSupervised, spawnTree } from '../src/testing/index.js';
 
 describe('stop', () => {
   it('stops every thread of every process, parents first, and the heartbeats freeze', async () => {
@@ -8,10 +9,107 @@ describe('stop', () => {
     const result = await stopTree(tree.root);
     expect(result.state).to.equal('stopped');
     expect(result.signalled).to.have.members(tree.pids());
+    expect(result.signalled[0]).to.equal(tree.root);
     const status = await getTreeState(tree.root);
     expect(status.processes).to.have.length(13);
     expect(status.processes.flatMap((p) => p.threads.map((t) => t.state))).to.satisfy((s: string[]) => s.length === 39 && s.every((x) => x === 'T'));
     await expect(tree.root).to.be.a.stoppedTree;
     await tree.assertNoProgress();
   });
+
+  it('stops children forked by non-leader threads', async () => {
+    await using tree = await spawnTree({ depth: 2, fanout: 2, threads: 3, forkFromThreads: true });
+    await stopTree(tree.root);
+    await expect(tree.root).to.be.a.stoppedTree;
+    await tree.assertNoProgress();
+  });
+
+  it('stops through the fallback walk too', async () => {
+    await using tree = await spawnTree({ depth: 2, fanout: 2, threads: 2, forkFromThreads: true });
+    const result = await stopTree(tree.root, { scan: true });
+    expect(result.walk).to.equal('scan');
+    await tree.assertNoProgress();
+  });
+
+  it('signals nothing when the tree is already stopped', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 2 });
+    await stopTree(tree.root);
+    const again = await stopTree(tree.root);
+    expect(again.signalled).to.deep.equal([]);
+    expect(again.passes).to.equal(1);
+  });
+
+  it('converges on a tree that keeps forking while it is being stopped', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 2, threads: 2, forkFromThreads: true, storm: true });
+    const result = await stopTree(tree.root);
+    expect(result.passes).to.be.greaterThan(1);
+    const first = await snapshot(tree.root);
+    await new Promise((r) => setTimeout(r, 50));
+    const second = await snapshot(tree.root);
+    expect(second.processes.map((p) => p.pid)).to.deep.equal(first.processes.map((p) => p.pid));
+    await expect(tree.root).to.be.a.stoppedTree;
+  });
+
+  it('reports processes that exit during the stop as exited, not as errors', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 2, storm: true });
+    const result = await stopTree(tree.root);
+    // Storm children live for microseconds: some are seen and gone by the end.
+    const present = new Set((await snapshot(tree.root)).processes.filter((p) => p.state !== 'dead').map((p) => p.pid));
+    for (const pid of result.exited) expect(present.has(pid)).to.equal(false);
+    expect(result.exited.length + result.processes.length).to.be.at.least(tree.size);
+  });
+
+  it('keeps a zombie in the tree without counting it as running', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 1, zombie: true });
+    const result = await stopTree(tree.root);
+    expect(result.state).to.equal('stopped');
+    const status = await getTreeState(tree.root);
+    expect(status.counts.dead).to.equal(1);
+    expect(status.state).to.equal('stopped');
+  });
+
+  it('times out with ETIMEDOUT naming the threads, and resumes what it stopped', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 2 });
+    // A traced thread never reaches group-stop while its tracer holds it.
+    const leaf = tree.pids()[2]!;
+    await using tracer = await spawnSupervised(nativeExecutable('treestate-fixture'), ['--trace', String(leaf)]);
+    await waitFor(async () => (await getTreeState(tree.root)).processes.some((p) => p.threads.some((t) => t.state === 't')));
+    try {
+      await stopTree(tree.root, { timeoutMs: 200 });
+      expect.fail('stopTree resolved');
+    } catch (e) {
+      expect((e as TreeStateError).code).to.be.oneOf(['ETRACED', 'ETIMEDOUT']);
+      expect((e as TreeStateError).message).to.include(`pid ${leaf} (t, traced by ${tracer.root})`);
+      expect((e as TreeStateError).message).to.match(/were resumed$/);
+    }
+    const status = await getTreeState(tree.root);
+    expect(status.processes.filter((p) => p.pid !== leaf).every((p) => p.state === 'running')).to.equal(true);
+  });
+
+  it('signals through pidfds in one native pass per round, whatever the tree size', async () => {
+    await using tree = await spawnTree({ depth: 3, fanout: 3 });
+    const addon = native();
+    const original = addon.walk;
+    let calls = 0;
+    addon.walk = (o) => {
+      calls++;
+      return original.call(addon, o);
+    };
+    try {
+      const result = await stopTree(tree.root);
+      expect(calls).to.equal(result.passes);
+      expect(result.processes).to.have.length(40);
+      expect(calls).to.be.below(10);
+    } finally {
+      addon.walk = original;
+    }
+  });
 });
+
+async function waitFor(check: () => Promise<boolean>, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error('condition not reached');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}

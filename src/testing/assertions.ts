@@ -43,18 +43,20 @@ export async function assertNotTreeState(pid: number, state: TreeState): Promise
   if (status.state === state) throw new TreeStateError('EMISMATCH', `expected the tree of ${pid} not to be ${state}, but it is`, { pid });
 }
 
-type ChaiStatic = { Assertion: { addProperty(name: string, getter: (this: ChaiAssertion) => unknown): void } };
-type ChaiAssertion = { _obj: unknown; __flags: Record<string, unknown> };
+// Structural types, so users' chai (any version with addProperty) fits.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type ChaiLike = { Assertion: { addProperty(name: string, getter: (this: any) => any): void } };
+type ChaiUtils = { flag(assertion: object, key: string): unknown };
 
 /**
  * chai plugin: `await expect(pid).to.be.a.stoppedTree` (also `runningTree`,
  * `deadTree`, and `.not.` forms). The properties return promises: await them.
  */
-export function chaiTreeState(chai: ChaiStatic): void {
+export function chaiTreeState(chai: ChaiLike, utils: ChaiUtils): void {
   const add = (name: string, state: TreeState) =>
-    chai.Assertion.addProperty(name, function () {
-      const pid = this._obj as number;
-      return this.__flags.negate ? assertNotTreeState(pid, state) : assertTreeState(pid, state).then(() => undefined);
+    chai.Assertion.addProperty(name, function (this: object) {
+      const pid = utils.flag(this, 'object') as number;
+      return utils.flag(this, 'negate') ? assertNotTreeState(pid, state) : assertTreeState(pid, state).then(() => undefined);
     });
   add('runningTree', 'running');
   add('stoppedTree', 'stopped');

@@ -1,0 +1,86 @@
+import { expect } from 'chai';
+import { TreeStateError, continueTree, getTreeState, stopTree } from '../src/index.js';
+import { nativeExecutable } from '../src/native.js';
+import { spawnSupervised, spawnTree } from '../src/testing/index.js';
+
+async function waitFor(check: () => Promise<boolean>, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error('condition not reached');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+describe('continue', () => {
+  it('resumes every thread of every process, children before their parent, and every heartbeat advances', async () => {
+    await using tree = await spawnTree({ depth: 2, fanout: 2, threads: 3 });
+    await stopTree(tree.root);
+    await tree.assertNoProgress();
+    const result = await continueTree(tree.root);
+    expect(result.state).to.equal('running');
+    expect(result.signalled).to.have.members(tree.pids());
+    // Children first: the root is signalled last.
+    expect(result.signalled.at(-1)).to.equal(tree.root);
+    await expect(tree.root).to.be.a.runningTree;
+    await tree.waitProgress();
+  });
+
+  it('continues children forked by a non-leader thread', async () => {
+    await using tree = await spawnTree({ depth: 2, fanout: 3, threads: 3, forkFromThreads: true });
+    await stopTree(tree.root);
+    await continueTree(tree.root);
+    const status = await getTreeState(tree.root);
+    expect(status.state).to.equal('running');
+    expect(status.processes).to.have.length(13);
+    await tree.waitProgress();
+  });
+
+  it('continues through the fallback walk too', async () => {
+    await using tree = await spawnTree({ depth: 2, fanout: 2, threads: 2, forkFromThreads: true });
+    await stopTree(tree.root);
+    const result = await continueTree(tree.root, { scan: true });
+    expect(result.walk).to.equal('scan');
+    await tree.waitProgress();
+  });
+
+  it('reports a thread in ptrace-stop with its tracer instead of claiming success', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 2 });
+    await stopTree(tree.root);
+    const leaf = tree.pids()[1]!;
+    await using tracer = await spawnSupervised(nativeExecutable('treestate-fixture'), ['--trace', String(leaf)]);
+    await waitFor(async () => (await getTreeState(tree.root)).processes.find((p) => p.pid === leaf)?.threads[0]?.state === 't');
+    try {
+      await continueTree(tree.root);
+      expect.fail('continueTree resolved');
+    } catch (e) {
+      expect(e).to.be.instanceOf(TreeStateError);
+      const error = e as TreeStateError;
+      expect(error.code).to.equal('ETRACED');
+      expect(error.threads).to.deep.equal([{ pid: leaf, tid: leaf, state: 't', tracerPid: tracer.root }]);
+      expect(error.message).to.include(`pid ${leaf} (t, traced by ${tracer.root})`);
+    }
+    // Everything else was continued.
+    const status = await getTreeState(tree.root);
+    expect(status.processes.filter((p) => p.pid !== leaf).map((p) => p.state)).to.deep.equal(['running', 'running']);
+  });
+
+  it('reports processes that exit during the continue as exited, not as errors', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 3, exitOnCont: true });
+    await stopTree(tree.root);
+    const leaves = tree.pids().slice(1);
+    const result = await continueTree(tree.root);
+    expect(result.state).to.equal('running');
+    // A leaf exits as soon as it runs its SIGCONT handler: each one is either
+    // reported as exited or, if the final pass saw it first, still listed.
+    expect(result.exited).to.not.be.empty;
+    expect([...result.exited, ...result.processes.filter((p) => p !== tree.root)]).to.have.members(leaves);
+  });
+
+  it('leaves an already running tree running', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 2 });
+    const result = await continueTree(tree.root);
+    expect(result.state).to.equal('running');
+    expect(result.passes).to.equal(1);
+    await tree.waitProgress();
+  });
+});

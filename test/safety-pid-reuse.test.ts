@@ -1,0 +1,149 @@
+// Safety 2: PID reuse. A process known from an earlier pass exits, and its pid
+// is taken by an unrelated process. Nothing treestate does afterwards with the
+// old identity may reach the new process. The reuse is forced, as root,
+// through /proc/sys/kernel/ns_last_pid: the next fork gets ns_last_pid + 1.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { expect } from 'chai';
+import { TreeStateError, snapshot, stopTree } from '../src/index.js';
+import { native, type NativeWalkOptions, type NativeWalkResult } from '../src/native.js';
+import { spawnTree } from '../src/testing/index.js';
+
+function pause(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** The state letter of a process from /proc/PID/stat ('?' if it is gone). */
+function stateOf(pid: number): string {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+  } catch {
+    return '?';
+  }
+}
+
+async function waitUntil(what: string, ok: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!ok()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await pause(2);
+  }
+}
+
+/** An unrelated process of our own (sleep), killed and reaped by `end`. */
+class Unrelated {
+  private readonly exited: Promise<void>;
+  constructor(readonly child: ChildProcess) {
+    this.exited = new Promise((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())));
+  }
+  get pid(): number {
+    return this.child.pid!;
+  }
+  async end(): Promise<void> {
+    this.child.kill('SIGKILL');
+    await this.exited;
+  }
+}
+
+function spawnSleep(): Unrelated {
+  return new Unrelated(spawn('sleep', ['600'], { stdio: 'ignore' }));
+}
+
+/**
+ * Starts an unrelated process on exactly `pid` (which must be free): write
+ * pid-1 to ns_last_pid, fork. Another fork on the system may get there first:
+ * then retry, the pid is still free.
+ */
+async function takePid(pid: number): Promise<Unrelated> {
+  await waitUntil(`pid ${pid} is free`, () => !existsSync(`/proc/${pid}`));
+  for (let attempt = 0; attempt < 100; attempt++) {
+    writeFileSync('/proc/sys/kernel/ns_last_pid', String(pid - 1));
+    const candidate = spawnSleep();
+    if (candidate.pid === pid) return candidate;
+    await candidate.end();
+  }
+  throw new Error(`could not place a process on pid ${pid}`);
+}
+
+describe('safety: pid reuse', function () {
+  this.timeout(60_000);
+  const cleanup: Unrelated[] = [];
+  afterEach(async () => {
+    await Promise.all(cleanup.splice(0).map((u) => u.end()));
+  });
+
+  it('signalList leaves alone an unrelated process that took the pid, and reports the target as gone', async () => {
+    const { SIGSTOP } = native().signals;
+    const protect = native().selfAndAncestors();
+    const original = spawnSleep();
+    cleanup.push(original);
+    const identity = { pid: original.pid, startTime: (await snapshot(original.pid)).processes[0]!.startTime };
+    // Start times count clock ticks (10 ms): let the successor start in a later one.
+    await pause(30);
+    await original.end();
+    const successor = await takePid(identity.pid);
+    cleanup.push(successor);
+    expect(successor.pid).to.equal(identity.pid);
+    expect((await snapshot(successor.pid)).processes[0]!.startTime).to.not.equal(identity.startTime);
+
+    const result = await native().signalList([identity], SIGSTOP, true, protect);
+    expect(result.signalled).to.deep.equal([]);
+    expect(result.gone).to.deep.equal([identity.pid]);
+    expect(result.failures).to.deep.equal([]);
+    await pause(50);
+    expect(stateOf(successor.pid), 'the unrelated process must not be stopped').to.not.equal('T');
+
+    // Control: with the successor's own identity the same call does stop it,
+    // so the check above could have seen a stop.
+    const own = { pid: successor.pid, startTime: (await snapshot(successor.pid)).processes[0]!.startTime };
+    const control = await native().signalList([own], SIGSTOP, true, protect);
+    expect(control.signalled).to.deep.equal([successor.pid]);
+    await waitUntil('the control stop lands', () => stateOf(successor.pid) === 'T');
+  });
+
+  it("a stop's rollback does not continue an unrelated, stopped process that took the pid of a process it had stopped", async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 2, intervalMs: 20 });
+    const addon = native();
+    const walk = addon.walk;
+    let calls = 0;
+    let successor: Unrelated | undefined;
+    // Between the first pass (which stops the whole tree) and the second,
+    // the root dies, its reaper reaps it, and an unrelated process we stop
+    // ourselves takes its pid. The second pass finds the root gone (ESRCH):
+    // stopTree rolls back, sending SIGCONT to what it stopped, by identity.
+    addon.walk = async (options: NativeWalkOptions): Promise<NativeWalkResult> => {
+      if (++calls === 2) {
+        await pause(30); // a later clock tick than the root's start
+        process.kill(tree.root, 'SIGKILL');
+        successor = await takePid(tree.root);
+        cleanup.push(successor);
+        process.kill(successor.pid, 'SIGSTOP');
+        await waitUntil('the unrelated process is stopped', () => stateOf(successor!.pid) === 'T');
+      }
+      return walk.call(addon, options);
+    };
+    let error: unknown;
+    try {
+      await stopTree(tree.root, { timeoutMs: 10_000 });
+    } catch (e) {
+      error = e;
+    } finally {
+      addon.walk = walk;
+    }
+    expect(calls, 'passes').to.be.at.least(2);
+    expect(error).to.be.instanceOf(TreeStateError);
+    expect((error as TreeStateError).code).to.equal('ESRCH');
+    const resumed = (error as TreeStateError).details?.resumed as number[];
+    const children = tree.pids().filter((p) => p !== tree.root);
+    expect(resumed, 'the rollback resumes the surviving children').to.have.members(children);
+    expect(resumed).to.not.include(tree.root);
+    await pause(50);
+    expect(stateOf(successor!.pid), 'the unrelated process on the old root pid must stay stopped').to.equal('T');
+    // The children were really resumed: their heartbeats advance.
+    const before = tree.heartbeats().slice(1);
+    await pause(150);
+    const after = tree.heartbeats().slice(1);
+    expect(after.every((h, i) => h.counter > before[i]!.counter), 'children running again').to.equal(true);
+  });
+});
