@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { TreeStateError, describeThreads, hasCode } from '../errors.js';
 import { checkNotSelf, checkPid, getTreeState, type TreeState } from '../tree.js';
-import { waitForState } from '../transitions.js';
+import { continueTree, waitForState } from '../transitions.js';
 import { dumpArgs, preDumpArgs, restoreArgs, type CriuFlags, type DumpFinalState, type RestoreFinalState } from './args.js';
 import { hasDirtyTracking, locateCriu, type CriuInfo } from './locate.js';
 import { childProcessRunner, type CommandRunner } from './runner.js';
@@ -66,6 +66,8 @@ export interface CriuResult {
   /** criu's argument vector. */
   argv: string[];
   elapsedMs: number;
+  /** Whether treestate continued the tree after criu to reach Running (see restore, and dump of a tree that was stopped). */
+  continued?: boolean;
 }
 
 const DEFAULT_TIMEOUT_MS = 120_000;
@@ -226,15 +228,30 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
   checkNotSelf(root);
   const finalState = checkChoice('finalState', options?.finalState, ['dead', 'running', 'stopped'], 'dead');
   const b = await begin('dump', options);
-  await getTreeState(root); // ESRCH before criu runs
+  const before = await getTreeState(root); // ESRCH before criu runs
   if (options.prevImagesDir) checkImagesDir(resolve(options.prevImagesDir), 'the previous images directory');
   prepareDumpDir(b.imagesDir);
   const argv = dumpArgs(root, b.imagesDir, b.logFile, finalState, { ...options, prevImagesDir: options.prevImagesDir && resolve(options.prevImagesDir) });
   // A failed dump leaves the tree running (criu resumes it): say what we see.
   await runCriu('dump', options, { info: b.info, argv, logFile: b.logFile, started: b.started }, () => describeTree(root));
   options.onProgress?.({ verb: 'dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
+  let continued = false;
+  if (finalState === 'running' && before.counts.stopped > 0) {
+    // --leave-running puts processes that were stopped before the dump back
+    // into T, by detaching with SIGSTOP (so T shows a moment later). The
+    // caller asked for Running: wait for those stops to land, then continue.
+    const wereStopped = before.processes.filter((p) => p.state === 'stopped' || p.state === 'mixed').map((p) => p.pid);
+    const deadline = performance.now() + 2000;
+    while (performance.now() < deadline) {
+      const now = await getTreeState(root);
+      if (wereStopped.every((pid) => now.processes.find((p) => p.pid === pid)?.threads.some((t) => t.state === 'T') ?? true)) break;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await continueTree(root);
+    continued = true;
+  }
   const processes = await verify('dump', root, finalState, options);
-  return result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, argv);
+  return { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, argv), continued };
 }
 
 /** criu pre-dump: the tree keeps running. Refused before criu runs where the kernel has no dirty-memory tracking. */
@@ -266,12 +283,18 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
   const pidDir = mkdtempSync(join(tmpdir(), 'treestate-restore-'));
   const pidFile = join(pidDir, 'root.pid');
   try {
-    const argv = restoreArgs(b.imagesDir, b.logFile, pidFile, finalState, options);
+    // Always restore stopped, then continue with the engine when Running was
+    // asked for: criu restores a process that was stopped at dump time
+    // stopped (sending SIGSTOP as it detaches, so T shows late), and this way
+    // the tree deterministically ends as asked, whatever it was at dump time.
+    const argv = restoreArgs(b.imagesDir, b.logFile, pidFile, 'stopped', options);
     await runCriu('restore', options, { info: b.info, argv, logFile: b.logFile, started: b.started }, async () => 'criu removes what it had restored when it fails');
     const root = Number(readText(pidFile).trim());
     if (!Number.isSafeInteger(root) || root <= 0) throw new TreeStateError('ECRIU', `criu restore exited 0 but wrote no root pid to ${pidFile}; log: ${b.logFile}`);
     options.onProgress?.({ verb: 'restore', phase: 'verifying', elapsedMs: performance.now() - b.started });
-    return result('restore', root, finalState, await verify('restore', root, finalState, options), b, argv);
+    await verify('restore', root, 'stopped', options);
+    if (finalState === 'running') await continueTree(root);
+    return { ...result('restore', root, finalState, await verify('restore', root, finalState, options), b, argv), continued: finalState === 'running' };
   } finally {
     rmSync(pidDir, { recursive: true, force: true });
   }
