@@ -2,14 +2,8 @@ import { expect } from 'chai';
 import { TreeStateError, continueTree, getTreeState, stopTree } from '../src/index.js';
 import { nativeExecutable } from '../src/native.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
+import { waitFor } from './helpers.js';
 
-async function waitFor(check: () => Promise<boolean>, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error('condition not reached');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 describe('continue', () => {
   it('resumes every thread of every process, children before their parent, and every heartbeat advances', async () => {

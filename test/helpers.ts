@@ -1,6 +1,10 @@
 // Shared bits of the suite. Trees come from the harness (src/testing), not from here.
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { locateCriu } from '../src/criu/locate.js';
 
 export const cliPath = fileURLToPath(new URL('../bin/treestate.cjs', import.meta.url));
 
@@ -27,3 +31,42 @@ export function cli(args: string[], options: { env?: NodeJS.ProcessEnv; uid?: nu
 
 /** Whether CRIU tests may be skipped: only outside CI. */
 export const inCI = Boolean(process.env.CI);
+
+
+/**
+ * CRIU tests run wherever a working criu is found, and always in CI (where
+ * .ci/run provides one): there a missing criu is a failure, not a skip.
+ */
+export function requireCriu(): void {
+  before(async function () {
+    try {
+      await locateCriu();
+    } catch (e) {
+      if (inCI) throw e;
+      console.warn(`    (skipping CRIU tests outside CI: ${(e as Error).message})`);
+      this.skip();
+    }
+  });
+}
+
+/** A fresh temporary directory per test, removed after it (the test's own, not treestate's). */
+export function tempDirs(): () => string {
+  const made: string[] = [];
+  afterEach(() => {
+    for (const dir of made.splice(0)) rmSync(dir, { recursive: true, force: true });
+  });
+  return () => {
+    const dir = mkdtempSync(join(tmpdir(), 'treestate-test-'));
+    made.push(dir);
+    return dir;
+  };
+}
+
+/** Polls `check` until it holds (for states the kernel reaches a moment later). */
+export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs = 5000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`${what} not reached within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}

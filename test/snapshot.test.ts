@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { snapshot } from '../src/index.js';
 import { native } from '../src/native.js';
 import { spawnTree, treeSize } from '../src/testing/index.js';
+import { waitFor } from './helpers.js';
 
 describe('snapshot', () => {
   it('finds every process with pid, ppid, start time, comm and each thread with its state', async () => {
@@ -47,6 +48,7 @@ describe('snapshot', () => {
 
   it('includes a zombie child with its Z state', async () => {
     await using tree = await spawnTree({ depth: 0, zombie: true });
+    await waitFor(async () => (await snapshot(tree.root)).processes.some((p) => p.state === 'dead'), 5000, 'the child exiting');
     const snap = await snapshot(tree.root);
     const zombie = snap.processes.find((p) => p.pid !== tree.root);
     expect(zombie, 'the unreaped child').to.exist;

@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import { TreeStateError, getTreeState, snapshot, stopTree } from '../src/index.js';
 import { native, nativeExecutable } from '../src/native.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
+import { waitFor } from './helpers.js';
 
 describe('stop', () => {
   it('stops every thread of every process, parents first, and the heartbeats freeze', async () => {
@@ -105,11 +106,3 @@ describe('stop', () => {
     }
   });
 });
-
-async function waitFor(check: () => Promise<boolean>, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error('condition not reached');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
