@@ -1,0 +1,109 @@
+import * as chai from 'chai';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { TreeStateError, continueTree, getTreeState, killTree, snapshot, stopTree } from '../src/index.js';
+import { native } from '../src/native.js';
+import { assertTreeState, checkNoLeaks, spawnStopped, spawnSupervised, spawnTree } from '../src/testing/index.js';
+import { tempDirs, waitFor } from './helpers.js';
+
+const { expect } = chai;
+
+async function message(work: Promise<unknown>): Promise<string> {
+  try {
+    await work;
+  } catch (e) {
+    return (e as Error).message;
+  }
+  throw new Error('expected a rejection');
+}
+
+describe('treestate/testing', () => {
+  const tempDir = tempDirs();
+
+  describe('spawnTree', () => {
+    it('has one heartbeat per process, and heartbeats prove running and stopped', async () => {
+      await using tree = await spawnTree({ depth: 1, fanout: 3, threads: 2 });
+      expect(tree.size).to.equal(4);
+      expect(tree.pids()).to.have.members((await snapshot(tree.root)).processes.map((p) => p.pid));
+      expect(tree.heartbeats().map((h) => h.depth)).to.deep.equal([0, 1, 1, 1]);
+      await tree.waitProgress();
+      expect(await message(tree.assertNoProgress({ forMs: 50 }))).to.match(/heartbeat advanced within 50 ms for \d+/);
+      await stopTree(tree.root);
+      await tree.assertNoProgress();
+      const stuck = await message(tree.waitProgress({ timeoutMs: 50 }));
+      expect(stuck).to.equal(`heartbeat did not advance within 50 ms for ${tree.pids().join(', ')}`);
+      await continueTree(tree.root);
+      await tree.waitProgress();
+    });
+  });
+
+  describe('spawnSupervised', () => {
+    it('adopts orphans and reaps killed processes at once: no zombie of pid 1, no zombie at all', async () => {
+      await using tree = await spawnTree({ depth: 2, fanout: 2 });
+      const before = await snapshot(tree.root);
+      const middle = before.processes.find((p) => p.ppid === tree.root)!;
+      // Kill the root alone: its children are orphans now, and must land in the reaper.
+      const root = before.processes[0]!;
+      await native().signalList([{ pid: root.pid, startTime: root.startTime }], native().signals.SIGKILL, false, []);
+      await waitFor(() => !existsSync(`/proc/${tree.root}`), 2000, 'the root reaped');
+      await waitFor(async () => (await getTreeState(middle.pid)).processes[0]!.ppid === tree.supervisor.pid, 2000, 'the orphan adopted');
+      await killTree(middle.pid);
+      const pids = before.processes.filter((p) => p.ppid === middle.pid).map((p) => p.pid).concat(middle.pid);
+      await waitFor(() => pids.every((pid) => !existsSync(`/proc/${pid}`)), 2000, 'every killed process reaped');
+    });
+
+    it('runs another program under the same reaper and reports its exit', async () => {
+      await using sup = await spawnSupervised('sleep', ['1000']);
+      const out = join(tempDir(), 'out');
+      const run = await sup.run('sh', ['-c', 'echo hello; exit 3'], { out });
+      expect(await run.exited).to.deep.equal({ code: 3, signal: null });
+      expect(readFileSync(out, 'utf8')).to.equal('hello\n');
+    });
+
+    it('says why a program cannot start', async () => {
+      expect(await message(spawnSupervised('/nonexistent/program'))).to.equal('cannot start /nonexistent/program: No such file or directory');
+    });
+  });
+
+  describe('spawnStopped', () => {
+    it('starts a program stopped right after its execve, untraced, and continueTree starts it', async () => {
+      const marker = join(tempDir(), 'started');
+      await using sup = await spawnStopped('sh', ['-c', `echo yes > ${marker}; exec sleep 1000`]);
+      const status = await getTreeState(sup.root);
+      expect(status.state).to.equal('stopped');
+      expect(status.processes[0]!.comm).to.equal('sh');
+      expect(status.processes[0]!.threads[0]).to.deep.equal({ tid: sup.root, state: 'T' });
+      await new Promise((r) => setTimeout(r, 50));
+      expect(existsSync(marker)).to.equal(false);
+      await continueTree(sup.root);
+      await waitFor(() => existsSync(marker), 2000, 'the program running');
+    });
+  });
+
+  describe('assertions', () => {
+    it('expect(pid).to.be.a.stoppedTree / runningTree / deadTree, naming what is off', async () => {
+      await using tree = await spawnTree({ depth: 1, fanout: 1, threads: 2 });
+      await expect(tree.root).to.be.a.runningTree;
+      await expect(tree.root).not.to.be.a.stoppedTree;
+      const [root, child] = tree.pids();
+      const failure = await message(assertTreeState(tree.root, 'stopped', { timeoutMs: 50 }));
+      expect(failure).to.match(new RegExp(`^expected the tree of ${root} to be stopped, but it is running: pid ${root} \\([RS]\\), pid ${root} thread \\d+ \\([RS]\\), pid ${child} \\([RS]\\)`));
+      expect(await message(Promise.resolve(expect(tree.root).to.be.a.deadTree))).to.match(/to be dead, but it is running/);
+      await stopTree(tree.root);
+      await expect(tree.root).to.be.a.stoppedTree;
+      await killTree(tree.root);
+      await expect(tree.root).to.be.a.deadTree;
+    });
+  });
+
+  describe('leak check', () => {
+    it('fails a test that leaves a tree behind, naming it, and cleans it up', async () => {
+      const tree = await spawnTree({ depth: 1, fanout: 1 });
+      const failure = await checkNoLeaks().then(() => undefined, (e: TreeStateError) => e);
+      expect(failure).to.be.instanceOf(TreeStateError);
+      expect(failure!.code).to.equal('ELEAK');
+      expect(failure!.message).to.equal(`the test left 1 supervised tree(s) running: treestate-fixture (root ${tree.root})`);
+      expect(existsSync(`/proc/${tree.root}`)).to.equal(false);
+    });
+  });
+});
