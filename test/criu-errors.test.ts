@@ -4,17 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { TreeStateError, dump, getTreeState, hasDirtyTracking, locateCriu, preDump, restore } from '../src/index.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
-import { cli, requireCriu, tempDirs } from './helpers.js';
-
-async function rejection(work: Promise<unknown>): Promise<TreeStateError> {
-  try {
-    await work;
-  } catch (e) {
-    expect(e).to.be.instanceOf(TreeStateError);
-    return e as TreeStateError;
-  }
-  throw new Error('expected a rejection');
-}
+import { cli, requireCriu, tempDirs, rejection } from './helpers.js';
 
 /** A stand-in criu: a script that answers --version and check as told, and records any other call. */
 function fakeCriu(dir: string, version: string, checkExit: number): string {

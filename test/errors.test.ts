@@ -4,17 +4,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { TreeStateError, continueTree, getTreeState, killTree, snapshot, stopTree, waitForState } from '../src/index.js';
 import { native } from '../src/native.js';
 import { spawnTree } from '../src/testing/index.js';
-import { cli, cliPath } from './helpers.js';
-
-async function rejection(work: Promise<unknown>): Promise<TreeStateError> {
-  try {
-    await work;
-  } catch (e) {
-    expect(e).to.be.instanceOf(TreeStateError);
-    return e as TreeStateError;
-  }
-  throw new Error('expected a rejection');
-}
+import { cli, cliPath, rejection } from './helpers.js';
 
 /** A pid that no process has: the highest free one below pid_max. */
 async function freePid(): Promise<number> {

@@ -5,6 +5,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { locateCriu } from '../src/criu/locate.js';
+import { TreeStateError } from '../src/errors.js';
+import { native } from '../src/native.js';
 
 export const cliPath = fileURLToPath(new URL('../bin/treestate.cjs', import.meta.url));
 
@@ -69,4 +71,31 @@ export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs
     if (Date.now() > deadline) throw new Error(`${what} not reached within ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 5));
   }
+}
+
+/** Runs `work` counting the native tree passes it makes. */
+export async function countingNativePasses<T>(work: () => Promise<T>): Promise<{ value: T; passes: number }> {
+  const addon = native();
+  const original = addon.walk;
+  let passes = 0;
+  addon.walk = (o) => {
+    passes++;
+    return original.call(addon, o);
+  };
+  try {
+    return { value: await work(), passes };
+  } finally {
+    addon.walk = original;
+  }
+}
+
+/** The TreeStateError `work` rejects with (failing the test if it resolves). */
+export async function rejection(work: Promise<unknown>): Promise<TreeStateError> {
+  try {
+    await work;
+  } catch (e) {
+    if (e instanceof TreeStateError) return e;
+    throw e;
+  }
+  throw new Error('expected a rejection, but it resolved');
 }

@@ -1,9 +1,8 @@
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { snapshot } from '../src/index.js';
-import { native } from '../src/native.js';
 import { spawnTree, treeSize } from '../src/testing/index.js';
-import { waitFor } from './helpers.js';
+import { countingNativePasses, waitFor } from './helpers.js';
 
 describe('snapshot', () => {
   it('finds every process with pid, ppid, start time, comm and each thread with its state', async () => {
@@ -58,19 +57,8 @@ describe('snapshot', () => {
 
   it('makes one native call for the whole tree, not one per process', async () => {
     await using tree = await spawnTree({ depth: 3, fanout: 3, threads: 1 });
-    const addon = native();
-    const original = addon.walk;
-    let calls = 0;
-    addon.walk = (o) => {
-      calls++;
-      return original.call(addon, o);
-    };
-    try {
-      const snap = await snapshot(tree.root);
-      expect(snap.processes).to.have.length(40);
-    } finally {
-      addon.walk = original;
-    }
-    expect(calls).to.equal(1);
+    const { value: snap, passes } = await countingNativePasses(() => snapshot(tree.root));
+    expect(snap.processes).to.have.length(40);
+    expect(passes).to.equal(1);
   });
 });

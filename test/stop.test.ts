@@ -1,8 +1,8 @@
 import { expect } from 'chai';
 import { TreeStateError, getTreeState, snapshot, stopTree } from '../src/index.js';
-import { native, nativeExecutable } from '../src/native.js';
+import { nativeExecutable } from '../src/native.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
-import { waitFor } from './helpers.js';
+import { countingNativePasses, waitFor } from './helpers.js';
 
 describe('stop', () => {
   it('stops every thread of every process, parents first, and the heartbeats freeze', async () => {
@@ -89,20 +89,9 @@ describe('stop', () => {
 
   it('signals through pidfds in one native pass per round, whatever the tree size', async () => {
     await using tree = await spawnTree({ depth: 3, fanout: 3 });
-    const addon = native();
-    const original = addon.walk;
-    let calls = 0;
-    addon.walk = (o) => {
-      calls++;
-      return original.call(addon, o);
-    };
-    try {
-      const result = await stopTree(tree.root);
-      expect(calls).to.equal(result.passes);
-      expect(result.processes).to.have.length(40);
-      expect(calls).to.be.below(10);
-    } finally {
-      addon.walk = original;
-    }
+    const { value: result, passes } = await countingNativePasses(() => stopTree(tree.root));
+    expect(passes).to.equal(result.passes);
+    expect(result.processes).to.have.length(40);
+    expect(passes).to.be.below(10);
   });
 });
