@@ -4,9 +4,9 @@
 import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { TreeStateError, describeThreads, hasCode } from '../errors.js';
+import { TreeStateError, describePids, describeThreads, hasCode } from '../errors.js';
 import { checkNotSelf, checkPid, getTreeState, type TreeState } from '../tree.js';
-import { continueTree, waitForState } from '../transitions.js';
+import { continueTree, killTree, waitForState } from '../transitions.js';
 import { dumpArgs, preDumpArgs, restoreArgs, type CriuFlags, type DumpFinalState, type RestoreFinalState } from './args.js';
 import { hasDirtyTracking, locateCriu, type CriuInfo } from './locate.js';
 import { childProcessRunner, type CommandRunner } from './runner.js';
@@ -133,6 +133,26 @@ interface Run {
   started: number;
 }
 
+/**
+ * Kills criu on a timeout, with every process it has started: a restore cut
+ * short has restored processes that are still criu's children, and a bare
+ * SIGKILL to criu would leave them to run on, orphaned and unreported.
+ * Resolves with the pids killed besides criu.
+ */
+async function killCriu(pid: number): Promise<number[]> {
+  try {
+    const result = await killTree(pid, { timeoutMs: 5000 });
+    return result.exited.filter((p) => p !== pid);
+  } catch {
+    try {
+      process.kill(pid, 'SIGKILL'); // criu is our own child
+    } catch {
+      // already gone
+    }
+    return [];
+  }
+}
+
 /** Runs criu once with a timeout and progress; resolves when it exited 0, otherwise rejects with ECRIU/ETIMEDOUT. */
 async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFailure: () => Promise<string>): Promise<void> {
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
@@ -142,19 +162,16 @@ async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFail
   try {
     progress?.({ verb, phase: 'running criu', elapsedMs: performance.now() - run.started });
     const running = await (options.runner ?? childProcessRunner).run(run.info.path, run.argv, { out });
-    let timedOut = false;
+    let killed: Promise<number[]> | undefined;
     const timer = setTimeout(() => {
-      timedOut = true;
-      try {
-        process.kill(running.pid, 'SIGKILL'); // criu is our own child
-      } catch {
-        // already gone
-      }
+      killed = killCriu(running.pid);
     }, timeoutMs);
     const exit = await running.exited.finally(() => clearTimeout(timer));
-    if (timedOut) {
-      throw new TreeStateError('ETIMEDOUT', `criu ${verb} did not finish within ${timeoutMs} ms and was killed; ${await afterFailure()}; log: ${run.logFile}`, {
-        details: { logFile: run.logFile, argv: run.argv },
+    if (killed) {
+      const started = await killed;
+      const also = started.length ? ` together with the ${started.length} process(es) it had started (${describePids(started)})` : '';
+      throw new TreeStateError('ETIMEDOUT', `criu ${verb} did not finish within ${timeoutMs} ms and was killed${also}; ${await afterFailure()}; log: ${run.logFile}`, {
+        details: { logFile: run.logFile, argv: run.argv, killed: started },
       });
     }
     if (exit.code !== 0) {
