@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import { TreeStateError, continueTree, getTreeState, killTree, stopTree, waitForState } from '../src/index.js';
 import { native } from '../src/native.js';
 import { spawnTree } from '../src/testing/index.js';
+import { waitFor } from './helpers.js';
 
 describe('status and wait', () => {
   it('says running, stopped and dead as the tree moves', async () => {
@@ -20,7 +21,9 @@ describe('status and wait', () => {
     const [, a] = tree.pids();
     const startTime = (await getTreeState(a!)).processes[0]!.startTime;
     await native().signalList([{ pid: a!, startTime }], native().signals.SIGSTOP, false, []);
-    const status = await waitForState(tree.root, 'mixed');
+    // Group-stop reaches the second thread a moment after the first.
+    await waitFor(async () => (await getTreeState(a!)).state === 'stopped', 2000, 'both threads of the stopped child in T');
+    const status = await getTreeState(tree.root);
     expect(status.state).to.equal('mixed');
     expect(status.differing.map((t) => t.pid)).to.deep.equal([a, a]);
     expect(status.differing.every((t) => t.state === 'T')).to.equal(true);

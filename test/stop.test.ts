@@ -62,6 +62,7 @@ describe('stop', () => {
 
   it('keeps a zombie in the tree without counting it as running', async () => {
     await using tree = await spawnTree({ depth: 1, fanout: 1, zombie: true });
+    await waitFor(async () => (await getTreeState(tree.root)).counts.dead === 1, 2000, 'the zombie child');
     const result = await stopTree(tree.root);
     expect(result.state).to.equal('stopped');
     const status = await getTreeState(tree.root);
