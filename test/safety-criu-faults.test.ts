@@ -12,7 +12,7 @@ import { locateCriu } from '../src/criu/locate.js';
 import { childProcessRunner, type CommandRunner } from '../src/criu/runner.js';
 import { TreeStateError, continueTree, getTreeState, killTree, snapshot } from '../src/index.js';
 import { spawnTree, type TreeFixture } from '../src/testing/index.js';
-import { cli, inCI } from './helpers.js';
+import { cli, inCI, rejection } from './helpers.js';
 
 function pause(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -38,16 +38,6 @@ function copyImages(from: string, dirs: string[]): string {
   cpSync(from, copy, { recursive: true });
   for (const f of readdirSync(copy)) if (f.includes('.log')) unlinkSync(join(copy, f));
   return copy;
-}
-
-async function rejection(work: Promise<unknown>): Promise<TreeStateError> {
-  try {
-    await work;
-  } catch (e) {
-    expect(e).to.be.instanceOf(TreeStateError);
-    return e as TreeStateError;
-  }
-  throw new Error('expected the operation to fail');
 }
 
 describe('safety: criu faults', function () {

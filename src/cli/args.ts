@@ -37,7 +37,7 @@ export function parseArgs(argv: string[], spec: Record<string, FlagSpec>): Parse
     let name = eq > 0 ? arg.slice(0, eq) : arg;
     name = byAlias.get(name) ?? name;
     const flag = spec[name];
-    if (!flag) throw new UsageError(`unknown option ${JSON.stringify(eq > 0 ? arg.slice(0, eq) : arg)}`);
+    if (!flag) throw new UsageError(`unknown option ${quote(eq > 0 ? arg.slice(0, eq) : arg)}`);
     if (flags.has(name)) throw new UsageError(`${name} given twice`);
     if (flag.value) {
       const value = eq > 0 ? arg.slice(eq + 1) : argv[++i];
@@ -51,16 +51,21 @@ export function parseArgs(argv: string[], spec: Record<string, FlagSpec>): Parse
   return { positionals, flags };
 }
 
+/** A value as a message may quote it: hostile input can be megabytes long. */
+export function quote(value: string): string {
+  return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);
+}
+
 /** A non-negative integer number of milliseconds. */
 export function parseMs(name: string, value: string | true | undefined): number | undefined {
   if (value === undefined) return undefined;
-  if (value === true || !/^\d{1,9}$/.test(value)) throw new UsageError(`${name} takes a whole number of milliseconds (0 to 999999999), not ${JSON.stringify(value)}`);
+  if (value === true || !/^\d{1,9}$/.test(value)) throw new UsageError(`${name} takes a whole number of milliseconds (0 to 999999999), not ${value === true ? 'nothing' : quote(value)}`);
   return Number(value);
 }
 
 export function parseChoice<T extends string>(name: string, value: string | true | undefined, choices: readonly T[]): T | undefined {
   if (value === undefined) return undefined;
-  if (value === true || !choices.includes(value as T)) throw new UsageError(`${name} must be one of ${choices.join(', ')}, not ${JSON.stringify(value)}`);
+  if (value === true || !choices.includes(value as T)) throw new UsageError(`${name} must be one of ${choices.join(', ')}, not ${value === true ? 'nothing' : quote(value)}`);
   return value as T;
 }
 
@@ -69,6 +74,6 @@ export function parsePid(positionals: string[], command: string): number {
   if (positionals.length === 0) throw new UsageError(`${command} needs a PID`);
   if (positionals.length > 1) throw new UsageError(`${command} takes one PID, got ${positionals.length} operands`);
   const text = positionals[0]!;
-  if (!/^\d{1,10}$/.test(text)) throw new UsageError(`not a process id: ${JSON.stringify(text.length > 40 ? `${text.slice(0, 40)}…` : text)}`);
+  if (!/^\d{1,10}$/.test(text)) throw new UsageError(`not a process id: ${quote(text)}`);
   return Number(text);
 }

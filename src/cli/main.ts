@@ -3,7 +3,7 @@
 import { TreeStateError } from '../errors.js';
 import { getTreeState } from '../tree.js';
 import { continueTree, killTree, stopTree, waitForState, type TransitionResult } from '../transitions.js';
-import { UsageError, parseArgs, parseChoice, parseMs, parsePid, type FlagSpec, type Parsed } from './args.js';
+import { UsageError, parseArgs, parseChoice, parseMs, parsePid, quote, type FlagSpec, type Parsed } from './args.js';
 import { criuCommands } from './criu.js';
 import { demo } from './demo.js';
 import { drawTree, summary } from './render.js';
@@ -138,7 +138,7 @@ export async function main(argv: string[], io?: Partial<Io>): Promise<number> {
   }
   const command = Object.hasOwn(commands, name) ? commands[name] : undefined;
   try {
-    if (!command) throw new UsageError(`unknown command ${JSON.stringify(name.length > 40 ? `${name.slice(0, 40)}…` : name)}`);
+    if (!command) throw new UsageError(`unknown command ${quote(name)}`);
     if (rest.includes('-h') || rest.includes('--help')) {
       out.out(`usage: treestate ${command.usage}\n\n${command.summary}`);
       return 0;
