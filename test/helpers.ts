@@ -1,12 +1,12 @@
 // Shared bits of the suite. Trees come from the harness (src/testing), not from here.
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { locateCriu } from '../src/criu/locate.js';
 import { TreeStateError } from '../src/errors.js';
-import { native } from '../src/native.js';
+import { native, packageRoot } from '../src/native.js';
 
 export const cliPath = fileURLToPath(new URL('../bin/treestate.cjs', import.meta.url));
 
@@ -16,13 +16,49 @@ export interface CliRun {
   stderr: string;
 }
 
-/** Runs the built CLI (dist/) as a separate process, the way a user does. */
+/** Whether every directory from / down to `path` lets other users in. */
+function openToOthers(path: string): boolean {
+  for (let dir = path; ; dir = dirname(dir)) {
+    if ((statSync(dir).mode & 0o005) !== 0o005) return false;
+    if (dirname(dir) === dir) return true;
+  }
+}
+
+let unprivilegedCli: string | undefined;
+
+/**
+ * The CLI as another user can run it: the checkout itself when it is open to
+ * others, otherwise a world-readable copy of what the CLI needs at run time
+ * (a CI checkout may live below a private directory).
+ */
+function cliFor(uid: number | undefined): string {
+  if (uid === undefined || uid === 0) return cliPath;
+  if (unprivilegedCli) return unprivilegedCli;
+  const root = packageRoot();
+  if (openToOthers(join(root, 'build', 'Release')) && openToOthers(join(root, 'dist'))) return (unprivilegedCli = cliPath);
+  const copy = mkdtempSync(join(tmpdir(), 'treestate-cli-'));
+  for (const part of ['package.json', 'bin', 'dist', 'build/Release/treestate.node', 'node_modules/bindings', 'node_modules/file-uri-to-path']) {
+    cpSync(join(root, part), join(copy, part), { recursive: true });
+  }
+  execFileSync('chmod', ['-R', 'a+rX', copy]);
+  process.on('exit', () => rmSync(copy, { recursive: true, force: true }));
+  return (unprivilegedCli = join(copy, 'bin', 'treestate.cjs'));
+}
+
+/** Runs the built CLI (dist/) as a separate process, the way a user does; as another user with `uid`. */
 export function cli(args: string[], options: { env?: NodeJS.ProcessEnv; uid?: number; gid?: number; timeoutMs?: number } = {}): Promise<CliRun> {
+  const path = cliFor(options.uid);
   return new Promise((resolve) => {
     execFile(
       process.execPath,
-      [cliPath, ...args],
-      { env: { ...process.env, NO_COLOR: '1', ...options.env }, uid: options.uid, gid: options.gid, timeout: options.timeoutMs ?? 60_000 },
+      [path, ...args],
+      {
+        env: { ...process.env, NO_COLOR: '1', ...options.env },
+        uid: options.uid,
+        gid: options.gid,
+        cwd: options.uid ? '/' : undefined,
+        timeout: options.timeoutMs ?? 60_000,
+      },
       (error, stdout, stderr) => {
         const code = error ? (typeof error.code === 'number' ? error.code : 1) : 0;
         resolve({ code, stdout: String(stdout), stderr: String(stderr) });
