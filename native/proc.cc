@@ -6,20 +6,28 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 namespace treestate {
 
 namespace {
 
+// A seq_file read stops short of the caller's buffer only at EOF or when its
+// own buffer (at least a page) cannot take the next record. A short read well
+// under a page is therefore the whole file, and the read that would return 0
+// can be skipped: it is a third of the syscalls of a walk otherwise.
+constexpr size_t kSurelyWhole = 4096 - 64;
+
 // Reads a whole small procfs file into `buf` (NUL-terminated). procfs files
-// report size 0, so read until EOF.
-int ReadSmall(const char* path, char* buf, size_t cap, size_t* len) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+// report size 0, so read until EOF (or a short read that proves it).
+int ReadSmallAt(int dirfd, const char* path, char* buf, size_t cap, size_t* len) {
+  int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return errno;
   size_t used = 0;
   while (used + 1 < cap) {
-    ssize_t n = read(fd, buf + used, cap - 1 - used);
+    size_t want = cap - 1 - used;
+    ssize_t n = read(fd, buf + used, want);
     if (n < 0) {
       if (errno == EINTR) continue;
       int err = errno;
@@ -28,11 +36,16 @@ int ReadSmall(const char* path, char* buf, size_t cap, size_t* len) {
     }
     if (n == 0) break;
     used += static_cast<size_t>(n);
+    if (static_cast<size_t>(n) < want && static_cast<size_t>(n) < kSurelyWhole) break;
   }
   close(fd);
   buf[used] = '\0';
   *len = used;
   return 0;
+}
+
+int ReadSmall(const char* path, char* buf, size_t cap, size_t* len) {
+  return ReadSmallAt(AT_FDCWD, path, buf, cap, len);
 }
 
 // The fields after "(comm)" start after the LAST ')': comm may hold spaces
@@ -85,17 +98,31 @@ int ReadStat(pid_t pid, ProcStat* out) {
   return 0;
 }
 
-int ReadThreadState(pid_t pid, pid_t tid, char* state) {
-  char path[64];
+namespace {
+
+int ParseThreadState(int dirfd, const char* path, char* state) {
   char buf[1024];
   size_t len;
-  snprintf(path, sizeof path, "/proc/%d/task/%d/stat", pid, tid);
-  int err = ReadSmall(path, buf, sizeof buf, &len);
+  int err = ReadSmallAt(dirfd, path, buf, sizeof buf, &len);
   if (err) return err == ENOENT ? ESRCH : err;
   const char* rest = AfterComm(buf);
   if (!rest) return EIO;
   *state = rest[0];
   return 0;
+}
+
+}  // namespace
+
+int ReadThreadState(pid_t pid, pid_t tid, char* state) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/task/%d/stat", pid, tid);
+  return ParseThreadState(AT_FDCWD, path, state);
+}
+
+int ReadThreadStateAt(int taskfd, pid_t tid, char* state) {
+  char path[32];
+  snprintf(path, sizeof path, "%d/stat", tid);
+  return ParseThreadState(taskfd, path, state);
 }
 
 int ListThreads(pid_t pid, std::vector<pid_t>* tids) {
@@ -111,17 +138,52 @@ int ListThreads(pid_t pid, std::vector<pid_t>* tids) {
   return 0;
 }
 
-int ReadChildren(pid_t pid, pid_t tid, std::vector<pid_t>* out) {
+int OpenTaskDir(pid_t pid) {
   char path[64];
-  snprintf(path, sizeof path, "/proc/%d/task/%d/children", pid, tid);
+  snprintf(path, sizeof path, "/proc/%d/task", pid);
+  int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT ? -ESRCH : -errno;
+  return fd;
+}
+
+int ListThreadsAt(int taskfd, std::vector<pid_t>* tids) {
+  // getdents64 on our own fd: no DIR to allocate, and the fd stays open
+  // for the per-thread reads that follow.
+  alignas(8) char buf[8192];
+  for (;;) {
+    long n = syscall(SYS_getdents64, taskfd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno == ENOENT ? ESRCH : errno;
+    }
+    if (n == 0) break;
+    for (long off = 0; off < n;) {
+      struct linux_dirent64 {
+        uint64_t d_ino;
+        int64_t d_off;
+        unsigned short d_reclen;
+        unsigned char d_type;
+        char d_name[];
+      };
+      auto* e = reinterpret_cast<linux_dirent64*>(buf + off);
+      if (e->d_name[0] >= '0' && e->d_name[0] <= '9') tids->push_back(static_cast<pid_t>(atoi(e->d_name)));
+      off += e->d_reclen;
+    }
+  }
+  return 0;
+}
+
+namespace {
+
+int ReadChildrenPath(int dirfd, const char* path, std::vector<pid_t>* out) {
   char small[4096];
   size_t len;
-  int err = ReadSmall(path, small, sizeof small, &len);
+  int err = ReadSmallAt(dirfd, path, small, sizeof small, &len);
   if (err) return err == ENOENT ? ESRCH : err;
   if (len + 1 < sizeof small) return ParsePidList(small, out);
   // A thread with hundreds of children: read the whole list.
   std::string whole;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return errno == ENOENT ? ESRCH : errno;
   char chunk[65536];
   for (;;) {
@@ -132,6 +194,20 @@ int ReadChildren(pid_t pid, pid_t tid, std::vector<pid_t>* out) {
   }
   close(fd);
   return ParsePidList(whole.c_str(), out);
+}
+
+}  // namespace
+
+int ReadChildren(pid_t pid, pid_t tid, std::vector<pid_t>* out) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/task/%d/children", pid, tid);
+  return ReadChildrenPath(AT_FDCWD, path, out);
+}
+
+int ReadChildrenAt(int taskfd, pid_t tid, std::vector<pid_t>* out) {
+  char path[32];
+  snprintf(path, sizeof path, "%d/children", tid);
+  return ReadChildrenPath(taskfd, path, out);
 }
 
 pid_t ReadTracer(pid_t pid, pid_t tid) {

@@ -30,6 +30,13 @@ int ReadThreadState(pid_t pid, pid_t tid, char* state);
 int ListThreads(pid_t pid, std::vector<pid_t>* tids);
 // Appends the children of thread `tid` of `pid` (from .../task/TID/children).
 int ReadChildren(pid_t pid, pid_t tid, std::vector<pid_t>* out);
+// The same reads relative to an fd of /proc/PID/task (OpenTaskDir: the fd or
+// -errno), for processes with several threads: each thread's file is then a
+// two-component lookup instead of five.
+int OpenTaskDir(pid_t pid);
+int ListThreadsAt(int taskfd, std::vector<pid_t>* tids);
+int ReadThreadStateAt(int taskfd, pid_t tid, char* state);
+int ReadChildrenAt(int taskfd, pid_t tid, std::vector<pid_t>* out);
 // TracerPid of one thread (from .../task/TID/status); 0 when not traced.
 pid_t ReadTracer(pid_t pid, pid_t tid);
 

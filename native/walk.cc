@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <unordered_set>
@@ -37,17 +38,41 @@ int OpenChecked(pid_t pid, pid_t expectedParent, uint64_t expectedStart, Pidfd* 
   return 0;
 }
 
-void ReadThreads(const ProcStat& st, ProcessRecord* rec) {
+// An fd of /proc/PID/task, closed when the process is done with.
+class TaskDir {
+ public:
+  TaskDir() = default;
+  explicit TaskDir(pid_t pid) : fd_(OpenTaskDir(pid)) {}
+  ~TaskDir() {
+    if (fd_ >= 0) close(fd_);
+  }
+  TaskDir(TaskDir&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  TaskDir& operator=(TaskDir&& o) noexcept {
+    std::swap(fd_, o.fd_);
+    return *this;
+  }
+  TaskDir(const TaskDir&) = delete;
+  TaskDir& operator=(const TaskDir&) = delete;
+  int fd() const { return fd_; }
+
+ private:
+  int fd_ = -1;
+};
+
+// `dir` receives /proc/PID/task for a process with several threads, so the
+// children files can be read relative to it too.
+void ReadThreads(const ProcStat& st, ProcessRecord* rec, TaskDir* dir) {
   if (st.numThreads <= 1) {
     // One thread: the process's own stat line is the leader's, no task/ scan.
     rec->threads.push_back({st.pid, st.state, 0});
   } else {
+    *dir = TaskDir(st.pid);
     std::vector<pid_t> tids;
-    ListThreads(st.pid, &tids);
+    if (dir->fd() >= 0) ListThreadsAt(dir->fd(), &tids);
     for (pid_t tid : tids) {
       char state;
       // A thread that exits while we look is simply no longer there.
-      if (ReadThreadState(st.pid, tid, &state) == 0) rec->threads.push_back({tid, state, 0});
+      if (ReadThreadStateAt(dir->fd(), tid, &state) == 0) rec->threads.push_back({tid, state, 0});
     }
   }
   for (ThreadRecord& t : rec->threads) {
@@ -55,14 +80,18 @@ void ReadThreads(const ProcStat& st, ProcessRecord* rec) {
   }
 }
 
-void ReadChildrenOf(const ProcessRecord& rec, const ChildMap* scanned, std::vector<pid_t>* out) {
+void ReadChildrenOf(const ProcessRecord& rec, const ChildMap* scanned, const TaskDir& dir,
+                    std::vector<pid_t>* out) {
   if (scanned) {
     auto it = scanned->find(rec.pid);
     if (it != scanned->end()) *out = it->second;
     return;
   }
   // Every thread's file: a child belongs to the thread that forked it.
-  for (const ThreadRecord& t : rec.threads) ReadChildren(rec.pid, t.tid, out);
+  for (const ThreadRecord& t : rec.threads) {
+    if (dir.fd() >= 0) ReadChildrenAt(dir.fd(), t.tid, out);
+    else ReadChildren(rec.pid, t.tid, out);
+  }
 }
 
 bool Selected(const ProcessRecord& rec, Select select) {
@@ -164,10 +193,11 @@ void Walk(const WalkOptions& o, WalkResult* result) {
     rec.startTime = st.startTime;
     rec.comm = st.comm;
     rec.kernelThread = (st.flags & kKernelThreadFlag) != 0;
-    ReadThreads(st, &rec);
+    TaskDir dir;
+    ReadThreads(st, &rec, &dir);
     if (rec.kernelThread) continue;  // never descend into kthreadd's tree
     if (o.order == Order::ParentsFirst) Deliver(o, fd, &rec, result);
-    ReadChildrenOf(rec, map, &rec.children);
+    ReadChildrenOf(rec, map, dir, &rec.children);
     // `rec` may move when later records are added: copy what we still need.
     std::vector<pid_t> children = rec.children;
     if (o.order == Order::ChildrenFirst) {
@@ -211,7 +241,8 @@ void SignalList(const std::vector<Identity>& targets, int sig, bool perThread,
       if (perThread) {
         ProcessRecord rec;
         rec.pid = target.pid;
-        ReadThreads(st, &rec);
+        TaskDir dir;
+        ReadThreads(st, &rec, &dir);
         SignalThreads(target.pid, rec.threads, sig);
       }
     }

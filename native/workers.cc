@@ -44,24 +44,51 @@ Napi::Array ToArray(Napi::Env env, const std::vector<SysError>& errors) {
   return a;
 }
 
-Napi::Object ToObject(Napi::Env env, const ProcessRecord& p) {
+// Property names made once per result: a string-keyed Set would build and
+// internalize the key again for every process and thread of the tree.
+struct Keys {
+  explicit Keys(Napi::Env env)
+      : pid(Napi::String::New(env, "pid")),
+        ppid(Napi::String::New(env, "ppid")),
+        startTime(Napi::String::New(env, "startTime")),
+        comm(Napi::String::New(env, "comm")),
+        kernelThread(Napi::String::New(env, "kernelThread")),
+        signalled(Napi::String::New(env, "signalled")),
+        threads(Napi::String::New(env, "threads")),
+        children(Napi::String::New(env, "children")),
+        tid(Napi::String::New(env, "tid")),
+        state(Napi::String::New(env, "state")),
+        tracerPid(Napi::String::New(env, "tracerPid")) {}
+  Napi::String pid, ppid, startTime, comm, kernelThread, signalled, threads, children, tid, state,
+      tracerPid;
+  // One string per state letter, made when first needed.
+  Napi::Value letters[128];
+};
+
+Napi::Value StateLetter(Napi::Env env, Keys& keys, char c) {
+  unsigned char i = static_cast<unsigned char>(c) & 0x7f;
+  if (keys.letters[i].IsEmpty()) keys.letters[i] = Napi::String::New(env, std::string(1, c));
+  return keys.letters[i];
+}
+
+Napi::Object ToObject(Napi::Env env, Keys& keys, const ProcessRecord& p) {
   Napi::Object o = Napi::Object::New(env);
-  o.Set("pid", Napi::Number::New(env, p.pid));
-  o.Set("ppid", Napi::Number::New(env, p.ppid));
-  o.Set("startTime", Napi::Number::New(env, static_cast<double>(p.startTime)));
-  o.Set("comm", Napi::String::New(env, p.comm));
-  o.Set("kernelThread", Napi::Boolean::New(env, p.kernelThread));
-  o.Set("signalled", Napi::Boolean::New(env, p.signalled));
+  o.Set(keys.pid, Napi::Number::New(env, p.pid));
+  o.Set(keys.ppid, Napi::Number::New(env, p.ppid));
+  o.Set(keys.startTime, Napi::Number::New(env, static_cast<double>(p.startTime)));
+  o.Set(keys.comm, Napi::String::New(env, p.comm));
+  o.Set(keys.kernelThread, Napi::Boolean::New(env, p.kernelThread));
+  o.Set(keys.signalled, Napi::Boolean::New(env, p.signalled));
   Napi::Array threads = Napi::Array::New(env, p.threads.size());
   for (size_t i = 0; i < p.threads.size(); i++) {
     Napi::Object t = Napi::Object::New(env);
-    t.Set("tid", Napi::Number::New(env, p.threads[i].tid));
-    t.Set("state", Napi::String::New(env, std::string(1, p.threads[i].state)));
-    if (p.threads[i].tracer) t.Set("tracerPid", Napi::Number::New(env, p.threads[i].tracer));
+    t.Set(keys.tid, Napi::Number::New(env, p.threads[i].tid));
+    t.Set(keys.state, StateLetter(env, keys, p.threads[i].state));
+    if (p.threads[i].tracer) t.Set(keys.tracerPid, Napi::Number::New(env, p.threads[i].tracer));
     threads.Set(i, t);
   }
-  o.Set("threads", threads);
-  o.Set("children", ToArray(env, p.children));
+  o.Set(keys.threads, threads);
+  o.Set(keys.children, ToArray(env, p.children));
   return o;
 }
 
@@ -88,8 +115,9 @@ class WalkWorker : public Napi::AsyncWorker {
     out.Set("root", Napi::Number::New(env, options_.root));
     out.Set("walk", Napi::String::New(env, result_.scan ? "scan" : "children"));
     Napi::Array processes = Napi::Array::New(env, result_.processes.size());
+    Keys keys(env);
     for (size_t i = 0; i < result_.processes.size(); i++) {
-      processes.Set(i, ToObject(env, result_.processes[i]));
+      processes.Set(i, ToObject(env, keys, result_.processes[i]));
     }
     out.Set("processes", processes);
     out.Set("signalled", ToArray(env, result_.signalled));
