@@ -26,6 +26,12 @@
       "sources": ["native/tools/fixture.c"],
       "cflags": ["-O2", "-Wall", "-pthread"],
       "ldflags": ["-pthread"]
+    },
+    {
+      "target_name": "treestate-c-floor",
+      "type": "executable",
+      "sources": ["scripts/bench/c-floor.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra"]
     }
   ]
 }

@@ -1,0 +1,220 @@
+// The tools the benchmark compares, each behind the same four operations.
+// Every operation resolves to the milliseconds it took; the caller checks the
+// tree's state afterwards (untimed) so a tool that did not do the work fails
+// the run instead of looking fast.
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createRequire } from 'node:module';
+import pidtree from 'pidtree';
+import { continueTree, getTreeState, snapshot, stopTree, waitForState, type TreeState } from '../../src/index.ts';
+import { nativeExecutable, packageRoot } from '../../src/native.ts';
+
+const require = createRequire(import.meta.url);
+const psTree = require('ps-tree') as (pid: number, cb: (err: Error | null, children: { PID: string; PPID: string; STAT: string }[]) => void) => void;
+const treeKill = require('tree-kill') as (pid: number, signal: string, cb: (err?: Error) => void) => void;
+
+export type Op = 'snapshot' | 'status' | 'stop' | 'cont';
+export const OPS: Op[] = ['snapshot', 'status', 'stop', 'cont'];
+
+export interface Tool {
+  name: string;
+  /** How it finds the tree, and how a stop or continue is verified. */
+  how: string;
+  /** Largest tree it is run on (tree-kill runs ps once per process). */
+  maxProcesses?: number;
+  ops: Partial<Record<Op, (root: number) => Promise<number>>>;
+}
+
+const now = () => performance.now();
+
+async function timed(fn: () => Promise<unknown>): Promise<number> {
+  const t = now();
+  await fn();
+  return now() - t;
+}
+
+function run(file: string, args: string[]): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, out, err }));
+  });
+}
+
+async function mustRun(file: string, args: string[], ok: (code: number | null) => boolean = (c) => c === 0): Promise<string> {
+  const r = await run(file, args);
+  if (!ok(r.code)) throw new Error(`${file} ${args.join(' ')} exited ${r.code}: ${r.err.trim()}`);
+  return r.out;
+}
+
+/** Peers cannot verify: they all get the same check, treestate's own, polled every millisecond. */
+function verify(root: number, state: TreeState): Promise<unknown> {
+  return waitForState(root, state, { intervalMs: 1, timeoutMs: 20_000 });
+}
+
+function killEach(pids: number[], signal: NodeJS.Signals): void {
+  for (const pid of pids) {
+    try {
+      process.kill(pid, signal);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
+    }
+  }
+}
+
+function pidtreeOf(root: number): Promise<number[]> {
+  return pidtree(root, { root: true }) as Promise<number[]>;
+}
+
+function psTreeOf(root: number): Promise<{ PID: string; PPID: string; STAT: string }[]> {
+  return new Promise((resolve, reject) => psTree(root, (err, children) => (err ? reject(err) : resolve(children))));
+}
+
+function treeKillOf(root: number, signal: string): Promise<void> {
+  return new Promise((resolve, reject) => treeKill(root, signal, (err) => (err ? reject(err) : resolve())));
+}
+
+/** The session of a process (field 6 of its stat line). */
+export function sessionOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[3]);
+}
+
+/** pkill may only ever target a session the benchmark created: the fixture root leads its own. */
+function ownSession(root: number): number {
+  const sid = sessionOf(root);
+  if (sid !== root) throw new Error(`refusing pkill -s ${sid}: process ${root} does not lead its own session`);
+  return sid;
+}
+
+export function tools(): Tool[] {
+  const cFloor = nativeExecutable('treestate-c-floor');
+  const cli = join(packageRoot(), 'bin', 'treestate.cjs');
+  const floor = async (op: string, root: number, want?: string) => {
+    const line = await mustRun(cFloor, [op, String(root)]);
+    const r = JSON.parse(line) as { ms: number; state: string };
+    if (want && r.state !== want) throw new Error(`c-floor ${op} ${root} ended ${r.state}, not ${want}`);
+    return r.ms;
+  };
+  const node = process.execPath;
+  return [
+    {
+      name: 'c-floor',
+      how: 'C, children files + kill(2); verifies itself by walking again (time measured inside the program, no exec)',
+      ops: {
+        snapshot: (root) => floor('snapshot', root),
+        status: (root) => floor('status', root),
+        stop: (root) => floor('stop', root, 'stopped'),
+        cont: (root) => floor('cont', root, 'running'),
+      },
+    },
+    {
+      name: 'treestate-lib',
+      how: 'library in this process; stopTree/continueTree verify themselves',
+      ops: {
+        snapshot: (root) => timed(() => snapshot(root)),
+        status: (root) => timed(() => getTreeState(root)),
+        stop: (root) => timed(() => stopTree(root)),
+        cont: (root) => timed(() => continueTree(root)),
+      },
+    },
+    {
+      name: 'treestate-cli',
+      how: 'whole process: node bin/treestate.cjs tree|status|stop|cont PID --json; stop/cont verify themselves',
+      ops: {
+        snapshot: (root) => timed(() => mustRun(node, [cli, 'tree', String(root), '--json'])),
+        status: (root) => timed(() => mustRun(node, [cli, 'status', String(root), '--json'], (c) => c !== null && c <= 1)),
+        stop: (root) => timed(() => mustRun(node, [cli, 'stop', String(root), '--json'])),
+        cont: (root) => timed(() => mustRun(node, [cli, 'cont', String(root), '--json'])),
+      },
+    },
+    {
+      name: 'pidtree',
+      how: 'pidtree (ps -A -o ppid,pid) + process.kill each pid; verified with treestate waitForState (1 ms poll)',
+      ops: {
+        snapshot: (root) => timed(() => pidtreeOf(root)),
+        stop: (root) =>
+          timed(async () => {
+            killEach(await pidtreeOf(root), 'SIGSTOP');
+            await verify(root, 'stopped');
+          }),
+        cont: (root) =>
+          timed(async () => {
+            killEach((await pidtreeOf(root)).reverse(), 'SIGCONT');
+            await verify(root, 'running');
+          }),
+      },
+    },
+    {
+      name: 'ps-tree',
+      how: 'ps-tree (ps -A -o ppid,pid,stat,comm) + process.kill each pid; status from its STAT column; verified with treestate waitForState (1 ms poll)',
+      ops: {
+        snapshot: (root) => timed(() => psTreeOf(root)),
+        status: (root) =>
+          timed(async () => {
+            const rows = await psTreeOf(root);
+            // Process-level only: ps-tree has no thread states.
+            return rows.every((r) => r.STAT.startsWith('T')) ? 'stopped' : rows.some((r) => r.STAT.startsWith('T')) ? 'mixed' : 'running';
+          }),
+        stop: (root) =>
+          timed(async () => {
+            const rows = await psTreeOf(root);
+            killEach([root, ...rows.map((r) => Number(r.PID))], 'SIGSTOP');
+            await verify(root, 'stopped');
+          }),
+        cont: (root) =>
+          timed(async () => {
+            const rows = await psTreeOf(root);
+            killEach([...rows.map((r) => Number(r.PID)).reverse(), root], 'SIGCONT');
+            await verify(root, 'running');
+          }),
+      },
+    },
+    {
+      name: 'tree-kill',
+      how: 'tree-kill (one ps --ppid per process) signals the tree; verified with treestate waitForState (1 ms poll)',
+      maxProcesses: 200,
+      ops: {
+        stop: (root) =>
+          timed(async () => {
+            await treeKillOf(root, 'SIGSTOP');
+            await verify(root, 'stopped');
+          }),
+        cont: (root) =>
+          timed(async () => {
+            await treeKillOf(root, 'SIGCONT');
+            await verify(root, 'running');
+          }),
+      },
+    },
+    {
+      name: 'pkill',
+      how: 'procps pkill -STOP|-CONT -s SID (the fixture session only), pgrep -s SID for snapshot; verified with treestate waitForState (1 ms poll)',
+      ops: {
+        snapshot: (root) => {
+          const sid = String(ownSession(root));
+          return timed(() => mustRun('pgrep', ['-s', sid]));
+        },
+        stop: (root) => {
+          const sid = String(ownSession(root));
+          return timed(async () => {
+            await mustRun('pkill', ['-STOP', '-s', sid]);
+            await verify(root, 'stopped');
+          });
+        },
+        cont: (root) => {
+          const sid = String(ownSession(root));
+          return timed(async () => {
+            await mustRun('pkill', ['-CONT', '-s', sid]);
+            await verify(root, 'running');
+          });
+        },
+      },
+    },
+  ];
+}
