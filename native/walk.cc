@@ -70,6 +70,12 @@ void ReadThreads(const ProcStat& st, ProcessRecord* rec, TaskDir* dir) {
     std::vector<pid_t> tids;
     if (dir->fd() >= 0) ListThreadsAt(dir->fd(), &tids);
     for (pid_t tid : tids) {
+      // The state in /proc/PID/stat is the leader's own (the kernel formats
+      // both files from the same task): no need to read it twice.
+      if (tid == st.pid) {
+        rec->threads.push_back({tid, st.state, 0});
+        continue;
+      }
       char state;
       // A thread that exits while we look is simply no longer there.
       if (ReadThreadStateAt(dir->fd(), tid, &state) == 0) rec->threads.push_back({tid, state, 0});
