@@ -44,7 +44,7 @@ export function drawChart(report: BenchReport): string {
   const sizes = report.cases.map((c) => c.processes);
   const xLo = Math.min(...sizes) / 1.3;
   const xHi = Math.max(...sizes) * 1.3;
-  const times = report.cases.map((c) => c.medianMs).filter((v) => v > 0);
+  const times = report.cases.map((c) => c.medianMs).filter((v): v is number => v !== null && v > 0);
   const yLo = 10 ** Math.floor(Math.log10(Math.min(...times)));
   const yHi = 10 ** Math.ceil(Math.log10(Math.max(...times)));
   const out: string[] = [];
@@ -77,7 +77,7 @@ export function drawChart(report: BenchReport): string {
     out.push(`<text x="${ox + pad.l + (W - pad.l - pad.r) / 2}" y="${oy + H - 8}" text-anchor="middle" fill="#444">processes in the tree</text>`);
     out.push(`<text transform="translate(${ox + 14} ${oy + pad.t + (H - pad.t - pad.b) / 2}) rotate(-90)" text-anchor="middle" fill="#444">ms (median)</text>`);
     for (const t of tools) {
-      const pts = report.cases.filter((c) => c.op === op && c.tool === t).sort((a, b) => a.processes - b.processes);
+      const pts = report.cases.filter((c): c is typeof c & { medianMs: number } => c.op === op && c.tool === t && c.medianMs !== null).sort((a, b) => a.processes - b.processes);
       if (pts.length === 0) continue;
       const color = COLORS[t] ?? '#000';
       const w = t === 'treestate-lib' ? 3 : 1.6;

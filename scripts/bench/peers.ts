@@ -54,7 +54,7 @@ async function mustRun(file: string, args: string[], ok: (code: number | null) =
 
 /** Peers cannot verify: they all get the same check, treestate's own, polled every millisecond. */
 function verify(root: number, state: TreeState): Promise<unknown> {
-  return waitForState(root, state, { intervalMs: 1, timeoutMs: 20_000 });
+  return waitForState(root, state, { intervalMs: 1, timeoutMs: 10_000 });
 }
 
 function killEach(pids: number[], signal: NodeJS.Signals): void {

@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
-import { getTreeState } from '../../src/index.ts';
+import { continueTree, getTreeState } from '../../src/index.ts';
 import { packageRoot } from '../../src/native.ts';
 import { spawnTree, type TreeFixture } from '../../src/testing/index.ts';
 import { drawChart } from './chart.ts';
@@ -31,10 +31,12 @@ export interface Case {
   hostProcesses: number;
   busyHost: boolean;
   tool: string;
-  medianMs: number;
-  minMs: number;
-  maxMs: number;
+  /** null when the tool failed on this tree (see `error`). */
+  medianMs: number | null;
+  minMs: number | null;
+  maxMs: number | null;
   runs: number;
+  error?: string;
 }
 
 export interface BenchReport {
@@ -127,18 +129,29 @@ async function measureShape(shape: Shape, all: Tool[]): Promise<Case[]> {
     log(`tree of ${processes} processes x ${THREADS} threads (root ${root}), ${host} processes on the host`);
     const used = all.filter((t) => (t.maxProcesses ?? Infinity) >= processes);
     const samples = new Map<string, number[]>();
+    // A tool that fails (does not reach the state, throws) is reported and not run again on this tree.
+    const failed = new Map<string, { op: Op; error: string }>();
     for (let r = 0; r < warmup + runs; r++) {
       // Round-robin, starting from a different tool each run.
       for (let k = 0; k < used.length; k++) {
         const tool = used[(k + r) % used.length]!;
+        if (failed.has(tool.name)) continue;
         for (const op of OPS) {
           const fn = tool.ops[op];
-          if (!fn) {
-            // stop and cont come in pairs: a tool without its own stop still has to leave the tree running.
-            continue;
+          if (!fn) continue;
+          let ms: number;
+          try {
+            ms = await fn(root);
+            await expect(root, op === 'stop' ? 'stopped' : 'running', `${tool.name} ${op}`);
+          } catch (e) {
+            const error = (e instanceof Error ? e.message : String(e)).slice(0, 300);
+            failed.set(tool.name, { op, error });
+            log(`  ${tool.name} ${op} FAILED: ${error}`);
+            // Leave the tree running for the next tool.
+            await continueTree(root);
+            await pause(settleMs(processes));
+            break;
           }
-          const ms = await fn(root);
-          await expect(root, op === 'stop' ? 'stopped' : 'running', `${tool.name} ${op}`);
           await pause(settleMs(processes));
           if (r >= warmup) {
             const key = `${tool.name}\0${op}`;
@@ -150,8 +163,14 @@ async function measureShape(shape: Shape, all: Tool[]): Promise<Case[]> {
     }
     const cases: Case[] = [];
     for (const tool of used) {
+      const failure = failed.get(tool.name);
       for (const op of OPS) {
-        const xs = samples.get(`${tool.name}\0${op}`);
+        if (failure?.op === op) {
+          cases.push({ op, processes, threads: THREADS, hostProcesses: host, busyHost: !!shape.background, tool: tool.name, medianMs: null, minMs: null, maxMs: null, runs: 0, error: failure.error });
+          continue;
+        }
+        // A failed tool's other operations are not reported: the runs stopped early.
+        const xs = failure ? undefined : samples.get(`${tool.name}\0${op}`);
         if (!xs) continue;
         cases.push({
           op,
@@ -189,11 +208,12 @@ export function table(report: BenchReport): string {
     const sizes = [...new Set(cases.map((c) => `${c.processes}${c.busyHost ? ' busy' : ''}`))];
     for (const size of sizes) {
       const row = cases.filter((c) => `${c.processes}${c.busyHost ? ' busy' : ''}` === size);
-      const floor = row.find((c) => c.tool === 'c-floor')?.medianMs;
+      const floor = row.find((c) => c.tool === 'c-floor')?.medianMs ?? undefined;
       const label = row[0]!.busyHost ? `${row[0]!.processes} (host: ${row[0]!.hostProcesses})` : String(row[0]!.processes);
       const cells = names.map((t) => {
         const c = row.find((x) => x.tool === t);
         if (!c) return 'n/a';
+        if (c.medianMs === null) return 'FAILED';
         return t === 'c-floor' || !floor ? `${fmt(c.medianMs)} ms` : `${fmt(c.medianMs)} ms (${(c.medianMs / floor).toFixed(2)}×)`;
       });
       lines.push(`| ${label} | ${cells.join(' | ')} |`);
