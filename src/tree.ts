@@ -79,9 +79,16 @@ export function checkPid(pid: unknown): number {
   return pid;
 }
 
+let ancestry: number[] | undefined;
+
 /** Refuses trees that hold treestate itself: stopping them would stop us halfway. */
 export function checkNotSelf(pid: number): number[] {
-  const protect = native().selfAndAncestors();
+  // Our ancestry can only shrink (an orphan goes to a subreaper or init that
+  // is already an ancestor), so the cached list is a safe superset: only a
+  // hit is read again, since an ancestor's pid may since name someone else.
+  ancestry ??= native().selfAndAncestors();
+  if (ancestry.includes(pid)) ancestry = native().selfAndAncestors();
+  const protect = ancestry;
   if (protect.includes(pid)) {
     const who = pid === process.pid ? 'treestate itself' : 'an ancestor of treestate';
     throw new TreeStateError('EREFUSED', `refusing pid ${pid}: it is ${who}, so its tree contains this process`, { pid });
