@@ -119,7 +119,7 @@ static void *thread_main(void *p) {
   }
   for (;;) {
     if (storm && fork_from_threads) storm_once();
-    else sleep_ms(50);
+    else sleep_ms(1000); /* idle: only the main thread beats */
   }
   return NULL;
 }
