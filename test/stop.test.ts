@@ -1,8 +1,9 @@
 import { expect } from 'chai';
+import { readFileSync } from 'node:fs';
 import { TreeStateError, getTreeState, snapshot, stopTree } from '../src/index.js';
 import { nativeExecutable } from '../src/native.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
-import { countingNativePasses, waitFor } from './helpers.js';
+import { countingNativePasses, rejection, waitFor } from './helpers.js';
 
 describe('stop', () => {
   it('stops every thread of every process, parents first, and the heartbeats freeze', async () => {
@@ -70,6 +71,18 @@ describe('stop', () => {
     expect(status.state).to.equal('stopped');
   });
 
+  it('fails with ENOTSETTLED, and resumes what it stopped, when the tree keeps forking new processes', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 2, storm: true });
+    // The root cannot be stopped (its tracer discards stop signals) and forks without pause.
+    await using tracer = await spawnSupervised(nativeExecutable('treestate-fixture'), ['--swallow-stops', String(tree.root)]);
+    await waitFor(() => readTracer(tree.root) === tracer.root, 2000, 'the tracer attached');
+    const e = await rejection(stopTree(tree.root, { maxPasses: 1 }));
+    expect(e.code, e.message).to.equal('ENOTSETTLED');
+    expect(e.message).to.match(new RegExp(`^the tree of ${tree.root} kept forking new processes through 1 passes; the \\d+ process\\(es\\) it had stopped were resumed$`));
+    await tracer.dispose();
+    await tree.waitProgress();
+  });
+
   it('times out with ETIMEDOUT naming the threads, and resumes what it stopped', async () => {
     await using tree = await spawnTree({ depth: 1, fanout: 2 });
     // A traced thread never reaches group-stop while its tracer holds it.
@@ -96,3 +109,7 @@ describe('stop', () => {
     expect(passes).to.be.below(10);
   });
 });
+
+function readTracer(pid: number): number {
+  return Number(/TracerPid:\s*(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
+}

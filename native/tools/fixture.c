@@ -4,6 +4,7 @@
  *                     [--shm FILE] [--interval-ms N] [--storm] [--subreaper]
  *                     [--uid-depth D --uid U] [--memory-mb N] [--zombie] [--exit-on-cont]
  *   treestate-fixture --trace PID      (ptrace-stop PID and hold it until killed)
+ *   treestate-fixture --swallow-stops PID  (trace PID and discard every stop signal it gets)
  *
  * Levels 0..D, F children per process, T threads per process (main included).
  * With --fork-from-threads, children are forked by the non-leader threads, so
@@ -184,6 +185,30 @@ static int trace(pid_t pid) {
   for (;;) pause();
 }
 
+/* A process that cannot be stopped: its tracer discards every stop signal at
+ * signal-delivery-stop, so it never enters group-stop. What a tree that
+ * never settles looks like, deterministically. */
+static int swallow_stops(pid_t pid) {
+  if (ptrace(PTRACE_SEIZE, pid, NULL, NULL) < 0) {
+    perror("treestate-fixture: ptrace");
+    return 1;
+  }
+  printf("tracing %d\n", pid);
+  fflush(stdout);
+  for (;;) {
+    int status;
+    if (waitpid(pid, &status, __WALL) < 0) {
+      if (errno == EINTR) continue;
+      return 0;
+    }
+    if (!WIFSTOPPED(status)) return 0;
+    int sig = WSTOPSIG(status);
+    int stop = sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU;
+    long deliver = (status >> 16) == 0 && !stop ? sig : 0;
+    ptrace(PTRACE_CONT, pid, NULL, (void *)deliver);
+  }
+}
+
 int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -202,6 +227,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--zombie")) zombie = 1;
     else if (!strcmp(a, "--exit-on-cont")) exit_on_cont = 1;
     else if (!strcmp(a, "--trace") && v) return trace((pid_t)atoi(argv[++i]));
+    else if (!strcmp(a, "--swallow-stops") && v) return swallow_stops((pid_t)atoi(argv[++i]));
     else {
       fprintf(stderr, "treestate-fixture: unknown argument %s\n", a);
       return 2;
