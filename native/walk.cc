@@ -122,30 +122,38 @@ void SignalThreads(pid_t pid, const std::vector<ThreadRecord>& threads, int sig)
   }
 }
 
-// Sends the pass's signal to one process through its pidfd.
-void Deliver(const WalkOptions& o, const Pidfd& fd, ProcessRecord* rec, WalkResult* result) {
-  if (o.signal == 0 || !Selected(*rec, o.select)) return;
-  if (rec->kernelThread || Protected(rec->pid, o.protect)) {
-    SysError e;
+// The one signal path: refuses what must never be signalled, signals through
+// the pidfd that pins the process, and sorts the outcome. Returns whether the
+// signal was delivered.
+bool SignalPinned(const Pidfd& fd, pid_t pid, bool refused, int sig, SignalOutcome* outcome) {
+  SysError e;
+  e.syscall = "pidfd_send_signal";
+  e.pid = pid;
+  if (refused) {
     e.code = "EREFUSED";
-    e.syscall = "pidfd_send_signal";
-    e.pid = rec->pid;
-    result->failures.push_back(e);
-    return;
+    outcome->failures.push_back(e);
+    return false;
   }
-  int r = fd.Signal(o.signal);
+  int r = fd.Signal(sig);
   if (r == -ESRCH) {
-    result->gone.push_back(rec->pid);
-  } else if (r < 0) {
-    SysError e;
+    outcome->gone.push_back(pid);
+    return false;
+  }
+  if (r < 0) {
     e.err = -r;
-    e.syscall = "pidfd_send_signal";
-    e.pid = rec->pid;
-    result->failures.push_back(e);
-  } else {
-    rec->signalled = true;
-    result->signalled.push_back(rec->pid);
-    if (o.perThread) SignalThreads(rec->pid, rec->threads, o.signal);
+    outcome->failures.push_back(e);
+    return false;
+  }
+  outcome->signalled.push_back(pid);
+  return true;
+}
+
+// Sends the pass's signal to one process of the walk, if the pass selects it.
+void Deliver(const WalkOptions& o, const Pidfd& fd, const ProcessRecord& rec, WalkResult* result) {
+  if (o.signal == 0 || !Selected(rec, o.select)) return;
+  bool refused = rec.kernelThread || Protected(rec.pid, o.protect);
+  if (SignalPinned(fd, rec.pid, refused, o.signal, result) && o.perThread) {
+    SignalThreads(rec.pid, rec.threads, o.signal);
   }
 }
 
@@ -171,7 +179,7 @@ void Walk(const WalkOptions& o, WalkResult* result) {
     Frame f = stack.back();
     stack.pop_back();
     if (f.exit) {
-      Deliver(o, open.back(), &result->processes[f.record], result);
+      Deliver(o, open.back(), result->processes[f.record], result);
       open.pop_back();
       continue;
     }
@@ -202,7 +210,7 @@ void Walk(const WalkOptions& o, WalkResult* result) {
     TaskDir dir;
     ReadThreads(st, &rec, &dir);
     if (rec.kernelThread) continue;  // never descend into kthreadd's tree
-    if (o.order == Order::ParentsFirst) Deliver(o, fd, &rec, result);
+    if (o.order == Order::ParentsFirst) Deliver(o, fd, rec, result);
     ReadChildrenOf(rec, map, dir, &rec.children);
     // `rec` may move when later records are added: copy what we still need.
     std::vector<pid_t> children = rec.children;
@@ -225,32 +233,13 @@ void SignalList(const std::vector<Identity>& targets, int sig, bool perThread,
       result->gone.push_back(target.pid);
       continue;
     }
-    if (Protected(target.pid, protect) || (st.flags & kKernelThreadFlag)) {
-      SysError e;
-      e.code = "EREFUSED";
-      e.syscall = "pidfd_send_signal";
-      e.pid = target.pid;
-      result->failures.push_back(e);
-      continue;
-    }
-    int r = fd.Signal(sig);
-    if (r == -ESRCH) {
-      result->gone.push_back(target.pid);
-    } else if (r < 0) {
-      SysError e;
-      e.err = -r;
-      e.syscall = "pidfd_send_signal";
-      e.pid = target.pid;
-      result->failures.push_back(e);
-    } else {
-      result->signalled.push_back(target.pid);
-      if (perThread) {
-        ProcessRecord rec;
-        rec.pid = target.pid;
-        TaskDir dir;
-        ReadThreads(st, &rec, &dir);
-        SignalThreads(target.pid, rec.threads, sig);
-      }
+    bool refused = Protected(target.pid, protect) || (st.flags & kKernelThreadFlag);
+    if (SignalPinned(fd, target.pid, refused, sig, result) && perThread) {
+      ProcessRecord rec;
+      rec.pid = target.pid;
+      TaskDir dir;
+      ReadThreads(st, &rec, &dir);
+      SignalThreads(target.pid, rec.threads, sig);
     }
   }
 }

@@ -37,7 +37,6 @@ struct ProcessRecord {
   uint64_t startTime = 0;
   std::string comm;
   bool kernelThread = false;
-  bool signalled = false;
   std::vector<ThreadRecord> threads;
   std::vector<pid_t> children;
 };
@@ -58,23 +57,23 @@ struct WalkOptions {
   std::vector<pid_t> protect;  // never signalled (the caller and its ancestors)
 };
 
-struct WalkResult {
+// What the signals of a pass did, process by process.
+struct SignalOutcome {
+  std::vector<pid_t> signalled;    // in signalling order
+  std::vector<pid_t> gone;         // exited (or no longer the process seen) before the signal
+  std::vector<SysError> failures;  // signals that failed (EPERM, refusals)
+};
+
+struct WalkResult : SignalOutcome {
   bool rootFound = false;
   SysError rootError;
   bool scan = false;
   std::vector<ProcessRecord> processes;  // in visiting order
-  std::vector<pid_t> signalled;          // in signalling order
-  std::vector<pid_t> gone;               // listed, but exited before it could be read
-  std::vector<SysError> failures;        // signals that failed (EPERM, refusals)
 };
 
 void Walk(const WalkOptions& options, WalkResult* result);
 
-struct SignalListResult {
-  std::vector<pid_t> signalled;
-  std::vector<pid_t> gone;
-  std::vector<SysError> failures;
-};
+using SignalListResult = SignalOutcome;
 
 // Signals processes known from an earlier pass, in the given order, after
 // re-checking each one's start time: a pid that now names another process is

@@ -53,13 +53,12 @@ struct Keys {
         startTime(Napi::String::New(env, "startTime")),
         comm(Napi::String::New(env, "comm")),
         kernelThread(Napi::String::New(env, "kernelThread")),
-        signalled(Napi::String::New(env, "signalled")),
         threads(Napi::String::New(env, "threads")),
         children(Napi::String::New(env, "children")),
         tid(Napi::String::New(env, "tid")),
         state(Napi::String::New(env, "state")),
         tracerPid(Napi::String::New(env, "tracerPid")) {}
-  Napi::String pid, ppid, startTime, comm, kernelThread, signalled, threads, children, tid, state,
+  Napi::String pid, ppid, startTime, comm, kernelThread, threads, children, tid, state,
       tracerPid;
   // One string per state letter, made when first needed.
   Napi::Value letters[128];
@@ -78,7 +77,6 @@ Napi::Object ToObject(Napi::Env env, Keys& keys, const ProcessRecord& p) {
   o.Set(keys.startTime, Napi::Number::New(env, static_cast<double>(p.startTime)));
   o.Set(keys.comm, Napi::String::New(env, p.comm));
   o.Set(keys.kernelThread, Napi::Boolean::New(env, p.kernelThread));
-  o.Set(keys.signalled, Napi::Boolean::New(env, p.signalled));
   Napi::Array threads = Napi::Array::New(env, p.threads.size());
   for (size_t i = 0; i < p.threads.size(); i++) {
     Napi::Object t = Napi::Object::New(env);

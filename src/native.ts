@@ -19,8 +19,6 @@ export interface NativeProcess {
   startTime: number;
   comm: string;
   kernelThread: boolean;
-  /** Whether this pass signalled it. */
-  signalled: boolean;
   threads: NativeThread[];
   children: number[];
 }

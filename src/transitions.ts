@@ -3,7 +3,7 @@
 // signal is one native pass (see native/walk.cc).
 import { TreeStateError, describePids, describeThreads, hasCode, type ThreadRef } from './errors.js';
 import { native, type Identity, type NativeFailure, type NativeWalkResult } from './native.js';
-import { checkNotSelf, checkPid, classify, liveThreads, toProcessInfo, walkTree, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
+import { checkNotSelf, checkPid, classify, liveThreads, pidsOf, processState, toProcessInfo, walkTree, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
 
 export interface TransitionOptions extends WalkOptions {
   /** How long the tree may take to reach the state (default 10 000 ms). */
@@ -67,7 +67,7 @@ class Tally {
   }
 
   result(root: number, state: TreeState, last: NativeWalkResult | undefined, passes: number, started: number, rootStartTime: number): TransitionResult {
-    const alive = (last?.processes ?? []).filter((p) => p.threads.some((t) => !'ZXx'.includes(t.state)));
+    const alive = (last?.processes ?? []).filter((p) => processState(p.threads) !== 'dead');
     const present = new Set(alive.map((p) => p.pid));
     const exited = new Set([...this.gone, ...this.seen.keys()].filter((pid) => !present.has(pid)));
     return {
@@ -149,9 +149,8 @@ export async function stopTree(pid: number, options: StopOptions = {}): Promise<
       const resumed = await rollback(tally, protect);
       throw failureError(pass.failures, 'stop', rolledBackNote(resumed));
     }
-    const signalledNow = pass.processes.some((p) => p.signalled);
     const notStopped = liveThreads(pass.processes, (s) => s !== 'T');
-    if (!signalledNow && notStopped.length === 0) {
+    if (pass.signalled.length === 0 && notStopped.length === 0) {
       return tally.result(root, 'stopped', pass, passes, started, rootStartTime);
     }
     if (passes > 1 && fresh > 0 && ++growing > maxPasses) {
@@ -163,14 +162,14 @@ export async function stopTree(pid: number, options: StopOptions = {}): Promise<
     tracedOnly = notStopped.length > 0 && notStopped.every((t) => t.state === 't') ? tracedOnly + 1 : 0;
     if (tracedOnly >= 8) {
       const resumed = await rollback(tally, protect);
-      throw new TreeStateError('ETRACED', `cannot stop the tree of ${root}: ${describeThreads(notStopped)} in ptrace-stop${rolledBackNote(resumed)}`, { pid: root, threads: notStopped, pids: [...new Set(notStopped.map((t) => t.pid))] });
+      throw new TreeStateError('ETRACED', `cannot stop the tree of ${root}: ${describeThreads(notStopped)} in ptrace-stop${rolledBackNote(resumed)}`, { pid: root, threads: notStopped, pids: pidsOf(notStopped) });
     }
     if (performance.now() > deadline) {
       const resumed = await rollback(tally, protect);
       throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not stop within ${options.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms: ${describeThreads(notStopped)} not stopped${rolledBackNote(resumed)}`, {
         pid: root,
         threads: notStopped,
-        pids: [...new Set(notStopped.map((t) => t.pid))],
+        pids: pidsOf(notStopped),
       });
     }
     quiet = fresh > 0 ? 0 : quiet + 1;
@@ -220,7 +219,7 @@ export async function continueTree(pid: number, options: TransitionOptions = {})
         throw new TreeStateError('ETRACED', `continued the tree of ${root}, but ${describeThreads(traced)} ${traced.length === 1 ? 'is' : 'are'} in ptrace-stop, which SIGCONT cannot resume`, {
           pid: root,
           threads: traced,
-          pids: [...new Set(traced.map((t) => t.pid))],
+          pids: pidsOf(traced),
           details: { result },
         });
       }
@@ -230,7 +229,7 @@ export async function continueTree(pid: number, options: TransitionOptions = {})
       throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not resume within ${options.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms: ${describeThreads(stopped)} still stopped`, {
         pid: root,
         threads: stopped,
-        pids: [...new Set(stopped.map((t) => t.pid))],
+        pids: pidsOf(stopped),
       });
     }
     await pause(backoff(passes - 1));
@@ -273,7 +272,7 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
     tally.add(pass);
     last = pass;
     if (pass.failures.length > 0) throw failureError(pass.failures, 'kill', '');
-    if (!pass.processes.some((p) => p.signalled)) break; // every process is a zombie
+    if (pass.signalled.length === 0) break; // every process is a zombie
     const alive = await native().waitExit(
       pass.processes.map((p) => ({ pid: p.pid, startTime: p.startTime })),
       Math.max(0, deadline - performance.now()),
@@ -321,7 +320,7 @@ export async function waitForState(pid: number, state: TreeState, options: WaitO
     }
     if (status.state === state) return status;
     if (performance.now() > deadline) {
-      const off: ThreadRef[] = status.state === 'mixed' ? status.differing : liveThreads(status.processes.map((p) => ({ ...p, kernelThread: false, signalled: false })), () => true);
+      const off: ThreadRef[] = status.state === 'mixed' ? status.differing : liveThreads(status.processes, () => true);
       throw new TreeStateError('ETIMEDOUT', `the tree of ${root} is ${status.state}, not ${state}, after ${timeoutMs} ms${off.length ? `: ${describeThreads(off)}` : ''}`, {
         pid: root,
         threads: off,

@@ -163,7 +163,7 @@ export async function getTreeState(pid: number, options: WalkOptions = {}): Prom
 }
 
 /** Live threads of a pass, as references for error messages. */
-export function liveThreads(processes: NativeProcess[], keep: (state: string) => boolean): ThreadRef[] {
+export function liveThreads(processes: Array<{ pid: number; threads: ThreadInfo[] }>, keep: (state: string) => boolean): ThreadRef[] {
   const out: ThreadRef[] = [];
   for (const p of processes) {
     for (const t of p.threads) {
@@ -171,4 +171,9 @@ export function liveThreads(processes: NativeProcess[], keep: (state: string) =>
     }
   }
   return out;
+}
+
+/** The processes the threads belong to, each once. */
+export function pidsOf(threads: ThreadRef[]): number[] {
+  return [...new Set(threads.map((t) => t.pid))];
 }

@@ -217,9 +217,9 @@ function countSignals(addon: NativeAddon): { counters: Counters; restore: () => 
   const signalList = addon.signalList;
   addon.walk = async (options) => {
     const result = await walk.call(addon, options);
-    for (const p of result.processes.filter((x) => x.signalled)) {
+    for (const pid of result.signalled) {
       counters.signalled++;
-      counters.calls.push(`signal ${options.signal} to ${p.pid} (${p.comm}) by walk ${JSON.stringify(options)}`);
+      counters.calls.push(`signal ${options.signal} to ${pid} (${result.processes.find((p) => p.pid === pid)?.comm}) by walk ${JSON.stringify(options)}`);
     }
     return result;
   };

@@ -1,6 +1,6 @@
 // Tree-state assertions: a chai plugin and a plain helper for other runners.
 import { TreeStateError, describeThreads } from '../errors.js';
-import { getTreeState, type TreeState, type TreeStatus } from '../tree.js';
+import { getTreeState, liveThreads, threadState, type TreeState, type TreeStatus } from '../tree.js';
 import { waitForState } from '../transitions.js';
 
 export interface AssertOptions {
@@ -8,12 +8,16 @@ export interface AssertOptions {
   timeoutMs?: number;
 }
 
+/** Which live threads keep the tree from being `wanted`. */
+const offFor: Record<TreeState, (state: string) => boolean> = {
+  dead: () => true,
+  stopped: (s) => s !== 'T',
+  running: (s) => threadState(s) !== 'running',
+  mixed: (s) => threadState(s) !== 'running',
+};
+
 function describeStatus(status: TreeStatus, wanted: TreeState): string {
-  const off = status.processes.flatMap((p) =>
-    p.threads
-      .filter((t) => (wanted === 'dead' ? !'ZXx'.includes(t.state) : wanted === 'stopped' ? t.state !== 'T' && !'ZXx'.includes(t.state) : 'Tt'.includes(t.state)))
-      .map((t) => ({ pid: p.pid, tid: t.tid, state: t.state, tracerPid: t.tracerPid })),
-  );
+  const off = liveThreads(status.processes, offFor[wanted]);
   return `is ${status.state}${off.length ? `: ${describeThreads(off)}` : ''}`;
 }
 
