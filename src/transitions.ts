@@ -114,6 +114,26 @@ function rolledBackNote(resumed: number[]): string {
   return resumed.length === 0 ? '; nothing had been stopped' : `; the ${resumed.length} process(es) it had stopped were resumed`;
 }
 
+/** Which processes a pass saw, and how many of them were dead. */
+interface TreeShape {
+  identities: Map<number, number>;
+  dead: number;
+}
+
+function treeShape(pass: NativeWalkResult): TreeShape {
+  return {
+    identities: new Map(pass.processes.map((p) => [p.pid, p.startTime])),
+    dead: pass.processes.filter((p) => processState(p.threads) === 'dead').length,
+  };
+}
+
+/** Same processes; and, since a process only goes from alive to dead, the same count of dead ones means the same ones. */
+function sameShape(a: TreeShape, b: TreeShape): boolean {
+  if (a.identities.size !== b.identities.size || a.dead !== b.dead) return false;
+  for (const [pid, startTime] of b.identities) if (a.identities.get(pid) !== startTime) return false;
+  return true;
+}
+
 /**
  * Running → Stopped. Parents before children; passes repeat until one finds
  * every live thread in group-stop and nothing left to signal, because
@@ -133,6 +153,7 @@ export async function stopTree(pid: number, options: StopOptions = {}): Promise<
   let growing = 0;
   let quiet = 0;
   let tracedOnly = 0;
+  let previousShape: TreeShape | undefined;
   for (;;) {
     let pass: NativeWalkResult;
     try {
@@ -150,7 +171,16 @@ export async function stopTree(pid: number, options: StopOptions = {}): Promise<
       throw failureError(pass.failures, 'stop', rolledBackNote(resumed));
     }
     const notStopped = liveThreads(pass.processes, (s) => s !== 'T');
-    if (pass.signalled.length === 0 && notStopped.length === 0) {
+    // When a process exits, its children move to a subreaper or init, and a
+    // pass that reads the old parent after and the new one before the move
+    // never sees them: such an orphan may still run. Only an exit causes the
+    // move, so a pass proves the tree stopped only if it shows the same
+    // processes, as alive or dead, as the pass before it (the first pass: if
+    // it found everything already stopped, nothing was running to exit).
+    const shape = treeShape(pass);
+    const unchanged = previousShape === undefined || sameShape(previousShape, shape);
+    previousShape = shape;
+    if (pass.signalled.length === 0 && notStopped.length === 0 && unchanged) {
       return tally.result(root, 'stopped', pass, passes, started, rootStartTime);
     }
     if (passes > 1 && fresh > 0 && ++growing > maxPasses) {
