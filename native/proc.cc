@@ -69,12 +69,12 @@ int ParsePidList(const char* p, std::vector<pid_t>* out) {
 
 }  // namespace
 
-int ReadStat(pid_t pid, ProcStat* out) {
-  char path[64];
+namespace {
+
+int ParseStat(int dirfd, const char* path, pid_t pid, ProcStat* out) {
   char buf[1024];
   size_t len;
-  snprintf(path, sizeof path, "/proc/%d/stat", pid);
-  int err = ReadSmall(path, buf, sizeof buf, &len);
+  int err = ReadSmallAt(dirfd, path, buf, sizeof buf, &len);
   if (err) return err == ENOENT ? ESRCH : err;
   const char* open = strchr(buf, '(');
   const char* rest = AfterComm(buf);
@@ -98,6 +98,24 @@ int ReadStat(pid_t pid, ProcStat* out) {
   return 0;
 }
 
+}  // namespace
+
+int ReadStat(pid_t pid, ProcStat* out) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  return ParseStat(AT_FDCWD, path, pid, out);
+}
+
+int OpenProcDir(pid_t pid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d", pid);
+  int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT ? -ESRCH : -errno;
+  return fd;
+}
+
+int ReadStatAt(int procfd, pid_t pid, ProcStat* out) { return ParseStat(procfd, "stat", pid, out); }
+
 namespace {
 
 int ParseThreadState(int dirfd, const char* path, char* state) {
@@ -113,35 +131,14 @@ int ParseThreadState(int dirfd, const char* path, char* state) {
 
 }  // namespace
 
-int ReadThreadState(pid_t pid, pid_t tid, char* state) {
-  char path[64];
-  snprintf(path, sizeof path, "/proc/%d/task/%d/stat", pid, tid);
-  return ParseThreadState(AT_FDCWD, path, state);
-}
-
 int ReadThreadStateAt(int taskfd, pid_t tid, char* state) {
   char path[32];
   snprintf(path, sizeof path, "%d/stat", tid);
   return ParseThreadState(taskfd, path, state);
 }
 
-int ListThreads(pid_t pid, std::vector<pid_t>* tids) {
-  char path[64];
-  snprintf(path, sizeof path, "/proc/%d/task", pid);
-  DIR* dir = opendir(path);
-  if (!dir) return errno == ENOENT ? ESRCH : errno;
-  while (struct dirent* e = readdir(dir)) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    tids->push_back(static_cast<pid_t>(atoi(e->d_name)));
-  }
-  closedir(dir);
-  return 0;
-}
-
-int OpenTaskDir(pid_t pid) {
-  char path[64];
-  snprintf(path, sizeof path, "/proc/%d/task", pid);
-  int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+int OpenTaskDir(int procfd) {
+  int fd = openat(procfd, "task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return errno == ENOENT ? -ESRCH : -errno;
   return fd;
 }
@@ -157,6 +154,7 @@ int ListThreadsAt(int taskfd, std::vector<pid_t>* tids) {
       return errno == ENOENT ? ESRCH : errno;
     }
     if (n == 0) break;
+    long used = n;
     for (long off = 0; off < n;) {
       struct linux_dirent64 {
         uint64_t d_ino;
@@ -169,6 +167,10 @@ int ListThreadsAt(int taskfd, std::vector<pid_t>* tids) {
       if (e->d_name[0] >= '0' && e->d_name[0] <= '9') tids->push_back(static_cast<pid_t>(atoi(e->d_name)));
       off += e->d_reclen;
     }
+    // procfs fills the buffer until it is full or the listing ends: room
+    // left for another entry means this was the end, and the getdents that
+    // would return 0 can be skipped.
+    if (used + 256 < static_cast<long>(sizeof buf)) break;
   }
   return 0;
 }
@@ -198,16 +200,14 @@ int ReadChildrenPath(int dirfd, const char* path, std::vector<pid_t>* out) {
 
 }  // namespace
 
-int ReadChildren(pid_t pid, pid_t tid, std::vector<pid_t>* out) {
-  char path[64];
-  snprintf(path, sizeof path, "/proc/%d/task/%d/children", pid, tid);
-  return ReadChildrenPath(AT_FDCWD, path, out);
-}
-
-int ReadChildrenAt(int taskfd, pid_t tid, std::vector<pid_t>* out) {
-  char path[32];
-  snprintf(path, sizeof path, "%d/children", tid);
-  return ReadChildrenPath(taskfd, path, out);
+int ReadChildrenAt(int procfd, int taskfd, pid_t tid, std::vector<pid_t>* out) {
+  char path[48];
+  if (taskfd >= 0) {
+    snprintf(path, sizeof path, "%d/children", tid);
+    return ReadChildrenPath(taskfd, path, out);
+  }
+  snprintf(path, sizeof path, "task/%d/children", tid);
+  return ReadChildrenPath(procfd, path, out);
 }
 
 pid_t ReadTracer(pid_t pid, pid_t tid) {

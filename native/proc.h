@@ -26,17 +26,21 @@ constexpr unsigned long kKernelThreadFlag = 0x00200000;
 
 // Each returns 0 or an errno value (ENOENT/ESRCH when the process is gone).
 int ReadStat(pid_t pid, ProcStat* out);
-int ReadThreadState(pid_t pid, pid_t tid, char* state);
-int ListThreads(pid_t pid, std::vector<pid_t>* tids);
-// Appends the children of thread `tid` of `pid` (from .../task/TID/children).
-int ReadChildren(pid_t pid, pid_t tid, std::vector<pid_t>* out);
-// The same reads relative to an fd of /proc/PID/task (OpenTaskDir: the fd or
-// -errno), for processes with several threads: each thread's file is then a
-// two-component lookup instead of five.
-int OpenTaskDir(pid_t pid);
+
+// Reads relative to an fd of /proc/PID (OpenProcDir: the fd or -errno).
+// Such an fd is bound to the process, not to its pid: once the process is
+// reaped every lookup through it fails with ESRCH, even if the pid has been
+// given to another process. It is also a pidfd for pidfd_send_signal(2).
+int OpenProcDir(pid_t pid);
+int ReadStatAt(int procfd, pid_t pid, ProcStat* out);
+// An fd of /proc/PID/task, for processes with several threads: each thread's
+// file is then a two-component lookup.
+int OpenTaskDir(int procfd);
 int ListThreadsAt(int taskfd, std::vector<pid_t>* tids);
 int ReadThreadStateAt(int taskfd, pid_t tid, char* state);
-int ReadChildrenAt(int taskfd, pid_t tid, std::vector<pid_t>* out);
+// Appends the children of thread `tid` (from task/TID/children), read
+// through `taskfd` when there is one, else through `procfd`.
+int ReadChildrenAt(int procfd, int taskfd, pid_t tid, std::vector<pid_t>* out);
 // TracerPid of one thread (from .../task/TID/status); 0 when not traced.
 pid_t ReadTracer(pid_t pid, pid_t tid);
 

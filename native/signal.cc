@@ -5,6 +5,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "proc.h"
+
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
 #endif
@@ -29,6 +31,8 @@ int ThreadSignal(pid_t tgid, pid_t tid, int sig) {
 }
 
 Pidfd::Pidfd(pid_t pid) : fd_(pid > 0 ? PidfdOpen(pid) : -ESRCH) {}
+
+Pidfd Pidfd::OfProcDir(pid_t pid) { return Pidfd(Adopt{}, pid > 0 ? OpenProcDir(pid) : -ESRCH); }
 
 Pidfd::~Pidfd() {
   if (fd_ >= 0) close(fd_);

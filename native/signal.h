@@ -17,6 +17,10 @@ int ThreadSignal(pid_t tgid, pid_t tid, int sig);
 class Pidfd {
  public:
   explicit Pidfd(pid_t pid);
+  // An fd of /proc/PID instead (see OpenProcDir): it signals like a pidfd,
+  // and reads through it reach only this process. poll(2) on it does not
+  // report the exit: waiting needs a real pidfd.
+  static Pidfd OfProcDir(pid_t pid);
   ~Pidfd();
   Pidfd(Pidfd&& other) noexcept;
   Pidfd(const Pidfd&) = delete;
@@ -31,6 +35,8 @@ class Pidfd {
   bool Alive() const;
 
  private:
+  struct Adopt {};
+  Pidfd(Adopt, int fd) : fd_(fd) {}
   int fd_;
 };
 

@@ -22,18 +22,17 @@ bool Protected(pid_t pid, const std::vector<pid_t>& protect) {
   return pid <= 1 || std::find(protect.begin(), protect.end(), pid) != protect.end();
 }
 
-// Opens a pidfd first and inspects the process after: if the pidfd still
-// names a live process once /proc has been read, what we read was that
-// process and not a successor on the same pid.
+// Pins the process with an fd of its /proc directory and reads it through
+// that fd: what is read can only be that process (a reaped one answers
+// ESRCH, never its pid's next owner), and the same fd signals it.
 int OpenChecked(pid_t pid, pid_t expectedParent, uint64_t expectedStart, Pidfd* fd,
                 ProcStat* st) {
-  Pidfd opened(pid);
+  Pidfd opened = Pidfd::OfProcDir(pid);
   if (!opened.ok()) return opened.error();
-  int err = ReadStat(pid, st);
+  int err = ReadStatAt(opened.fd(), pid, st);
   if (err) return err;
   if (expectedParent != 0 && st->ppid != expectedParent) return ESRCH;
   if (expectedStart != 0 && st->startTime != expectedStart) return ESRCH;
-  if (!opened.Alive()) return ESRCH;
   *fd = std::move(opened);
   return 0;
 }
@@ -42,7 +41,7 @@ int OpenChecked(pid_t pid, pid_t expectedParent, uint64_t expectedStart, Pidfd* 
 class TaskDir {
  public:
   TaskDir() = default;
-  explicit TaskDir(pid_t pid) : fd_(OpenTaskDir(pid)) {}
+  explicit TaskDir(int procfd) : fd_(OpenTaskDir(procfd)) {}
   ~TaskDir() {
     if (fd_ >= 0) close(fd_);
   }
@@ -61,12 +60,12 @@ class TaskDir {
 
 // `dir` receives /proc/PID/task for a process with several threads, so the
 // children files can be read relative to it too.
-void ReadThreads(const ProcStat& st, ProcessRecord* rec, TaskDir* dir) {
+void ReadThreads(int procfd, const ProcStat& st, ProcessRecord* rec, TaskDir* dir) {
   if (st.numThreads <= 1) {
     // One thread: the process's own stat line is the leader's, no task/ scan.
     rec->threads.push_back({st.pid, st.state, 0});
   } else {
-    *dir = TaskDir(st.pid);
+    *dir = TaskDir(procfd);
     std::vector<pid_t> tids;
     if (dir->fd() >= 0) ListThreadsAt(dir->fd(), &tids);
     for (pid_t tid : tids) {
@@ -86,18 +85,15 @@ void ReadThreads(const ProcStat& st, ProcessRecord* rec, TaskDir* dir) {
   }
 }
 
-void ReadChildrenOf(const ProcessRecord& rec, const ChildMap* scanned, const TaskDir& dir,
-                    std::vector<pid_t>* out) {
+void ReadChildrenOf(int procfd, const ProcessRecord& rec, const ChildMap* scanned,
+                    const TaskDir& dir, std::vector<pid_t>* out) {
   if (scanned) {
     auto it = scanned->find(rec.pid);
     if (it != scanned->end()) *out = it->second;
     return;
   }
   // Every thread's file: a child belongs to the thread that forked it.
-  for (const ThreadRecord& t : rec.threads) {
-    if (dir.fd() >= 0) ReadChildrenAt(dir.fd(), t.tid, out);
-    else ReadChildren(rec.pid, t.tid, out);
-  }
+  for (const ThreadRecord& t : rec.threads) ReadChildrenAt(procfd, dir.fd(), t.tid, out);
 }
 
 bool Selected(const ProcessRecord& rec, Select select) {
@@ -208,10 +204,10 @@ void Walk(const WalkOptions& o, WalkResult* result) {
     rec.comm = st.comm;
     rec.kernelThread = (st.flags & kKernelThreadFlag) != 0;
     TaskDir dir;
-    ReadThreads(st, &rec, &dir);
+    ReadThreads(fd.fd(), st, &rec, &dir);
     if (rec.kernelThread) continue;  // never descend into kthreadd's tree
     if (o.order == Order::ParentsFirst) Deliver(o, fd, rec, result);
-    ReadChildrenOf(rec, map, dir, &rec.children);
+    ReadChildrenOf(fd.fd(), rec, map, dir, &rec.children);
     // `rec` may move when later records are added: copy what we still need.
     std::vector<pid_t> children = rec.children;
     if (o.order == Order::ChildrenFirst) {
@@ -238,7 +234,7 @@ void SignalList(const std::vector<Identity>& targets, int sig, bool perThread,
       ProcessRecord rec;
       rec.pid = target.pid;
       TaskDir dir;
-      ReadThreads(st, &rec, &dir);
+      ReadThreads(fd.fd(), st, &rec, &dir);
       SignalThreads(target.pid, rec.threads, sig);
     }
   }
@@ -254,9 +250,15 @@ std::vector<pid_t> WaitExit(const std::vector<Identity>& targets, int timeoutMs)
   std::vector<Pidfd> fds;
   std::vector<pid_t> pids;
   for (const Identity& target : targets) {
-    Pidfd fd(-1);
+    // poll(2) reports exits only on a real pidfd: open one, then make sure
+    // the process it names is still the target (alive after the check, so
+    // the pid was not reused in between).
+    Pidfd fd(target.pid);
     ProcStat st;
-    if (OpenChecked(target.pid, 0, target.startTime, &fd, &st) != 0) continue;  // already reaped
+    if (!fd.ok() || ReadStat(target.pid, &st) != 0 || st.startTime != target.startTime ||
+        !fd.Alive()) {
+      continue;  // already reaped
+    }
     fds.push_back(std::move(fd));
     pids.push_back(target.pid);
   }

@@ -1,8 +1,9 @@
 // The tree walk: the one iterator over a process tree (CRIU's pstree idea).
 // A pass discovers the tree from the root, reads every thread's state and,
 // if asked, signals the selected processes in the requested order. Identity
-// is pinned with a pidfd opened before the process is inspected, so nothing
-// that is signalled can be a recycled pid.
+// is pinned with an fd of /proc/PID opened before the process is inspected,
+// through which it is both read and signalled, so nothing that is read or
+// signalled can be a recycled pid.
 #pragma once
 
 #include <stdint.h>
