@@ -21,6 +21,8 @@ Napi::Value ChildrenFilesSupported(const Napi::CallbackInfo& info) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("walk", Napi::Function::New(env, treestate::WalkAsync, "walk"));
+  exports.Set("createWalkCache", Napi::Function::New(env, treestate::CreateWalkCache, "createWalkCache"));
+  exports.Set("releaseWalkCache", Napi::Function::New(env, treestate::ReleaseWalkCache, "releaseWalkCache"));
   exports.Set("signalList", Napi::Function::New(env, treestate::SignalListAsync, "signalList"));
   exports.Set("waitExit", Napi::Function::New(env, treestate::WaitExitAsync, "waitExit"));
   exports.Set("selfAndAncestors", Napi::Function::New(env, SelfAndAncestors, "selfAndAncestors"));

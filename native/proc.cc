@@ -19,29 +19,42 @@ namespace {
 // can be skipped: it is a third of the syscalls of a walk otherwise.
 constexpr size_t kSurelyWhole = 4096 - 64;
 
-// Reads a whole small procfs file into `buf` (NUL-terminated). procfs files
-// report size 0, so read until EOF (or a short read that proves it).
-int ReadSmallAt(int dirfd, const char* path, char* buf, size_t cap, size_t* len) {
-  int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return errno;
+// Reads a whole small procfs file from its start into `buf` (NUL-terminated).
+// procfs files report size 0, so read until EOF (or a short read that
+// proves it). pread, so that a kept fd is read from the start again.
+int ReadFrom(int fd, char* buf, size_t cap, size_t* len) {
   size_t used = 0;
   while (used + 1 < cap) {
     size_t want = cap - 1 - used;
-    ssize_t n = read(fd, buf + used, want);
+    ssize_t n = pread(fd, buf + used, want, static_cast<off_t>(used));
     if (n < 0) {
       if (errno == EINTR) continue;
-      int err = errno;
-      close(fd);
-      return err;
+      return errno;
     }
     if (n == 0) break;
     used += static_cast<size_t>(n);
     if (static_cast<size_t>(n) < want && static_cast<size_t>(n) < kSurelyWhole) break;
   }
-  close(fd);
   buf[used] = '\0';
   *len = used;
   return 0;
+}
+
+// Reads `path` (relative to `dirfd`), or the file already open in `kept`;
+// a file read for the first time is left open in `kept` when one is given.
+int ReadSmallAt(int dirfd, const char* path, char* buf, size_t cap, size_t* len,
+                Fd* kept = nullptr) {
+  if (kept && kept->ok()) {
+    int err = ReadFrom(kept->get(), buf, cap, len);
+    if (err) kept->Reset();
+    return err;
+  }
+  int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT ? ESRCH : errno;
+  int err = ReadFrom(fd, buf, cap, len);
+  if (kept && !err) kept->Reset(fd);
+  else close(fd);
+  return err;
 }
 
 int ReadSmall(const char* path, char* buf, size_t cap, size_t* len) {
@@ -69,13 +82,26 @@ int ParsePidList(const char* p, std::vector<pid_t>* out) {
 
 }  // namespace
 
+Fd& Fd::operator=(Fd&& o) noexcept {
+  if (this != &o) {
+    Reset(o.fd_);
+    o.fd_ = -1;
+  }
+  return *this;
+}
+
+void Fd::Reset(int fd) {
+  if (fd_ >= 0) close(fd_);
+  fd_ = fd;
+}
+
 namespace {
 
-int ParseStat(int dirfd, const char* path, pid_t pid, ProcStat* out) {
+int ParseStat(int dirfd, const char* path, pid_t pid, ProcStat* out, Fd* kept = nullptr) {
   char buf[1024];
   size_t len;
-  int err = ReadSmallAt(dirfd, path, buf, sizeof buf, &len);
-  if (err) return err == ENOENT ? ESRCH : err;
+  int err = ReadSmallAt(dirfd, path, buf, sizeof buf, &len, kept);
+  if (err) return err;
   const char* open = strchr(buf, '(');
   const char* rest = AfterComm(buf);
   if (!open || !rest) return EIO;
@@ -114,15 +140,17 @@ int OpenProcDir(pid_t pid) {
   return fd;
 }
 
-int ReadStatAt(int procfd, pid_t pid, ProcStat* out) { return ParseStat(procfd, "stat", pid, out); }
+int ReadStatAt(int procfd, pid_t pid, ProcStat* out, Fd* kept) {
+  return ParseStat(procfd, "stat", pid, out, kept);
+}
 
 namespace {
 
-int ParseThreadState(int dirfd, const char* path, char* state) {
+int ParseThreadState(int dirfd, const char* path, char* state, Fd* kept) {
   char buf[1024];
   size_t len;
-  int err = ReadSmallAt(dirfd, path, buf, sizeof buf, &len);
-  if (err) return err == ENOENT ? ESRCH : err;
+  int err = ReadSmallAt(dirfd, path, buf, sizeof buf, &len, kept);
+  if (err) return err;
   const char* rest = AfterComm(buf);
   if (!rest) return EIO;
   *state = rest[0];
@@ -131,10 +159,10 @@ int ParseThreadState(int dirfd, const char* path, char* state) {
 
 }  // namespace
 
-int ReadThreadStateAt(int taskfd, pid_t tid, char* state) {
+int ReadThreadStateAt(int taskfd, pid_t tid, char* state, Fd* kept) {
   char path[32];
   snprintf(path, sizeof path, "%d/stat", tid);
-  return ParseThreadState(taskfd, path, state);
+  return ParseThreadState(taskfd, path, state, kept);
 }
 
 int OpenTaskDir(int procfd) {
@@ -143,9 +171,10 @@ int OpenTaskDir(int procfd) {
   return fd;
 }
 
-int ListThreadsAt(int taskfd, std::vector<pid_t>* tids) {
+int ListThreadsAt(int taskfd, bool again, std::vector<pid_t>* tids) {
   // getdents64 on our own fd: no DIR to allocate, and the fd stays open
   // for the per-thread reads that follow.
+  if (again && lseek(taskfd, 0, SEEK_SET) < 0) return errno;
   alignas(8) char buf[8192];
   for (;;) {
     long n = syscall(SYS_getdents64, taskfd, buf, sizeof buf);
@@ -177,11 +206,11 @@ int ListThreadsAt(int taskfd, std::vector<pid_t>* tids) {
 
 namespace {
 
-int ReadChildrenPath(int dirfd, const char* path, std::vector<pid_t>* out) {
+int ReadChildrenPath(int dirfd, const char* path, std::vector<pid_t>* out, Fd* kept) {
   char small[4096];
   size_t len;
-  int err = ReadSmallAt(dirfd, path, small, sizeof small, &len);
-  if (err) return err == ENOENT ? ESRCH : err;
+  int err = ReadSmallAt(dirfd, path, small, sizeof small, &len, kept);
+  if (err) return err;
   if (len + 1 < sizeof small) return ParsePidList(small, out);
   // A thread with hundreds of children: read the whole list.
   std::string whole;
@@ -200,14 +229,14 @@ int ReadChildrenPath(int dirfd, const char* path, std::vector<pid_t>* out) {
 
 }  // namespace
 
-int ReadChildrenAt(int procfd, int taskfd, pid_t tid, std::vector<pid_t>* out) {
+int ReadChildrenAt(int procfd, int taskfd, pid_t tid, std::vector<pid_t>* out, Fd* kept) {
   char path[48];
   if (taskfd >= 0) {
     snprintf(path, sizeof path, "%d/children", tid);
-    return ReadChildrenPath(taskfd, path, out);
+    return ReadChildrenPath(taskfd, path, out, kept);
   }
   snprintf(path, sizeof path, "task/%d/children", tid);
-  return ReadChildrenPath(procfd, path, out);
+  return ReadChildrenPath(procfd, path, out, kept);
 }
 
 pid_t ReadTracer(pid_t pid, pid_t tid) {
@@ -233,10 +262,12 @@ int ScanChildren(ChildMap* out) {
   DIR* dir = opendir("/proc");
   if (!dir) return errno;
   ProcStat st;
+  char path[32];
   while (struct dirent* e = readdir(dir)) {
     if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
     pid_t pid = static_cast<pid_t>(atoi(e->d_name));
-    if (ReadStat(pid, &st) == 0) (*out)[st.ppid].push_back(pid);
+    snprintf(path, sizeof path, "%d/stat", pid);
+    if (ParseStat(dirfd(dir), path, pid, &st) == 0) (*out)[st.ppid].push_back(pid);
   }
   closedir(dir);
   return 0;

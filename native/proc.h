@@ -24,30 +24,57 @@ struct ProcStat {
 // PF_KTHREAD from include/linux/sched.h.
 constexpr unsigned long kKernelThreadFlag = 0x00200000;
 
-// Each returns 0 or an errno value (ENOENT/ESRCH when the process is gone).
+// An owned file descriptor, closed when it goes out of scope.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() { Reset(); }
+  Fd(Fd&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  Fd& operator=(Fd&& o) noexcept;
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  bool ok() const { return fd_ >= 0; }
+  int get() const { return fd_; }
+  void Reset(int fd = -1);
+
+ private:
+  int fd_ = -1;
+};
+
+// Each returns 0 or an errno value (ESRCH when the process is gone).
 int ReadStat(pid_t pid, ProcStat* out);
 
 // Reads relative to an fd of /proc/PID (OpenProcDir: the fd or -errno).
 // Such an fd is bound to the process, not to its pid: once the process is
 // reaped every lookup through it fails with ESRCH, even if the pid has been
 // given to another process. It is also a pidfd for pidfd_send_signal(2).
+//
+// `kept`, when given, keeps the file open to be read again: pread at
+// offset 0 makes the kernel generate a procfs file anew, one syscall
+// instead of open, read and close. A kept file is bound to its process or
+// thread like the directory it was opened through: once that is reaped,
+// reading it fails with ESRCH (a children file reads empty).
 int OpenProcDir(pid_t pid);
-int ReadStatAt(int procfd, pid_t pid, ProcStat* out);
+int ReadStatAt(int procfd, pid_t pid, ProcStat* out, Fd* kept = nullptr);
 // An fd of /proc/PID/task, for processes with several threads: each thread's
 // file is then a two-component lookup.
 int OpenTaskDir(int procfd);
-int ListThreadsAt(int taskfd, std::vector<pid_t>* tids);
-int ReadThreadStateAt(int taskfd, pid_t tid, char* state);
+// `again`: the fd was listed before and is rewound first.
+int ListThreadsAt(int taskfd, bool again, std::vector<pid_t>* tids);
+int ReadThreadStateAt(int taskfd, pid_t tid, char* state, Fd* kept = nullptr);
 // Appends the children of thread `tid` (from task/TID/children), read
 // through `taskfd` when there is one, else through `procfd`.
-int ReadChildrenAt(int procfd, int taskfd, pid_t tid, std::vector<pid_t>* out);
+int ReadChildrenAt(int procfd, int taskfd, pid_t tid, std::vector<pid_t>* out,
+                   Fd* kept = nullptr);
 // TracerPid of one thread (from .../task/TID/status); 0 when not traced.
 pid_t ReadTracer(pid_t pid, pid_t tid);
 
 // Whether /proc/PID/task/TID/children exists (CONFIG_PROC_CHILDREN).
 bool ChildrenFilesSupported();
 
-// The fallback walk: one scan of /proc/*/stat, parent pid -> child pids.
+// The fallback walk: one scan of /proc/*/stat, parent pid -> child pids (in
+// pid order).
 using ChildMap = std::unordered_map<pid_t, std::vector<pid_t>>;
 int ScanChildren(ChildMap* out);
 

@@ -22,78 +22,52 @@ bool Protected(pid_t pid, const std::vector<pid_t>& protect) {
   return pid <= 1 || std::find(protect.begin(), protect.end(), pid) != protect.end();
 }
 
-// Pins the process with an fd of its /proc directory and reads it through
-// that fd: what is read can only be that process (a reaped one answers
-// ESRCH, never its pid's next owner), and the same fd signals it.
-int OpenChecked(pid_t pid, pid_t expectedParent, uint64_t expectedStart, Pidfd* fd,
-                ProcStat* st) {
-  Pidfd opened = Pidfd::OfProcDir(pid);
-  if (!opened.ok()) return opened.error();
-  int err = ReadStatAt(opened.fd(), pid, st);
-  if (err) return err;
-  if (expectedParent != 0 && st->ppid != expectedParent) return ESRCH;
-  if (expectedStart != 0 && st->startTime != expectedStart) return ESRCH;
-  *fd = std::move(opened);
-  return 0;
-}
-
-// An fd of /proc/PID/task, closed when the process is done with.
-class TaskDir {
- public:
-  TaskDir() = default;
-  explicit TaskDir(int procfd) : fd_(OpenTaskDir(procfd)) {}
-  ~TaskDir() {
-    if (fd_ >= 0) close(fd_);
-  }
-  TaskDir(TaskDir&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
-  TaskDir& operator=(TaskDir&& o) noexcept {
-    std::swap(fd_, o.fd_);
-    return *this;
-  }
-  TaskDir(const TaskDir&) = delete;
-  TaskDir& operator=(const TaskDir&) = delete;
-  int fd() const { return fd_; }
-
- private:
-  int fd_ = -1;
-};
-
-// `dir` receives /proc/PID/task for a process with several threads, so the
-// children files can be read relative to it too.
-void ReadThreads(int procfd, const ProcStat& st, ProcessRecord* rec, TaskDir* dir) {
-  if (st.numThreads <= 1) {
-    // One thread: the process's own stat line is the leader's, no task/ scan.
-    rec->threads.push_back({st.pid, st.state, 0});
-  } else {
-    *dir = TaskDir(procfd);
-    std::vector<pid_t> tids;
-    if (dir->fd() >= 0) ListThreadsAt(dir->fd(), &tids);
-    for (pid_t tid : tids) {
-      // The state in /proc/PID/stat is the leader's own (the kernel formats
-      // both files from the same task): no need to read it twice.
-      if (tid == st.pid) {
-        rec->threads.push_back({tid, st.state, 0});
-        continue;
-      }
-      char state;
-      // A thread that exits while we look is simply no longer there.
-      if (ReadThreadStateAt(dir->fd(), tid, &state) == 0) rec->threads.push_back({tid, state, 0});
+ThreadFiles& FilesOf(ProcessFiles* pf, pid_t tid, uint64_t pass) {
+  for (ThreadFiles& t : pf->threads) {
+    if (t.tid == tid) {
+      t.pass = pass;
+      return t;
     }
   }
-  for (ThreadRecord& t : rec->threads) {
-    if (t.state == 't') t.tracer = ReadTracer(st.pid, t.tid);
-  }
+  pf->threads.push_back({});
+  pf->threads.back().tid = tid;
+  pf->threads.back().pass = pass;
+  return pf->threads.back();
 }
 
-void ReadChildrenOf(int procfd, const ProcessRecord& rec, const ChildMap* scanned,
-                    const TaskDir& dir, std::vector<pid_t>* out) {
-  if (scanned) {
-    auto it = scanned->find(rec.pid);
-    if (it != scanned->end()) *out = it->second;
-    return;
+// Reads the threads of a process whose stat line is `st`, and the children
+// of each (a child belongs to the thread that forked it).
+void ReadThreadsAndChildren(const ProcStat& st, ProcessFiles* pf, uint64_t pass,
+                            const ChildMap* scanned, ProcessRecord* rec) {
+  int procfd = pf->pin.fd();
+  std::vector<pid_t> tids;
+  if (st.numThreads <= 1) {
+    // One thread: the process's own stat line is the leader's, no task/ listing.
+    tids.push_back(st.pid);
+  } else {
+    bool again = pf->task.ok();
+    if (!again) pf->task.Reset(OpenTaskDir(procfd));
+    if (pf->task.ok() && ListThreadsAt(pf->task.get(), again, &tids) != 0) pf->task.Reset();
   }
-  // Every thread's file: a child belongs to the thread that forked it.
-  for (const ThreadRecord& t : rec.threads) ReadChildrenAt(procfd, dir.fd(), t.tid, out);
+  for (pid_t tid : tids) {
+    ThreadFiles& files = FilesOf(pf, tid, pass);
+    char state = st.state;
+    // The state in /proc/PID/stat is the leader's own (the kernel formats
+    // both files from the same task): no need to read it twice. A thread
+    // that exits while we look is simply no longer there.
+    if (tid != st.pid && ReadThreadStateAt(pf->task.get(), tid, &state, &files.stat) != 0) continue;
+    rec->threads.push_back({tid, state, 0});
+    if (state == 't') rec->threads.back().tracer = ReadTracer(st.pid, tid);
+    if (!scanned) ReadChildrenAt(procfd, st.numThreads <= 1 ? -1 : pf->task.get(), tid, &rec->children, &files.children);
+  }
+  if (scanned) {
+    auto it = scanned->find(st.pid);
+    if (it != scanned->end()) rec->children = it->second;
+  }
+  // Threads gone since the last pass.
+  pf->threads.erase(std::remove_if(pf->threads.begin(), pf->threads.end(),
+                                   [pass](const ThreadFiles& t) { return t.pass != pass; }),
+                    pf->threads.end());
 }
 
 bool Selected(const ProcessRecord& rec, Select select) {
@@ -119,9 +93,9 @@ void SignalThreads(pid_t pid, const std::vector<ThreadRecord>& threads, int sig)
 }
 
 // The one signal path: refuses what must never be signalled, signals through
-// the pidfd that pins the process, and sorts the outcome. Returns whether the
+// the fd that pins the process, and sorts the outcome. Returns whether the
 // signal was delivered.
-bool SignalPinned(const Pidfd& fd, pid_t pid, bool refused, int sig, SignalOutcome* outcome) {
+bool SignalPinned(int pinfd, pid_t pid, bool refused, int sig, SignalOutcome* outcome) {
   SysError e;
   e.syscall = "pidfd_send_signal";
   e.pid = pid;
@@ -130,7 +104,7 @@ bool SignalPinned(const Pidfd& fd, pid_t pid, bool refused, int sig, SignalOutco
     outcome->failures.push_back(e);
     return false;
   }
-  int r = fd.Signal(sig);
+  int r = PidfdSignal(pinfd, sig);
   if (r == -ESRCH) {
     outcome->gone.push_back(pid);
     return false;
@@ -145,10 +119,10 @@ bool SignalPinned(const Pidfd& fd, pid_t pid, bool refused, int sig, SignalOutco
 }
 
 // Sends the pass's signal to one process of the walk, if the pass selects it.
-void Deliver(const WalkOptions& o, const Pidfd& fd, const ProcessRecord& rec, WalkResult* result) {
+void Deliver(const WalkOptions& o, int pinfd, const ProcessRecord& rec, WalkResult* result) {
   if (o.signal == 0 || !Selected(rec, o.select)) return;
   bool refused = rec.kernelThread || Protected(rec.pid, o.protect);
-  if (SignalPinned(fd, rec.pid, refused, o.signal, result) && o.perThread) {
+  if (SignalPinned(pinfd, rec.pid, refused, o.signal, result) && o.perThread) {
     SignalThreads(rec.pid, rec.threads, o.signal);
   }
 }
@@ -160,81 +134,150 @@ struct Frame {
   size_t record;   // index in result->processes, for exit frames
 };
 
-}  // namespace
+// The pin of a process whose signal waits for its children (children
+// first): owned here unless the cache holds it.
+struct Pending {
+  Pidfd owned{-1};
+  int fd = -1;
+};
 
-void Walk(const WalkOptions& o, WalkResult* result) {
-  ChildMap scanned;
-  result->scan = o.scan || !ChildrenFilesSupported();
-  if (result->scan) ScanChildren(&scanned);
-  const ChildMap* map = result->scan ? &scanned : nullptr;
+// Pins the process with an fd of its /proc directory and reads it through
+// that fd: what is read can only be that process (a reaped one answers
+// ESRCH, never its pid's next owner), and the same fd signals it. A process
+// the cache already holds is read through its kept files; if they answer
+// ESRCH it is gone, and the pid is looked up afresh.
+int Visit(const WalkOptions& o, const Frame& f, const ChildMap* scanned, ProcessFiles* temp,
+          ProcessFiles** used, ProcessRecord* rec) {
+  WalkCache* cache = o.cache;
+  uint64_t pass = cache ? cache->pass : 0;
+  ProcessFiles* pf = nullptr;
+  ProcStat st;
+  if (cache) {
+    auto it = cache->processes.find(f.pid);
+    if (it != cache->processes.end()) {
+      pf = &it->second;
+      size_t before = pf->Count();
+      if (ReadStatAt(pf->pin.fd(), f.pid, &st, &pf->stat) != 0) {
+        cache->files -= before;
+        cache->processes.erase(it);
+        pf = nullptr;
+      }
+    }
+  }
+  if (!pf) {
+    pf = temp;
+    pf->pin = Pidfd::OfProcDir(f.pid);
+    if (!pf->pin.ok()) return pf->pin.error();
+    int err = ReadStatAt(pf->pin.fd(), f.pid, &st, &pf->stat);
+    if (err) return err;
+  }
+  if (f.parent != 0 && st.ppid != f.parent) return ESRCH;
+  if (f.parent == 0 && o.rootStartTime != 0 && st.startTime != o.rootStartTime) return ESRCH;
+  size_t before = pf == temp ? 0 : pf->Count();
+  pf->pass = pass;
+  rec->pid = st.pid;
+  rec->ppid = st.ppid;
+  rec->startTime = st.startTime;
+  rec->comm = st.comm;
+  rec->kernelThread = (st.flags & kKernelThreadFlag) != 0;
+  ReadThreadsAndChildren(st, pf, pass, scanned, rec);
+  if (pf != temp) {
+    cache->files += pf->Count() - before;
+  } else if (cache && cache->files + temp->Count() <= cache->maxFiles) {
+    cache->files += temp->Count();
+    pf = &(cache->processes[f.pid] = std::move(*temp));
+  }
+  *used = pf;
+  return 0;
+}
 
+void WalkFrom(const WalkOptions& o, const ChildMap* scanned, WalkResult* result) {
   std::vector<Frame> stack{{o.root, 0, false, 0}};
-  std::vector<Pidfd> open;  // post-order: pidfds of entered, unfinished processes
+  std::vector<Pending> pending;  // children first: pins of entered, unfinished processes
   std::unordered_set<pid_t> seen;
   while (!stack.empty()) {
     Frame f = stack.back();
     stack.pop_back();
     if (f.exit) {
-      Deliver(o, open.back(), result->processes[f.record], result);
-      open.pop_back();
+      Deliver(o, pending.back().fd, result->processes[f.record], result);
+      pending.pop_back();
       continue;
     }
     if (!seen.insert(f.pid).second) continue;
-    Pidfd fd(-1);
-    ProcStat st;
-    bool isRoot = f.parent == 0;
-    int err = OpenChecked(f.pid, f.parent, isRoot ? o.rootStartTime : 0, &fd, &st);
+    ProcessFiles temp;
+    ProcessFiles* pf = nullptr;
+    ProcessRecord rec;
+    int err = Visit(o, f, scanned, &temp, &pf, &rec);
     if (err) {
-      if (isRoot) {
+      if (f.parent == 0) {
         result->rootError.err = err;
-        result->rootError.syscall = err == ESRCH ? "pidfd_open" : "open";
+        result->rootError.syscall = "open";
         result->rootError.pid = f.pid;
         return;
       }
       result->gone.push_back(f.pid);
       continue;
     }
-    if (isRoot) result->rootFound = true;
-    result->processes.emplace_back();
-    size_t index = result->processes.size() - 1;
-    ProcessRecord& rec = result->processes[index];
-    rec.pid = st.pid;
-    rec.ppid = st.ppid;
-    rec.startTime = st.startTime;
-    rec.comm = st.comm;
-    rec.kernelThread = (st.flags & kKernelThreadFlag) != 0;
-    TaskDir dir;
-    ReadThreads(fd.fd(), st, &rec, &dir);
-    if (rec.kernelThread) continue;  // never descend into kthreadd's tree
-    if (o.order == Order::ParentsFirst) Deliver(o, fd, rec, result);
-    ReadChildrenOf(fd.fd(), rec, map, dir, &rec.children);
-    // `rec` may move when later records are added: copy what we still need.
-    std::vector<pid_t> children = rec.children;
+    if (f.parent == 0) result->rootFound = true;
+    size_t index = result->processes.size();
+    result->processes.push_back(std::move(rec));
+    const ProcessRecord& added = result->processes[index];
+    if (added.kernelThread) continue;  // never descend into kthreadd's tree
+    int pinfd = pf->pin.fd();
+    if (o.order == Order::ParentsFirst) Deliver(o, pinfd, added, result);
     if (o.order == Order::ChildrenFirst) {
-      open.push_back(std::move(fd));
-      stack.push_back({st.pid, 0, true, index});
+      pending.push_back({pf == &temp ? std::move(temp.pin) : Pidfd(-1), pinfd});
+      stack.push_back({added.pid, 0, true, index});
     }
-    for (auto it = children.rbegin(); it != children.rend(); ++it) {
-      stack.push_back({*it, st.pid, false, 0});
+    for (auto it = added.children.rbegin(); it != added.children.rend(); ++it) {
+      stack.push_back({*it, added.pid, false, 0});
     }
+  }
+}
+
+}  // namespace
+
+size_t ProcessFiles::Count() const {
+  size_t n = (pin.ok() ? 1 : 0) + (stat.ok() ? 1 : 0) + (task.ok() ? 1 : 0);
+  for (const ThreadFiles& t : threads) n += (t.stat.ok() ? 1 : 0) + (t.children.ok() ? 1 : 0);
+  return n;
+}
+
+void Walk(const WalkOptions& o, WalkResult* result) {
+  ChildMap scanned;
+  result->scan = o.scan || !ChildrenFilesSupported();
+  if (result->scan) ScanChildren(&scanned);
+  if (o.cache) o.cache->pass++;
+  WalkFrom(o, result->scan ? &scanned : nullptr, result);
+  if (!o.cache) return;
+  // What this pass did not reach has left the tree (or this pass ended early).
+  WalkCache& cache = *o.cache;
+  for (auto it = cache.processes.begin(); it != cache.processes.end();) {
+    if (it->second.pass == cache.pass) {
+      ++it;
+      continue;
+    }
+    cache.files -= it->second.Count();
+    it = cache.processes.erase(it);
   }
 }
 
 void SignalList(const std::vector<Identity>& targets, int sig, bool perThread,
                 const std::vector<pid_t>& protect, SignalListResult* result) {
   for (const Identity& target : targets) {
-    Pidfd fd(-1);
+    ProcessFiles pf;
     ProcStat st;
-    if (OpenChecked(target.pid, 0, target.startTime, &fd, &st) != 0) {
+    pf.pin = Pidfd::OfProcDir(target.pid);
+    if (!pf.pin.ok() || ReadStatAt(pf.pin.fd(), target.pid, &st) != 0 ||
+        st.startTime != target.startTime) {
       result->gone.push_back(target.pid);
       continue;
     }
     bool refused = Protected(target.pid, protect) || (st.flags & kKernelThreadFlag);
-    if (SignalPinned(fd, target.pid, refused, sig, result) && perThread) {
+    if (SignalPinned(pf.pin.fd(), target.pid, refused, sig, result) && perThread) {
       ProcessRecord rec;
-      rec.pid = target.pid;
-      TaskDir dir;
-      ReadThreads(fd.fd(), st, &rec, &dir);
+      ChildMap none;  // the threads are wanted, not the children
+      ReadThreadsAndChildren(st, &pf, 0, &none, &rec);
       SignalThreads(target.pid, rec.threads, sig);
     }
   }

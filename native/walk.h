@@ -10,9 +10,12 @@
 #include <sys/types.h>
 
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "errors.h"
+#include "proc.h"
+#include "signal.h"
 
 namespace treestate {
 
@@ -47,6 +50,37 @@ struct Identity {
   uint64_t startTime = 0;
 };
 
+// What a walk holds open on one thread and one process.
+struct ThreadFiles {
+  pid_t tid = 0;
+  Fd stat;  // not the leader's: its state is in the process's stat line
+  Fd children;
+  uint64_t pass = 0;
+};
+
+struct ProcessFiles {
+  Pidfd pin{-1};  // /proc/PID: the process is read and signalled through it
+  Fd stat;
+  Fd task;  // /proc/PID/task, for several threads
+  bool listed = false;
+  std::vector<ThreadFiles> threads;
+  uint64_t pass = 0;
+  size_t Count() const;
+};
+
+// The files of a tree kept open from one pass to the next, so that a pass
+// reads each with one pread instead of open, read and close. Each open
+// procfs file holds about a page of kernel memory, hence the bound:
+// processes beyond it are read as without a cache. One pass at a time.
+struct WalkCache {
+  explicit WalkCache(size_t maxFiles) : maxFiles(maxFiles) {}
+  std::unordered_map<pid_t, ProcessFiles> processes;
+  size_t maxFiles;
+  size_t files = 0;
+  uint64_t pass = 0;
+  bool busy = false;
+};
+
 struct WalkOptions {
   pid_t root = 0;
   uint64_t rootStartTime = 0;  // 0: accept whatever process has the pid
@@ -56,6 +90,7 @@ struct WalkOptions {
   Select select = Select::All;
   bool perThread = false;      // also tgkill every other thread
   std::vector<pid_t> protect;  // never signalled (the caller and its ancestors)
+  WalkCache* cache = nullptr;  // files kept from earlier passes over the same tree
 };
 
 // What the signals of a pass did, process by process.

@@ -1,5 +1,9 @@
 #include "workers.h"
 
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -90,12 +94,31 @@ Napi::Object ToObject(Napi::Env env, Keys& keys, const ProcessRecord& p) {
   return o;
 }
 
+// A WalkCache lent to JS as an External: shared, so that a pass in flight
+// keeps it alive whatever JS does with the handle meanwhile.
+using CacheRef = std::shared_ptr<WalkCache>;
+
+const napi_type_tag kCacheTag = {0x7472656573746174, 0x6557616c6b436163};  // "treestat" "eWalkCac"
+
+CacheRef* CacheOf(const Napi::Value& v) {
+  if (!v.IsExternal()) return nullptr;
+  auto ext = v.As<Napi::External<CacheRef>>();
+  return ext.CheckTypeTag(&kCacheTag) ? ext.Data() : nullptr;
+}
+
 class WalkWorker : public Napi::AsyncWorker {
  public:
-  WalkWorker(Napi::Env env, WalkOptions options)
+  WalkWorker(Napi::Env env, WalkOptions options, CacheRef cache)
       : Napi::AsyncWorker(env, "treestate:walk"),
         deferred_(Napi::Promise::Deferred::New(env)),
-        options_(std::move(options)) {}
+        options_(std::move(options)),
+        cache_(std::move(cache)) {
+    options_.cache = cache_.get();
+    if (cache_) cache_->busy = true;
+  }
+  ~WalkWorker() override {
+    if (cache_) cache_->busy = false;
+  }
 
   Napi::Promise Promise() { return deferred_.Promise(); }
 
@@ -129,7 +152,19 @@ class WalkWorker : public Napi::AsyncWorker {
  private:
   Napi::Promise::Deferred deferred_;
   WalkOptions options_;
+  CacheRef cache_;
   WalkResult result_;
+};
+
+// Closes a released cache's files off the JS thread (there may be thousands).
+class ReleaseWorker : public Napi::AsyncWorker {
+ public:
+  ReleaseWorker(Napi::Env env, CacheRef cache)
+      : Napi::AsyncWorker(env, "treestate:releaseWalkCache"), cache_(std::move(cache)) {}
+  void Execute() override { cache_.reset(); }
+
+ private:
+  CacheRef cache_;
 };
 
 class SignalListWorker : public Napi::AsyncWorker {
@@ -210,10 +245,42 @@ Napi::Value WalkAsync(const Napi::CallbackInfo& info) {
                                            : Select::All;
   options.perThread = o.Get("perThread").ToBoolean();
   options.protect = PidArray(o.Get("protect"));
-  auto* worker = new WalkWorker(info.Env(), std::move(options));
+  CacheRef cache;
+  if (o.Has("cache") && !o.Get("cache").IsUndefined()) {
+    CacheRef* ref = CacheOf(o.Get("cache"));
+    if (!ref || !*ref || (*ref)->busy) {
+      Napi::TypeError::New(info.Env(), ref && *ref ? "treestate: a walk cache serves one pass at a time"
+                                                   : "treestate: not a live walk cache")
+          .ThrowAsJavaScriptException();
+      return info.Env().Undefined();
+    }
+    cache = *ref;
+  }
+  auto* worker = new WalkWorker(info.Env(), std::move(options), std::move(cache));
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;
+}
+
+Napi::Value CreateWalkCache(const Napi::CallbackInfo& info) {
+  // 8192 files hold about 32 MB of kernel memory (a page of seq_file
+  // buffer each); and a quarter of the fd limit at most: the cache must
+  // never be why the program around it runs out of descriptors.
+  size_t maxFiles = info[0].IsNumber() ? info[0].As<Napi::Number>().Uint32Value() : 8192;
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) {
+    maxFiles = std::min<size_t>(maxFiles, limit.rlim_cur / 4);
+  }
+  auto ext = Napi::External<CacheRef>::New(info.Env(), new CacheRef(std::make_shared<WalkCache>(maxFiles)),
+                                           [](Napi::Env, CacheRef* ref) { delete ref; });
+  ext.TypeTag(&kCacheTag);
+  return ext;
+}
+
+Napi::Value ReleaseWalkCache(const Napi::CallbackInfo& info) {
+  CacheRef* ref = CacheOf(info[0]);
+  if (ref && *ref) (new ReleaseWorker(info.Env(), std::move(*ref)))->Queue();
+  return info.Env().Undefined();
 }
 
 Napi::Value SignalListAsync(const Napi::CallbackInfo& info) {

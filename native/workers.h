@@ -7,6 +7,9 @@
 namespace treestate {
 
 Napi::Value WalkAsync(const Napi::CallbackInfo& info);
+// Files kept open between the passes of one operation (see WalkCache).
+Napi::Value CreateWalkCache(const Napi::CallbackInfo& info);
+Napi::Value ReleaseWalkCache(const Napi::CallbackInfo& info);
 Napi::Value SignalListAsync(const Napi::CallbackInfo& info);
 Napi::Value WaitExitAsync(const Napi::CallbackInfo& info);
 

@@ -50,7 +50,12 @@ export interface NativeWalkOptions {
   select?: 'all' | 'not-stopped' | 'stopped';
   perThread?: boolean;
   protect?: number[];
+  /** Files kept open from the previous passes of the same operation. */
+  cache?: NativeWalkCache;
 }
+
+/** Opaque: the files a run of passes keeps open (native/walk.h, WalkCache). */
+export type NativeWalkCache = { readonly __brand: 'NativeWalkCache' };
 
 export interface Identity {
   pid: number;
@@ -66,6 +71,10 @@ export interface NativeSignalListResult {
 export interface NativeAddon {
   /** One pass over the tree: discover, read every thread's state, signal the selected. */
   walk(options: NativeWalkOptions): Promise<NativeWalkResult>;
+  /** Files to keep open between the passes of one operation (at most `maxFiles`, default 8192); one pass at a time. */
+  createWalkCache(maxFiles?: number): NativeWalkCache;
+  /** Closes the cache's files (off the JS thread); the cache is then unusable. */
+  releaseWalkCache(cache: NativeWalkCache): void;
   /** Signal processes known from an earlier pass, re-checking each start time. */
   signalList(targets: Identity[], signal: number, perThread: boolean, protect: number[]): Promise<NativeSignalListResult>;
   /** Resolves to the targets still alive when all others exited or the timeout passed. */

@@ -3,7 +3,7 @@
 // signal is one native pass (see native/walk.cc).
 import { TreeStateError, describePids, describeThreads, hasCode, type ThreadRef } from './errors.js';
 import { native, type Identity, type NativeFailure, type NativeWalkResult } from './native.js';
-import { checkNotSelf, checkPid, classify, liveThreads, pidsOf, processState, toProcessInfo, walkTree, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
+import { checkNotSelf, checkPid, classify, liveThreads, pidsOf, processState, toProcessInfo, walkCache, walkTree, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
 
 export interface TransitionOptions extends WalkOptions {
   /** How long the tree may take to reach the state (default 10 000 ms). */
@@ -154,10 +154,11 @@ export async function stopTree(pid: number, options: StopOptions = {}): Promise<
   let quiet = 0;
   let tracedOnly = 0;
   let previousShape: TreeShape | undefined;
+  using cache = walkCache();
   for (;;) {
     let pass: NativeWalkResult;
     try {
-      pass = await walkTree({ root, rootStartTime, scan: options.scan, signal: SIGSTOP, select: 'not-stopped', order: 'parents-first', protect });
+      pass = await walkTree({ root, rootStartTime, scan: options.scan, cache: cache.handle, signal: SIGSTOP, select: 'not-stopped', order: 'parents-first', protect });
     } catch (e) {
       if (passes === 0 || !hasCode(e, 'ESRCH')) throw e;
       const resumed = await rollback(tally, protect);
@@ -222,11 +223,13 @@ export async function continueTree(pid: number, options: TransitionOptions = {})
   const tally = new Tally();
   let rootStartTime: number | undefined;
   let passes = 0;
+  using cache = walkCache();
   for (;;) {
     const pass = await walkTree({
       root,
       rootStartTime,
       scan: options.scan,
+      cache: cache.handle,
       signal: SIGCONT,
       select: passes === 0 ? 'all' : 'stopped',
       order: 'children-first',
@@ -289,10 +292,11 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
   }
   let passes = 0;
   let last: NativeWalkResult | undefined;
+  using cache = walkCache();
   for (;;) {
     let pass: NativeWalkResult;
     try {
-      pass = await walkTree({ root, rootStartTime, scan: options.scan, signal: SIGKILL, select: 'all', order: 'children-first', protect });
+      pass = await walkTree({ root, rootStartTime, scan: options.scan, cache: cache.handle, signal: SIGKILL, select: 'all', order: 'children-first', protect });
     } catch (e) {
       if (passes > 0 && hasCode(e, 'ESRCH')) break; // the root is reaped: nothing left to kill
       throw e;
@@ -335,10 +339,11 @@ export async function waitForState(pid: number, state: TreeState, options: WaitO
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const deadline = performance.now() + timeoutMs;
   let rootStartTime: number | undefined;
+  using cache = walkCache();
   for (;;) {
     let status: TreeStatus;
     try {
-      const pass = await walkTree({ root, rootStartTime, scan: options.scan });
+      const pass = await walkTree({ root, rootStartTime, scan: options.scan, cache: cache.handle });
       rootStartTime ??= pass.processes[0]!.startTime;
       status = classify({ root, walk: pass.walk, processes: pass.processes.map(toProcessInfo) });
     } catch (e) {

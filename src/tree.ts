@@ -1,6 +1,6 @@
 // The tree as treestate sees it: a snapshot, and what state it is in.
 import { TreeStateError, hasCode, type ThreadRef } from './errors.js';
-import { native, type NativeProcess, type NativeWalkOptions, type NativeWalkResult } from './native.js';
+import { native, type NativeProcess, type NativeWalkCache, type NativeWalkOptions, type NativeWalkResult } from './native.js';
 
 /** The three final states CRIU defines, plus `mixed` for a tree that is in none of them. */
 export type TreeState = 'running' | 'stopped' | 'dead' | 'mixed';
@@ -119,10 +119,21 @@ export async function walkTree(options: NativeWalkOptions): Promise<NativeWalkRe
     return result;
   } catch (e) {
     if (hasCode(e, 'ESRCH') && !(e instanceof TreeStateError)) {
-      throw new TreeStateError('ESRCH', `no such process: ${options.root}`, { pid: options.root, errno: -3, syscall: 'pidfd_open', cause: e });
+      throw new TreeStateError('ESRCH', `no such process: ${options.root}`, { pid: options.root, errno: -3, syscall: 'open', cause: e });
     }
     throw e;
   }
+}
+
+/**
+ * The walk cache of one operation's passes: each pass reads the tree's /proc
+ * files through descriptors kept open by the pass before (one pread each
+ * instead of open, read, close). `using` releases it when the operation
+ * ends, whatever its outcome.
+ */
+export function walkCache(): { handle: NativeWalkCache } & Disposable {
+  const handle = native().createWalkCache();
+  return { handle, [Symbol.dispose]: () => native().releaseWalkCache(handle) };
 }
 
 export async function snapshot(pid: number, options: WalkOptions = {}): Promise<TreeSnapshot> {

@@ -7,7 +7,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { expect } from 'chai';
 import { TreeStateError, snapshot, stopTree } from '../src/index.js';
 import { native, type NativeWalkOptions, type NativeWalkResult } from '../src/native.js';
-import { spawnTree } from '../src/testing/index.js';
+import { spawnSupervised, spawnTree, type Supervisor } from '../src/testing/index.js';
 
 function pause(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -62,6 +62,19 @@ async function takePid(pid: number): Promise<Unrelated> {
     const candidate = spawnSleep();
     if (candidate.pid === pid) return candidate;
     await candidate.end();
+  }
+  throw new Error(`could not place a process on pid ${pid}`);
+}
+
+/** Like takePid, but the new process is a child of the reaper: inside the tree the reaper roots. */
+async function runOnPid(supervisor: Supervisor, pid: number): Promise<number> {
+  await waitUntil(`pid ${pid} is free`, () => !existsSync(`/proc/${pid}`));
+  for (let attempt = 0; attempt < 100; attempt++) {
+    writeFileSync('/proc/sys/kernel/ns_last_pid', String(pid - 1));
+    const candidate = await supervisor.run('sleep', ['600'], { out: '/dev/null' });
+    if (candidate.pid === pid) return pid;
+    process.kill(candidate.pid, 'SIGKILL');
+    await candidate.exited;
   }
   throw new Error(`could not place a process on pid ${pid}`);
 }
@@ -143,5 +156,30 @@ describe('safety: pid reuse', function () {
     expect((error as TreeStateError).details?.resumed, 'processes the rollback resumed').to.deep.equal([]);
     await pause(50);
     for (const s of successors) expect(stateOf(s.pid), `the unrelated process on pid ${s.pid} must stay stopped`).to.equal('T');
+  });
+
+  it('a pass through a walk cache reads a new process on a cached pid as itself, not as the one before', async () => {
+    await using supervisor = await spawnSupervised('sleep', ['600']);
+    const before = await supervisor.run('sleep', ['600'], { out: '/dev/null' });
+    const cache = native().createWalkCache();
+    try {
+      const first = await native().walk({ root: supervisor.pid, cache });
+      const old = first.processes.find((p) => p.pid === before.pid)!;
+      expect(old, 'the first pass keeps the process').to.exist;
+      await pause(30); // a later clock tick
+      process.kill(before.pid, 'SIGKILL');
+      await before.exited;
+      await runOnPid(supervisor, before.pid);
+
+      const second = await native().walk({ root: supervisor.pid, cache });
+      const now = second.processes.find((p) => p.pid === before.pid);
+      expect(now, 'the new process on the old pid is in the tree').to.exist;
+      const fresh = (await snapshot(before.pid)).processes[0]!;
+      expect(now!.startTime).to.not.equal(old.startTime);
+      expect(now!.startTime).to.equal(fresh.startTime);
+      expect(now!.threads.map((t) => t.state)).to.not.include('Z');
+    } finally {
+      native().releaseWalkCache(cache);
+    }
   });
 });
