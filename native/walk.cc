@@ -2,10 +2,15 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
+#include <mutex>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 
@@ -119,19 +124,26 @@ bool SignalPinned(int pinfd, pid_t pid, bool refused, int sig, SignalOutcome* ou
 }
 
 // Sends the pass's signal to one process of the walk, if the pass selects it.
-void Deliver(const WalkOptions& o, int pinfd, const ProcessRecord& rec, WalkResult* result) {
+void Deliver(const WalkOptions& o, int pinfd, const ProcessRecord& rec, SignalOutcome* outcome) {
   if (o.signal == 0 || !Selected(rec, o.select)) return;
   bool refused = rec.kernelThread || Protected(rec.pid, o.protect);
-  if (SignalPinned(pinfd, rec.pid, refused, o.signal, result) && o.perThread) {
+  if (SignalPinned(pinfd, rec.pid, refused, o.signal, outcome) && o.perThread) {
     SignalThreads(rec.pid, rec.threads, o.signal);
   }
 }
 
+void Append(SignalOutcome* to, const SignalOutcome& from) {
+  to->signalled.insert(to->signalled.end(), from.signalled.begin(), from.signalled.end());
+  to->gone.insert(to->gone.end(), from.gone.begin(), from.gone.end());
+  to->failures.insert(to->failures.end(), from.failures.begin(), from.failures.end());
+}
+
+constexpr size_t kNone = static_cast<size_t>(-1);
+
 struct Frame {
   pid_t pid;
-  pid_t parent;
-  bool exit;       // post-order: the children are done, signal this one
-  size_t record;   // index in result->processes, for exit frames
+  pid_t parent;   // 0 for the root
+  size_t from;    // index of the parent's record
 };
 
 // The pin of a process whose signal waits for its children (children
@@ -153,15 +165,17 @@ int Visit(const WalkOptions& o, const Frame& f, const ChildMap* scanned, Process
   ProcessFiles* pf = nullptr;
   ProcStat st;
   if (cache) {
-    auto it = cache->processes.find(f.pid);
-    if (it != cache->processes.end()) {
-      pf = &it->second;
-      size_t before = pf->Count();
-      if (ReadStatAt(pf->pin.fd(), f.pid, &st, &pf->stat) != 0) {
-        cache->files -= before;
-        cache->processes.erase(it);
-        pf = nullptr;
-      }
+    {
+      std::lock_guard<std::mutex> hold(cache->mu);
+      auto it = cache->processes.find(f.pid);
+      if (it != cache->processes.end()) pf = &it->second;
+    }
+    // No other thread of the pass visits this pid: the entry is ours.
+    if (pf && ReadStatAt(pf->pin.fd(), f.pid, &st, &pf->stat) != 0) {
+      std::lock_guard<std::mutex> hold(cache->mu);
+      cache->files -= pf->Count();
+      cache->processes.erase(f.pid);
+      pf = nullptr;
     }
   }
   if (!pf) {
@@ -181,59 +195,171 @@ int Visit(const WalkOptions& o, const Frame& f, const ChildMap* scanned, Process
   rec->comm = st.comm;
   rec->kernelThread = (st.flags & kKernelThreadFlag) != 0;
   ReadThreadsAndChildren(st, pf, pass, scanned, rec);
-  if (pf != temp) {
-    cache->files += pf->Count() - before;
-  } else if (cache && cache->files + temp->Count() <= cache->maxFiles) {
-    cache->files += temp->Count();
-    pf = &(cache->processes[f.pid] = std::move(*temp));
+  if (cache) {
+    std::lock_guard<std::mutex> hold(cache->mu);
+    if (pf != temp) {
+      cache->files += pf->Count() - before;
+    } else if (cache->files + temp->Count() <= cache->maxFiles) {
+      cache->files += temp->Count();
+      pf = &(cache->processes[f.pid] = std::move(*temp));
+    }
   }
   *used = pf;
   return 0;
 }
 
-void WalkFrom(const WalkOptions& o, const ChildMap* scanned, WalkResult* result) {
-  std::vector<Frame> stack{{o.root, 0, false, 0}};
-  std::vector<Pending> pending;  // children first: pins of entered, unfinished processes
-  std::unordered_set<pid_t> seen;
-  while (!stack.empty()) {
-    Frame f = stack.back();
-    stack.pop_back();
-    if (f.exit) {
-      Deliver(o, pending.back().fd, result->processes[f.record], result);
-      pending.pop_back();
-      continue;
-    }
-    if (!seen.insert(f.pid).second) continue;
-    ProcessFiles temp;
-    ProcessFiles* pf = nullptr;
-    ProcessRecord rec;
-    int err = Visit(o, f, scanned, &temp, &pf, &rec);
-    if (err) {
-      if (f.parent == 0) {
-        result->rootError.err = err;
-        result->rootError.syscall = "open";
-        result->rootError.pid = f.pid;
-        return;
+// One pass over the tree, by the calling thread and, once the tree proves
+// big, helper threads: reading /proc is CPU work in the kernel, and it
+// spreads over cores. Frames wait on one shared stack; the order rules hold
+// whatever thread visits what: parents first signals a process before its
+// children are even on the stack, and children first signals a process
+// once the last of its children is done (a count per process).
+class Pass {
+ public:
+  Pass(const WalkOptions& o, const ChildMap* scanned, WalkResult* result)
+      : o_(o), scanned_(scanned), result_(result) {}
+
+  void Run() {
+    stack_.push_back({o_.root, 0, kNone});
+    Work(true);
+    for (pthread_t t : helpers_) pthread_join(t, nullptr);
+    result_->walkers = 1 + helpers_.size();
+    if (!helpers_.empty()) InVisitingOrder();
+  }
+
+ private:
+  struct Node {
+    size_t from = kNone;
+    size_t waiting = 0;  // children not done yet (children first)
+    Pending pin;
+  };
+
+  // Helpers join once this many processes are read and frames wait.
+  static constexpr size_t kParallelAfter = 48;
+
+  static void* Helper(void* pass) {
+    static_cast<Pass*>(pass)->Work(false);
+    return nullptr;
+  }
+
+  void Work(bool caller) {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      while (stack_.empty() && busy_ > 0) wake_.wait(lock);
+      if (stack_.empty()) break;
+      Frame f = stack_.back();
+      stack_.pop_back();
+      if (!seen_.insert(f.pid).second) {
+        Done(f.from);  // reached twice (it moved while we looked): once is enough
+        continue;
       }
-      result->gone.push_back(f.pid);
-      continue;
-    }
-    if (f.parent == 0) result->rootFound = true;
-    size_t index = result->processes.size();
-    result->processes.push_back(std::move(rec));
-    const ProcessRecord& added = result->processes[index];
-    if (added.kernelThread) continue;  // never descend into kthreadd's tree
-    int pinfd = pf->pin.fd();
-    if (o.order == Order::ParentsFirst) Deliver(o, pinfd, added, result);
-    if (o.order == Order::ChildrenFirst) {
-      pending.push_back({pf == &temp ? std::move(temp.pin) : Pidfd(-1), pinfd});
-      stack.push_back({added.pid, 0, true, index});
-    }
-    for (auto it = added.children.rbegin(); it != added.children.rend(); ++it) {
-      stack.push_back({*it, added.pid, false, 0});
+      busy_++;
+      lock.unlock();
+      ProcessFiles temp;
+      ProcessFiles* pf = nullptr;
+      ProcessRecord rec;
+      SignalOutcome outcome;
+      int err = Visit(o_, f, scanned_, &temp, &pf, &rec);
+      if (!err && !rec.kernelThread && o_.order == Order::ParentsFirst) {
+        Deliver(o_, pf->pin.fd(), rec, &outcome);
+      }
+      lock.lock();
+      busy_--;
+      Append(result_, outcome);
+      if (err) {
+        if (f.parent == 0) {
+          result_->rootError.err = err;
+          result_->rootError.syscall = "open";
+          result_->rootError.pid = f.pid;
+        } else {
+          result_->gone.push_back(f.pid);
+          Done(f.from);
+        }
+      } else {
+        Add(f, std::move(rec), pf, &temp);
+      }
+      if (caller && helpers_.empty() && result_->processes.size() >= kParallelAfter && stack_.size() > 1) {
+        // pthread_create, not std::thread: built without exceptions, a
+        // refused thread must mean fewer helpers, not an abort.
+        cpu_set_t cpus;
+        int cores = sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+        for (int i = 1; i < std::min(cores, 4); i++) {
+          pthread_t t;
+          if (pthread_create(&t, nullptr, &Pass::Helper, this) == 0) helpers_.push_back(t);
+        }
+      }
+      wake_.notify_all();
     }
   }
-}
+
+  void Add(const Frame& f, ProcessRecord rec, ProcessFiles* pf, ProcessFiles* temp) {
+    if (f.parent == 0) result_->rootFound = true;
+    size_t index = result_->processes.size();
+    result_->processes.push_back(std::move(rec));
+    const ProcessRecord& added = result_->processes[index];
+    nodes_.emplace_back();
+    Node& node = nodes_.back();
+    node.from = f.from;
+    if (added.kernelThread) {  // never descend into kthreadd's tree, nor signal it
+      Done(f.from);
+      return;
+    }
+    node.pin.fd = pf->pin.fd();
+    if (pf == temp) node.pin.owned = std::move(temp->pin);
+    node.waiting = added.children.size();
+    for (auto it = added.children.rbegin(); it != added.children.rend(); ++it) {
+      stack_.push_back({*it, added.pid, index});
+    }
+    if (node.waiting == 0) Finish(index);
+  }
+
+  // A child of `from` is done (visited with all its subtree, gone, or seen).
+  void Done(size_t from) {
+    if (from != kNone && --nodes_[from].waiting == 0) Finish(from);
+  }
+
+  // Every child of `index` is done: signal it now if children go first.
+  void Finish(size_t index) {
+    Node& node = nodes_[index];
+    if (o_.order == Order::ChildrenFirst) Deliver(o_, node.pin.fd, result_->processes[index], result_);
+    node.pin = Pending();
+    Done(node.from);
+  }
+
+  // Helpers append records as they finish them: put them back in the order
+  // one thread would have visited them (depth first, children in the order
+  // their parent lists them), so a pass reads the same whoever walked it.
+  void InVisitingOrder() {
+    std::vector<ProcessRecord>& records = result_->processes;
+    std::unordered_map<pid_t, size_t> byPid;
+    for (size_t i = 0; i < records.size(); i++) byPid[records[i].pid] = i;
+    std::vector<ProcessRecord> ordered;
+    ordered.reserve(records.size());
+    std::vector<size_t> todo{0};
+    while (!todo.empty()) {
+      size_t i = todo.back();
+      todo.pop_back();
+      ordered.push_back(std::move(records[i]));
+      const std::vector<pid_t>& children = ordered.back().children;
+      for (auto it = children.rbegin(); it != children.rend(); ++it) {
+        auto found = byPid.find(*it);
+        if (found != byPid.end() && nodes_[found->second].from == i) todo.push_back(found->second);
+      }
+    }
+    records = std::move(ordered);
+  }
+
+  const WalkOptions& o_;
+  const ChildMap* scanned_;
+  WalkResult* result_;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::vector<Frame> stack_;
+  std::vector<Node> nodes_;  // parallel to result_->processes
+  std::unordered_set<pid_t> seen_;
+  size_t busy_ = 0;
+  std::vector<pthread_t> helpers_;
+};
 
 }  // namespace
 
@@ -248,7 +374,7 @@ void Walk(const WalkOptions& o, WalkResult* result) {
   result->scan = o.scan || !ChildrenFilesSupported();
   if (result->scan) ScanChildren(&scanned);
   if (o.cache) o.cache->pass++;
-  WalkFrom(o, result->scan ? &scanned : nullptr, result);
+  Pass(o, result->scan ? &scanned : nullptr, result).Run();
   if (!o.cache) return;
   // What this pass did not reach has left the tree (or this pass ended early).
   WalkCache& cache = *o.cache;

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -79,6 +80,7 @@ struct WalkCache {
   size_t files = 0;
   uint64_t pass = 0;
   bool busy = false;
+  std::mutex mu;  // the threads of one pass share the map
 };
 
 struct WalkOptions {
@@ -104,7 +106,8 @@ struct WalkResult : SignalOutcome {
   bool rootFound = false;
   SysError rootError;
   bool scan = false;
-  std::vector<ProcessRecord> processes;  // in visiting order
+  size_t walkers = 1;                    // threads that read the tree
+  std::vector<ProcessRecord> processes;  // in visiting order (depth first)
 };
 
 void Walk(const WalkOptions& options, WalkResult* result);

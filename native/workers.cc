@@ -135,6 +135,7 @@ class WalkWorker : public Napi::AsyncWorker {
     Napi::Object out = Napi::Object::New(env);
     out.Set("root", Napi::Number::New(env, options_.root));
     out.Set("walk", Napi::String::New(env, result_.scan ? "scan" : "children"));
+    out.Set("walkers", Napi::Number::New(env, static_cast<double>(result_.walkers)));
     Napi::Array processes = Napi::Array::New(env, result_.processes.size());
     Keys keys(env);
     for (size_t i = 0; i < result_.processes.size(); i++) {

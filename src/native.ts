@@ -34,6 +34,9 @@ export interface NativeFailure {
 export interface NativeWalkResult {
   root: number;
   walk: 'children' | 'scan';
+  /** Threads that read the tree: helpers join the pass on big trees (up to 4, one per core). */
+  walkers: number;
+  /** Depth first from the root, children in the order their parent lists them. */
   processes: NativeProcess[];
   /** The processes this pass signalled, in the order it signalled them. */
   signalled: number[];
