@@ -278,7 +278,8 @@ class Pass {
       } else {
         Add(f, std::move(rec), pf, &temp);
       }
-      if (caller && helpers_.empty() && result_->processes.size() >= kParallelAfter && stack_.size() > 1) {
+      if (caller && !helped_ && result_->processes.size() >= kParallelAfter && stack_.size() > 1) {
+        helped_ = true;
         // pthread_create, not std::thread: built without exceptions, a
         // refused thread must mean fewer helpers, not an abort.
         cpu_set_t cpus;
@@ -310,20 +311,23 @@ class Pass {
     for (auto it = added.children.rbegin(); it != added.children.rend(); ++it) {
       stack_.push_back({*it, added.pid, index});
     }
-    if (node.waiting == 0) Finish(index);
+    if (node.waiting == 0) Done(Finish(index));
   }
 
   // A child of `from` is done (visited with all its subtree, gone, or seen).
+  // A process whose last child is done is done itself: up the chain, in a
+  // loop, since a tree may be a chain thousands of processes deep.
   void Done(size_t from) {
-    if (from != kNone && --nodes_[from].waiting == 0) Finish(from);
+    while (from != kNone && --nodes_[from].waiting == 0) from = Finish(from);
   }
 
   // Every child of `index` is done: signal it now if children go first.
-  void Finish(size_t index) {
+  // Returns its parent's record.
+  size_t Finish(size_t index) {
     Node& node = nodes_[index];
     if (o_.order == Order::ChildrenFirst) Deliver(o_, node.pin.fd, result_->processes[index], result_);
     node.pin = Pending();
-    Done(node.from);
+    return node.from;
   }
 
   // Helpers append records as they finish them: put them back in the order
@@ -358,6 +362,7 @@ class Pass {
   std::vector<Node> nodes_;  // parallel to result_->processes
   std::unordered_set<pid_t> seen_;
   size_t busy_ = 0;
+  bool helped_ = false;  // helpers were asked for (some may have been refused)
   std::vector<pthread_t> helpers_;
 };
 

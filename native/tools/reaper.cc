@@ -125,9 +125,10 @@ void ReapReady() {
 // come to us, so repeat until there is no child left.
 void KillAll() {
   pid_t self = getpid();
+  treestate::Fd dir(treestate::OpenProcDir(self));
   for (;;) {
     std::vector<pid_t> children;
-    treestate::ReadChildren(self, self, &children);
+    treestate::ReadChildrenAt(dir.get(), -1, self, &children);
     for (pid_t child : children) kill(child, SIGKILL);
     int status;
     pid_t pid = waitpid(-1, &status, __WALL);
