@@ -110,7 +110,9 @@ async function rollback(tally: Tally, protect: number[]): Promise<number[]> {
   return result.signalled;
 }
 
-function rolledBackNote(resumed: number[]): string {
+/** `null`: the stop was told to leave what it stopped stopped. */
+function rolledBackNote(resumed: number[] | null): string {
+  if (resumed === null) return '; what it had stopped stays stopped';
   return resumed.length === 0 ? '; nothing had been stopped' : `; the ${resumed.length} process(es) it had stopped were resumed`;
 }
 
@@ -140,7 +142,17 @@ function sameShape(a: TreeShape, b: TreeShape): boolean {
  * processes fork while we walk. On any failure the processes this call
  * stopped are resumed, so no half-stopped tree is left behind.
  */
-export async function stopTree(pid: number, options: StopOptions = {}): Promise<TransitionResult> {
+export function stopTree(pid: number, options: StopOptions = {}): Promise<TransitionResult> {
+  return stopPasses(pid, options, []);
+}
+
+/**
+ * The passes of a stop. A failure whose code is in `keepStoppedOn` leaves
+ * what the stop reached stopped instead of resuming it: killTree kills
+ * anyway, and a process resumed first could fork children the kill then
+ * misses. Any other failure resumes, as stopTree promises.
+ */
+async function stopPasses(pid: number, options: StopOptions, keepStoppedOn: readonly string[]): Promise<TransitionResult> {
   const root = checkPid(pid);
   const protect = checkNotSelf(root);
   const started = performance.now();
@@ -154,6 +166,7 @@ export async function stopTree(pid: number, options: StopOptions = {}): Promise<
   let quiet = 0;
   let tracedOnly = 0;
   let previousShape: TreeShape | undefined;
+  const undo = (code: string) => (keepStoppedOn.includes(code) ? Promise.resolve(null) : rollback(tally, protect));
   using cache = walkCache();
   for (;;) {
     let pass: NativeWalkResult;
@@ -161,14 +174,14 @@ export async function stopTree(pid: number, options: StopOptions = {}): Promise<
       pass = await walkTree({ root, rootStartTime, scan: options.scan, cache: cache.handle, signal: SIGSTOP, select: 'not-stopped', order: 'parents-first', protect });
     } catch (e) {
       if (passes === 0 || !hasCode(e, 'ESRCH')) throw e;
-      const resumed = await rollback(tally, protect);
+      const resumed = await undo('ESRCH');
       throw new TreeStateError('ESRCH', `process ${root} exited while its tree was being stopped${rolledBackNote(resumed)}`, { pid: root, details: { resumed } });
     }
     passes++;
     rootStartTime ??= pass.processes[0]!.startTime;
     const fresh = tally.add(pass);
     if (pass.failures.length > 0) {
-      const resumed = await rollback(tally, protect);
+      const resumed = await undo(pass.failures[0]!.code);
       throw failureError(pass.failures, 'stop', rolledBackNote(resumed));
     }
     const notStopped = liveThreads(pass.processes, (s) => s !== 'T');
@@ -185,18 +198,18 @@ export async function stopTree(pid: number, options: StopOptions = {}): Promise<
       return tally.result(root, 'stopped', pass, passes, started, rootStartTime);
     }
     if (passes > 1 && fresh > 0 && ++growing > maxPasses) {
-      const resumed = await rollback(tally, protect);
+      const resumed = await undo('ENOTSETTLED');
       throw new TreeStateError('ENOTSETTLED', `the tree of ${root} kept forking new processes through ${maxPasses} passes${rolledBackNote(resumed)}`, { pid: root, pids: pass.processes.map((p) => p.pid) });
     }
     // A thread in ptrace-stop only reaches group-stop when its tracer lets
     // it: if nothing else is left, say so rather than wait for the timeout.
     tracedOnly = notStopped.length > 0 && notStopped.every((t) => t.state === 't') ? tracedOnly + 1 : 0;
     if (tracedOnly >= 8) {
-      const resumed = await rollback(tally, protect);
+      const resumed = await undo('ETRACED');
       throw new TreeStateError('ETRACED', `cannot stop the tree of ${root}: ${describeThreads(notStopped)} in ptrace-stop${rolledBackNote(resumed)}`, { pid: root, threads: notStopped, pids: pidsOf(notStopped) });
     }
     if (performance.now() > deadline) {
-      const resumed = await rollback(tally, protect);
+      const resumed = await undo('ETIMEDOUT');
       throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not stop within ${options.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms: ${describeThreads(notStopped)} not stopped${rolledBackNote(resumed)}`, {
         pid: root,
         threads: notStopped,
@@ -269,10 +282,15 @@ export async function continueTree(pid: number, options: TransitionOptions = {})
   }
 }
 
+/** Stop failures after which a kill goes on: SIGKILL needs no cooperation. */
+const KILL_GOES_ON = ['ETIMEDOUT', 'ETRACED', 'ENOTSETTLED'] as const;
+
 /**
  * → Dead. The tree is stopped first so nothing can fork away while it is
  * killed; then SIGKILL to every process, children first, and wait on the
- * pidfds until every process is gone or a zombie.
+ * pidfds until every process is gone or a zombie. When the stop cannot
+ * finish (traced threads, endless forking, a timeout), what it stopped stays
+ * stopped and the kill goes on.
  */
 export async function killTree(pid: number, options: StopOptions = {}): Promise<TransitionResult> {
   const root = checkPid(pid);
@@ -284,11 +302,11 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
   const tally = new Tally();
   let rootStartTime: number | undefined;
   try {
-    rootStartTime = (await stopTree(root, { ...options, timeoutMs: Math.max(1, timeoutMs / 2) })).rootStartTime;
+    rootStartTime = (await stopPasses(root, { ...options, timeoutMs: Math.max(1, timeoutMs / 2) }, KILL_GOES_ON)).rootStartTime;
   } catch (e) {
-    // A tree that will not stop (traced threads, endless forking) is still
-    // killed: SIGKILL needs no cooperation. Anything else is the caller's to see.
-    if (!hasCode(e, 'ETIMEDOUT', 'ETRACED', 'ENOTSETTLED')) throw e;
+    // Anything else (EPERM, the root gone) is the caller's to see, and the
+    // stop has resumed what it stopped.
+    if (!hasCode(e, ...KILL_GOES_ON)) throw e;
   }
   let passes = 0;
   let last: NativeWalkResult | undefined;

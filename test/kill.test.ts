@@ -1,6 +1,8 @@
 import { expect } from 'chai';
 import { getTreeState, killTree, snapshot, stopTree } from '../src/index.js';
-import { spawnTree } from '../src/testing/index.js';
+import { native, nativeExecutable } from '../src/native.js';
+import { spawnSupervised, spawnTree } from '../src/testing/index.js';
+import { waitFor } from './helpers.js';
 
 describe('kill', () => {
   it('kills every process of a running tree and waits until all are gone', async () => {
@@ -33,5 +35,31 @@ describe('kill', () => {
       const alive = await getTreeState(p.pid).then((s) => s.state !== 'dead' && s.processes[0]!.startTime === p.startTime, () => false);
       expect(alive, `pid ${p.pid}`).to.equal(false);
     }
+  });
+
+  it('kills a tree whose stop cannot finish without resuming what the stop reached', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 2, threads: 2 });
+    // A traced leaf never reaches group-stop: the stop ends ETRACED. A stop
+    // on its own resumes the rest then (a signalList of SIGCONT); a kill
+    // must not, or the resumed processes could fork children it misses.
+    const leaf = tree.pids()[2]!;
+    await using tracer = await spawnSupervised(nativeExecutable('treestate-fixture'), ['--trace', String(leaf)]);
+    await waitFor(async () => (await getTreeState(tree.root)).processes.some((p) => p.threads.some((t) => t.state === 't')));
+    const addon = native();
+    const signalList = addon.signalList;
+    const resumed: number[][] = [];
+    addon.signalList = (targets, signal, perThread, protect) => {
+      if (signal === addon.signals.SIGCONT) resumed.push(targets.map((t) => t.pid));
+      return signalList.call(addon, targets, signal, perThread, protect);
+    };
+    try {
+      const result = await killTree(tree.root, { timeoutMs: 5000 });
+      expect(result.state).to.equal('dead');
+    } finally {
+      addon.signalList = signalList;
+    }
+    expect(resumed, 'processes resumed before the kill').to.deep.equal([]);
+    await expect(tree.root).to.be.a.deadTree;
+    await tracer.dispose();
   });
 });
