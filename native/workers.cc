@@ -229,6 +229,12 @@ class WaitExitWorker : public Napi::AsyncWorker {
 }  // namespace
 
 Napi::Value WalkAsync(const Napi::CallbackInfo& info) {
+  // The library checks pids before it gets here; this keeps a direct
+  // caller's mistake a TypeError instead of a fatal N-API error.
+  if (!info[0].IsObject() || !info[0].As<Napi::Object>().Get("root").IsNumber()) {
+    Napi::TypeError::New(info.Env(), "treestate: walk needs { root: number }").ThrowAsJavaScriptException();
+    return info.Env().Undefined();
+  }
   Napi::Object o = info[0].As<Napi::Object>();
   WalkOptions options;
   options.root = o.Get("root").As<Napi::Number>().Int32Value();

@@ -78,6 +78,11 @@ describe('bad input and refusals', () => {
     }
   });
 
+  it('turns a malformed native call into a TypeError, not a crash', () => {
+    expect(() => native().walk({} as never)).to.throw(TypeError, /walk needs \{ root: number \}/);
+    expect(() => native().walk(undefined as never)).to.throw(TypeError, /walk needs/);
+  });
+
   it('CLI: bad pids and usage errors exit 2, refusals and missing processes exit 1, never with a stack trace', async () => {
     const pid = await freePid();
     const cases: Array<[string[], number, RegExp]> = [
