@@ -34,8 +34,9 @@ export interface TransitionResult {
 
 const DEFAULT_TIMEOUT_MS = 10_000;
 
-function pause(ms: number): Promise<void> {
-  return new Promise((resolve) => (ms <= 0 ? setImmediate(resolve) : setTimeout(resolve, ms)));
+/** No pause at all for 0 ms: the next pass is itself asynchronous, so the event loop still turns. */
+async function pause(ms: number): Promise<void> {
+  if (ms > 0) await new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 /** Backoff between verification passes: the first ones come at once, since delivery takes microseconds. */
