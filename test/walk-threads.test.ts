@@ -2,10 +2,11 @@
 // kernel, and it spreads over cores). Whatever thread reads what, a pass must
 // read every process once, report them in depth-first order, and keep the
 // order rules of its signals.
+import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { expect } from 'chai';
-import { continueTree } from '../src/index.js';
-import { native, type NativeWalkResult } from '../src/native.js';
+import { continueTree, stopTree } from '../src/index.js';
+import { native, type NativeWalkOptions, type NativeWalkResult } from '../src/native.js';
 import { spawnTree } from '../src/testing/index.js';
 
 /** The order one thread visits the records in: depth first, children as their parent lists them. */
@@ -23,6 +24,11 @@ function depthFirst(pass: NativeWalkResult): number[] {
 }
 
 const sorted = (pids: number[]) => [...pids].sort((a, b) => a - b);
+
+function ppidOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+}
 
 describe('walk threads', function () {
   this.timeout(60_000);
@@ -62,5 +68,32 @@ describe('walk threads', function () {
     } finally {
       await continueTree(tree.root);
     }
+  });
+
+  it('continues a tree of 121 processes whose 81 leaves exit while the threads read it', async () => {
+    await using tree = await spawnTree({ depth: 4, fanout: 3, exitOnCont: true, intervalMs: 200 });
+    await stopTree(tree.root);
+    const leaves = tree.pids().filter((pid) => !tree.pids().some((other) => other !== pid && ppidOf(other) === pid));
+    expect(leaves).to.have.length(81);
+    const addon = native();
+    const walk = addon.walk;
+    let most = 0;
+    addon.walk = async (options: NativeWalkOptions) => {
+      const pass = await walk.call(addon, options);
+      most = Math.max(most, pass.walkers);
+      return pass;
+    };
+    try {
+      const result = await continueTree(tree.root);
+      expect(result.state).to.equal('running');
+      // Each leaf is reported as exited or, if the final pass saw it before
+      // it exited, still listed; the 40 others keep running.
+      expect([...result.exited, ...result.processes]).to.include.members(leaves);
+      expect(result.exited).to.not.be.empty;
+      expect(result.processes.filter((pid) => !leaves.includes(pid))).to.have.length(40);
+    } finally {
+      addon.walk = walk;
+    }
+    expect(most, 'threads that read one pass').to.equal(walkers);
   });
 });
