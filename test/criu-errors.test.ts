@@ -3,6 +3,7 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, writeFileSync } from 'no
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { TreeStateError, dump, getTreeState, hasDirtyTracking, locateCriu, preDump, restore } from '../src/index.js';
+import { childProcessRunner, type CommandRunner } from '../src/criu/runner.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
 import { cli, requireCriu, tempDirs, rejection } from './helpers.js';
 
@@ -83,6 +84,22 @@ describe('criu errors', () => {
     // criu forks short-lived helpers while it probes the kernel at start: the
     // kill may catch one, and then says so.
     expect(e.message).to.match(new RegExp(`^criu dump did not finish within 1 ms and was killed( together with the \\d+ process\\(es\\) it had started \\([^)]*\\))?; the tree of ${tree.root} is (running|stopped|mixed)`));
+  });
+
+  it('a criu that exits 0 as its timeout fires has finished: no timeout, the tree is verified', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 1 });
+    // The timer and criu's exit cross: criu (here `true`, which leaves the
+    // tree as it is) has exited 0, but its exit is reported only after the
+    // timeout fired, and the kill finds nothing left to kill.
+    const late: CommandRunner = {
+      async run(_file, _args, options) {
+        const running = await childProcessRunner.run('true', [], options);
+        return { pid: running.pid, exited: running.exited.then((exit) => new Promise((r) => setTimeout(() => r(exit), 100))) };
+      },
+    };
+    const result = await dump(tree.root, { imagesDir: tempDir(), finalState: 'running', timeoutMs: 20, runner: late });
+    expect(result.state).to.equal('running');
+    await expect(tree.root).to.be.a.runningTree;
   });
 
   it('refuses an images directory that already holds images, before criu runs', async () => {

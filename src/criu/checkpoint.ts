@@ -167,7 +167,12 @@ async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFail
       killed = killCriu(running.pid);
     }, timeoutMs);
     const exit = await running.exited.finally(() => clearTimeout(timer));
-    if (killed) {
+    // The timer may fire while criu is exiting after a success: its exit is
+    // then not yet known here, and the kill finds criu gone and kills
+    // nothing. That criu finished; a restored tree is complete and is
+    // verified like any other.
+    const finishedFirst = killed && exit.code === 0 && (await killed).length === 0;
+    if (killed && !finishedFirst) {
       const started = await killed;
       const also = started.length ? ` together with the ${started.length} process(es) it had started (${describePids(started)})` : '';
       throw new TreeStateError('ETIMEDOUT', `criu ${verb} did not finish within ${timeoutMs} ms and was killed${also}; ${await afterFailure()}; log: ${run.logFile}`, {
