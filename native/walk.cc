@@ -40,10 +40,17 @@ ThreadFiles& FilesOf(ProcessFiles* pf, pid_t tid, uint64_t pass) {
   return pf->threads.back();
 }
 
+// Whether an error means the process or thread is gone (it exited while we
+// looked), as opposed to a read that failed (EMFILE, ENOMEM, EACCES …): a
+// pass must never mistake the second for the first, or it would report a
+// running process as exited.
+bool Gone(int err) { return err == ESRCH || err == ENOENT; }
+
 // Reads the threads of a process whose stat line is `st`, and the children
-// of each (a child belongs to the thread that forked it).
-void ReadThreadsAndChildren(const ProcStat& st, ProcessFiles* pf, uint64_t pass,
-                            const ChildMap* scanned, ProcessRecord* rec) {
+// of each (a child belongs to the thread that forked it). Returns 0, or the
+// first error that was not a thread going away.
+int ReadThreadsAndChildren(const ProcStat& st, ProcessFiles* pf, uint64_t pass,
+                           const ChildMap* scanned, ProcessRecord* rec) {
   int procfd = pf->pin.fd();
   std::vector<pid_t> tids;
   if (st.numThreads <= 1) {
@@ -51,8 +58,16 @@ void ReadThreadsAndChildren(const ProcStat& st, ProcessFiles* pf, uint64_t pass,
     tids.push_back(st.pid);
   } else {
     bool again = pf->task.ok();
-    if (!again) pf->task.Reset(OpenTaskDir(procfd));
-    if (pf->task.ok() && ListThreadsAt(pf->task.get(), again, &tids) != 0) pf->task.Reset();
+    if (!again) {
+      int fd = OpenTaskDir(procfd);
+      if (fd < 0) return -fd;
+      pf->task.Reset(fd);
+    }
+    int err = ListThreadsAt(pf->task.get(), again, &tids);
+    if (err) {
+      pf->task.Reset();
+      return err;
+    }
   }
   for (pid_t tid : tids) {
     ThreadFiles& files = FilesOf(pf, tid, pass);
@@ -60,10 +75,17 @@ void ReadThreadsAndChildren(const ProcStat& st, ProcessFiles* pf, uint64_t pass,
     // The state in /proc/PID/stat is the leader's own (the kernel formats
     // both files from the same task): no need to read it twice. A thread
     // that exits while we look is simply no longer there.
-    if (tid != st.pid && ReadThreadStateAt(pf->task.get(), tid, &state, &files.stat) != 0) continue;
+    if (tid != st.pid) {
+      int err = ReadThreadStateAt(pf->task.get(), tid, &state, &files.stat);
+      if (Gone(err)) continue;
+      if (err) return err;
+    }
     rec->threads.push_back({tid, state, 0});
     if (state == 't') rec->threads.back().tracer = ReadTracer(st.pid, tid);
-    if (!scanned) ReadChildrenAt(procfd, st.numThreads <= 1 ? -1 : pf->task.get(), tid, &rec->children, &files.children);
+    if (!scanned) {
+      int err = ReadChildrenAt(procfd, st.numThreads <= 1 ? -1 : pf->task.get(), tid, &rec->children, &files.children);
+      if (err && !Gone(err)) return err;
+    }
   }
   if (scanned) {
     auto it = scanned->find(st.pid);
@@ -73,6 +95,7 @@ void ReadThreadsAndChildren(const ProcStat& st, ProcessFiles* pf, uint64_t pass,
   pf->threads.erase(std::remove_if(pf->threads.begin(), pf->threads.end(),
                                    [pass](const ThreadFiles& t) { return t.pass != pass; }),
                     pf->threads.end());
+  return 0;
 }
 
 bool Selected(const ProcessRecord& rec, Select select) {
@@ -170,7 +193,9 @@ int Visit(const WalkOptions& o, const Frame& f, const ChildMap* scanned, Process
       auto it = cache->processes.find(f.pid);
       if (it != cache->processes.end()) pf = &it->second;
     }
-    // No other thread of the pass visits this pid: the entry is ours.
+    // No other thread of the pass visits this pid: the entry is ours. If
+    // its kept files fail, look the pid up afresh (and fail there if it is
+    // a real error, not an exit).
     if (pf && ReadStatAt(pf->pin.fd(), f.pid, &st, &pf->stat) != 0) {
       std::lock_guard<std::mutex> hold(cache->mu);
       cache->files -= pf->Count();
@@ -194,7 +219,8 @@ int Visit(const WalkOptions& o, const Frame& f, const ChildMap* scanned, Process
   rec->startTime = st.startTime;
   rec->comm = st.comm;
   rec->kernelThread = (st.flags & kKernelThreadFlag) != 0;
-  ReadThreadsAndChildren(st, pf, pass, scanned, rec);
+  int err = ReadThreadsAndChildren(st, pf, pass, scanned, rec);
+  if (err) return err;
   if (cache) {
     std::lock_guard<std::mutex> hold(cache->mu);
     if (pf != temp) {
@@ -271,8 +297,15 @@ class Pass {
           result_->rootError.err = err;
           result_->rootError.syscall = "open";
           result_->rootError.pid = f.pid;
-        } else {
+        } else if (Gone(err)) {
           result_->gone.push_back(f.pid);
+          Done(f.from);
+        } else {
+          SysError e;
+          e.err = err;
+          e.syscall = "open";
+          e.pid = f.pid;
+          result_->failures.push_back(e);
           Done(f.from);
         }
       } else {
@@ -399,17 +432,26 @@ void SignalList(const std::vector<Identity>& targets, int sig, bool perThread,
     ProcessFiles pf;
     ProcStat st;
     pf.pin = Pidfd::OfProcDir(target.pid);
-    if (!pf.pin.ok() || ReadStatAt(pf.pin.fd(), target.pid, &st) != 0 ||
-        st.startTime != target.startTime) {
+    int err = pf.pin.ok() ? ReadStatAt(pf.pin.fd(), target.pid, &st) : pf.pin.error();
+    if (err && !Gone(err)) {
+      SysError e;
+      e.err = err;
+      e.syscall = "open";
+      e.pid = target.pid;
+      result->failures.push_back(e);
+      continue;
+    }
+    if (err || st.startTime != target.startTime) {
       result->gone.push_back(target.pid);
       continue;
     }
     bool refused = Protected(target.pid, protect) || (st.flags & kKernelThreadFlag);
     if (SignalPinned(pf.pin.fd(), target.pid, refused, sig, result) && perThread) {
+      // The signal to the process has resumed or stopped the whole group;
+      // the threads are signalled too when they can be read.
       ProcessRecord rec;
       ChildMap none;  // the threads are wanted, not the children
-      ReadThreadsAndChildren(st, &pf, 0, &none, &rec);
-      SignalThreads(target.pid, rec.threads, sig);
+      if (ReadThreadsAndChildren(st, &pf, 0, &none, &rec) == 0) SignalThreads(target.pid, rec.threads, sig);
     }
   }
 }
@@ -423,14 +465,19 @@ static int64_t NowMs() {
 std::vector<pid_t> WaitExit(const std::vector<Identity>& targets, int timeoutMs) {
   std::vector<Pidfd> fds;
   std::vector<pid_t> pids;
+  std::vector<pid_t> unwatchable;
   for (const Identity& target : targets) {
     // poll(2) reports exits only on a real pidfd: open one, then make sure
     // the process it names is still the target (alive after the check, so
     // the pid was not reused in between).
     Pidfd fd(target.pid);
     ProcStat st;
-    if (!fd.ok() || ReadStat(target.pid, &st) != 0 || st.startTime != target.startTime ||
-        !fd.Alive()) {
+    int err = fd.ok() ? ReadStat(target.pid, &st) : fd.error();
+    if (err && !Gone(err)) {
+      unwatchable.push_back(target.pid);  // cannot watch it: do not call it exited
+      continue;
+    }
+    if (err || st.startTime != target.startTime || !fd.Alive()) {
       continue;  // already reaped
     }
     fds.push_back(std::move(fd));
@@ -460,7 +507,7 @@ std::vector<pid_t> WaitExit(const std::vector<Identity>& targets, int timeoutMs)
       }
     }
   }
-  std::vector<pid_t> alive;
+  std::vector<pid_t> alive = unwatchable;
   for (size_t i = 0; i < fds.size(); i++) {
     if (!exited[i]) alive.push_back(pids[i]);
   }

@@ -157,14 +157,20 @@ class WalkWorker : public Napi::AsyncWorker {
   WalkResult result_;
 };
 
-// Closes a released cache's files off the JS thread (there may be thousands).
+// Closes a released cache's files off the JS thread (there may be thousands);
+// the promise says when they are closed.
 class ReleaseWorker : public Napi::AsyncWorker {
  public:
   ReleaseWorker(Napi::Env env, CacheRef cache)
-      : Napi::AsyncWorker(env, "treestate:releaseWalkCache"), cache_(std::move(cache)) {}
+      : Napi::AsyncWorker(env, "treestate:releaseWalkCache"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        cache_(std::move(cache)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
   void Execute() override { cache_.reset(); }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
 
  private:
+  Napi::Promise::Deferred deferred_;
   CacheRef cache_;
 };
 
@@ -286,8 +292,15 @@ Napi::Value CreateWalkCache(const Napi::CallbackInfo& info) {
 
 Napi::Value ReleaseWalkCache(const Napi::CallbackInfo& info) {
   CacheRef* ref = CacheOf(info[0]);
-  if (ref && *ref) (new ReleaseWorker(info.Env(), std::move(*ref)))->Queue();
-  return info.Env().Undefined();
+  if (!ref || !*ref) {
+    auto done = Napi::Promise::Deferred::New(info.Env());
+    done.Resolve(info.Env().Undefined());
+    return done.Promise();  // released before: nothing left to close
+  }
+  auto* worker = new ReleaseWorker(info.Env(), std::move(*ref));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
 }
 
 Napi::Value SignalListAsync(const Napi::CallbackInfo& info) {

@@ -76,8 +76,8 @@ export interface NativeAddon {
   walk(options: NativeWalkOptions): Promise<NativeWalkResult>;
   /** Files to keep open between the passes of one operation (at most `maxFiles`, default 8192); one pass at a time. */
   createWalkCache(maxFiles?: number): NativeWalkCache;
-  /** Closes the cache's files (off the JS thread); the cache is then unusable. */
-  releaseWalkCache(cache: NativeWalkCache): void;
+  /** Closes the cache's files (off the JS thread), resolving once they are closed; the cache is then unusable. */
+  releaseWalkCache(cache: NativeWalkCache): Promise<void>;
   /** Signal processes known from an earlier pass, re-checking each start time. */
   signalList(targets: Identity[], signal: number, perThread: boolean, protect: number[]): Promise<NativeSignalListResult>;
   /** Resolves to the targets still alive when all others exited or the timeout passed. */
@@ -94,10 +94,17 @@ export function packageRoot(): string {
   for (let dir = here; ; dir = dirname(dir)) {
     const manifest = join(dir, 'package.json');
     if (existsSync(manifest)) {
+      let text: string | undefined;
       try {
-        if (JSON.parse(readFileSync(manifest, 'utf8')).name === 'treestate') return dir;
+        text = readFileSync(manifest, 'utf8');
+      } catch (e) {
+        // Gone since existsSync: keep looking. Anything else (EMFILE, EACCES) is the caller's to see.
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      }
+      try {
+        if (text !== undefined && JSON.parse(text).name === 'treestate') return dir;
       } catch {
-        // not ours: keep looking
+        // not valid JSON: not ours, keep looking
       }
     }
     if (dirname(dir) === dir) throw new Error(`treestate: cannot find the package root above ${here}`);

@@ -3,7 +3,7 @@
 // signal is one native pass (see native/walk.cc).
 import { TreeStateError, describePids, describeThreads, hasCode, type ThreadRef } from './errors.js';
 import { native, type Identity, type NativeFailure, type NativeWalkResult } from './native.js';
-import { checkNotSelf, checkPid, classify, liveThreads, pidsOf, processState, toProcessInfo, walkCache, walkTree, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
+import { checkNotSelf, checkPid, classify, liveThreads, pidsOf, processState, readFailure, toProcessInfo, walkCache, walkTree, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
 
 export interface TransitionOptions extends WalkOptions {
   /** How long the tree may take to reach the state (default 10 000 ms). */
@@ -91,6 +91,11 @@ function failureError(failures: NativeFailure[], verb: string, extra: string): T
     const pids = refused.map((f) => f.pid);
     return new TreeStateError('EREFUSED', `refusing to ${verb} ${describePids(pids)}: pid 1, a kernel thread or treestate's own ancestry${extra}`, { pids, pid: pids[0] });
   }
+  const reads = failures.filter((f) => f.syscall !== 'pidfd_send_signal');
+  if (reads.length > 0) {
+    const e = readFailure(reads);
+    return new TreeStateError(e.code, `${e.message}${extra}`, { pids: e.pids, pid: e.pid, errno: e.errno, syscall: e.syscall });
+  }
   const first = failures[0]!;
   const pids = failures.filter((f) => f.code === first.code).map((f) => f.pid);
   const why = first.code === 'EPERM' ? 'operation not permitted' : first.message;
@@ -102,19 +107,28 @@ function failureError(failures: NativeFailure[], verb: string, extra: string): T
   });
 }
 
+/** What a rollback did: the processes it resumed, and those it could not reach (EMFILE, EPERM …). */
+interface Rollback {
+  resumed: number[];
+  failed: NativeFailure[];
+}
+
 /** Resumes exactly the processes a failed stop had stopped, children before parents. */
-async function rollback(tally: Tally, protect: number[]): Promise<number[]> {
+async function rollback(tally: Tally, protect: number[]): Promise<Rollback> {
   const targets = [...tally.signalled.values()].reverse();
-  if (targets.length === 0) return [];
+  if (targets.length === 0) return { resumed: [], failed: [] };
   const { SIGCONT } = native().signals;
   const result = await native().signalList(targets, SIGCONT, true, protect);
-  return result.signalled;
+  return { resumed: result.signalled, failed: result.failures };
 }
 
 /** `null`: the stop was told to leave what it stopped stopped. */
-function rolledBackNote(resumed: number[] | null): string {
-  if (resumed === null) return '; what it had stopped stays stopped';
-  return resumed.length === 0 ? '; nothing had been stopped' : `; the ${resumed.length} process(es) it had stopped were resumed`;
+function rolledBackNote(undone: Rollback | null): string {
+  if (undone === null) return '; what it had stopped stays stopped';
+  const { resumed, failed } = undone;
+  const stuck = failed.length ? `${describePids(failed.map((f) => f.pid))} could not be resumed (${failed[0]!.code}): continue ${failed.length === 1 ? 'it' : 'them'} by hand` : '';
+  if (resumed.length === 0) return stuck ? `; ${stuck}` : '; nothing had been stopped';
+  return `; the ${resumed.length} process(es) it had stopped were resumed${stuck ? `, but ${stuck}` : ''}`;
 }
 
 /** Which processes a pass saw, and how many of them were dead. */
@@ -167,23 +181,35 @@ async function stopPasses(pid: number, options: StopOptions, keepStoppedOn: read
   let quiet = 0;
   let tracedOnly = 0;
   let previousShape: TreeShape | undefined;
-  const undo = (code: string) => (keepStoppedOn.includes(code) ? Promise.resolve(null) : rollback(tally, protect));
+  // A rollback first closes the walk cache: if a read failed for want of
+  // descriptors (EMFILE), the rollback needs them.
+  const undo = async (code: string): Promise<Rollback | null> => {
+    if (keepStoppedOn.includes(code)) return null;
+    await cache.release();
+    return rollback(tally, protect);
+  };
   using cache = walkCache();
   for (;;) {
     let pass: NativeWalkResult;
     try {
       pass = await walkTree({ root, rootStartTime, scan: options.scan, cache: cache.handle, signal: SIGSTOP, select: 'not-stopped', order: 'parents-first', protect });
     } catch (e) {
-      if (passes === 0 || !hasCode(e, 'ESRCH')) throw e;
-      const resumed = await undo('ESRCH');
-      throw new TreeStateError('ESRCH', `process ${root} exited while its tree was being stopped${rolledBackNote(resumed)}`, { pid: root, details: { resumed } });
+      if (passes === 0) throw e;
+      const undone = await undo((e as { code?: string }).code ?? '');
+      if (hasCode(e, 'ESRCH')) {
+        throw new TreeStateError('ESRCH', `process ${root} exited while its tree was being stopped${rolledBackNote(undone)}`, { pid: root, details: { resumed: undone?.resumed ?? [] } });
+      }
+      if (e instanceof TreeStateError) {
+        throw new TreeStateError(e.code, `${e.message}${rolledBackNote(undone)}`, { pid: e.pid, pids: e.pids, errno: e.errno, syscall: e.syscall, cause: e });
+      }
+      throw e;
     }
     passes++;
     rootStartTime ??= pass.processes[0]!.startTime;
     const fresh = tally.add(pass);
     if (pass.failures.length > 0) {
-      const resumed = await undo(pass.failures[0]!.code);
-      throw failureError(pass.failures, 'stop', rolledBackNote(resumed));
+      const undone = await undo(pass.failures[0]!.code);
+      throw failureError(pass.failures, 'stop', rolledBackNote(undone));
     }
     const notStopped = liveThreads(pass.processes, (s) => s !== 'T');
     // When a process exits, its children move to a subreaper or init, and a
@@ -199,19 +225,19 @@ async function stopPasses(pid: number, options: StopOptions, keepStoppedOn: read
       return tally.result(root, 'stopped', pass, passes, started, rootStartTime);
     }
     if (passes > 1 && fresh > 0 && ++growing > maxPasses) {
-      const resumed = await undo('ENOTSETTLED');
-      throw new TreeStateError('ENOTSETTLED', `the tree of ${root} kept forking new processes through ${maxPasses} passes${rolledBackNote(resumed)}`, { pid: root, pids: pass.processes.map((p) => p.pid) });
+      const undone = await undo('ENOTSETTLED');
+      throw new TreeStateError('ENOTSETTLED', `the tree of ${root} kept forking new processes through ${maxPasses} passes${rolledBackNote(undone)}`, { pid: root, pids: pass.processes.map((p) => p.pid) });
     }
     // A thread in ptrace-stop only reaches group-stop when its tracer lets
     // it: if nothing else is left, say so rather than wait for the timeout.
     tracedOnly = notStopped.length > 0 && notStopped.every((t) => t.state === 't') ? tracedOnly + 1 : 0;
     if (tracedOnly >= 8) {
-      const resumed = await undo('ETRACED');
-      throw new TreeStateError('ETRACED', `cannot stop the tree of ${root}: ${describeThreads(notStopped)} in ptrace-stop${rolledBackNote(resumed)}`, { pid: root, threads: notStopped, pids: pidsOf(notStopped) });
+      const undone = await undo('ETRACED');
+      throw new TreeStateError('ETRACED', `cannot stop the tree of ${root}: ${describeThreads(notStopped)} in ptrace-stop${rolledBackNote(undone)}`, { pid: root, threads: notStopped, pids: pidsOf(notStopped) });
     }
     if (performance.now() > deadline) {
-      const resumed = await undo('ETIMEDOUT');
-      throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not stop within ${options.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms: ${describeThreads(notStopped)} not stopped${rolledBackNote(resumed)}`, {
+      const undone = await undo('ETIMEDOUT');
+      throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not stop within ${options.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms: ${describeThreads(notStopped)} not stopped${rolledBackNote(undone)}`, {
         pid: root,
         threads: notStopped,
         pids: pidsOf(notStopped),

@@ -1,6 +1,6 @@
 // The tree as treestate sees it: a snapshot, and what state it is in.
-import { TreeStateError, hasCode, type ThreadRef } from './errors.js';
-import { native, type NativeProcess, type NativeWalkCache, type NativeWalkOptions, type NativeWalkResult } from './native.js';
+import { TreeStateError, describePids, hasCode, type ThreadRef } from './errors.js';
+import { native, type NativeFailure, type NativeProcess, type NativeWalkCache, type NativeWalkOptions, type NativeWalkResult } from './native.js';
 
 /** The three final states CRIU defines, plus `mixed` for a tree that is in none of them. */
 export type TreeState = 'running' | 'stopped' | 'dead' | 'mixed';
@@ -108,32 +108,64 @@ export function toProcessInfo(p: NativeProcess): ProcessInfo {
   };
 }
 
-/** One native pass; a root that does not exist becomes our ESRCH error. */
+/**
+ * One native pass; a root that does not exist becomes our ESRCH error, one
+ * that cannot be read (EMFILE, EACCES …) a TreeStateError with that code. A
+ * pass that only looks and could not read some process fails as a whole: a
+ * tree it read in part is not the tree. (A pass that signals returns such
+ * failures with what it signalled, for the transition to undo.)
+ */
 export async function walkTree(options: NativeWalkOptions): Promise<NativeWalkResult> {
+  let result: NativeWalkResult;
   try {
-    const result = await native().walk(options);
-    const root = result.processes[0];
-    if (root?.kernelThread) {
-      throw new TreeStateError('EREFUSED', `refusing pid ${options.root}: it is a kernel thread (${root.comm})`, { pid: options.root });
-    }
-    return result;
+    result = await native().walk(options);
   } catch (e) {
     if (hasCode(e, 'ESRCH') && !(e instanceof TreeStateError)) {
       throw new TreeStateError('ESRCH', `no such process: ${options.root}`, { pid: options.root, errno: -3, syscall: 'open', cause: e });
     }
+    const f = e as Partial<NativeFailure>;
+    if (typeof f.code === 'string' && typeof f.errno === 'number') {
+      throw new TreeStateError(f.code, `cannot read process ${options.root}: ${reason(f)}`, { pid: options.root, errno: f.errno, syscall: f.syscall, cause: e });
+    }
     throw e;
   }
+  const root = result.processes[0];
+  if (root?.kernelThread) {
+    throw new TreeStateError('EREFUSED', `refusing pid ${options.root}: it is a kernel thread (${root.comm})`, { pid: options.root });
+  }
+  if (!options.signal && result.failures.length > 0) throw readFailure(result.failures);
+  return result;
+}
+
+/** "too many open files (EMFILE)": the errno's own words, from the native message, then its code. */
+export function reason(f: Partial<NativeFailure>): string {
+  const words = new RegExp(`${f.code}: ([^(]*?) \\(`).exec(f.message ?? '')?.[1] ?? 'failed';
+  return `${words.charAt(0).toLowerCase()}${words.slice(1)} (${f.code})`;
+}
+
+/** Processes a pass could not read: the tree it saw is incomplete. */
+export function readFailure(failures: NativeFailure[]): TreeStateError {
+  const first = failures[0]!;
+  const pids = failures.filter((f) => f.code === first.code).map((f) => f.pid);
+  return new TreeStateError(first.code, `cannot read ${pids.length === 1 ? 'process' : 'processes'} ${describePids(pids)}: ${reason(first)}; the tree was not read whole`, {
+    pids,
+    pid: pids[0],
+    errno: first.errno,
+    syscall: first.syscall,
+  });
 }
 
 /**
  * The walk cache of one operation's passes: each pass reads the tree's /proc
  * files through descriptors kept open by the pass before (one pread each
  * instead of open, read, close). `using` releases it when the operation
- * ends, whatever its outcome.
+ * ends, whatever its outcome; `release()` closes the files sooner and says
+ * when they are closed (a rollback wants every descriptor it can get).
  */
-export function walkCache(): { handle: NativeWalkCache } & Disposable {
+export function walkCache(): { handle: NativeWalkCache; release(): Promise<void> } & Disposable {
   const handle = native().createWalkCache();
-  return { handle, [Symbol.dispose]: () => native().releaseWalkCache(handle) };
+  const release = () => native().releaseWalkCache(handle);
+  return { handle, release, [Symbol.dispose]: () => void release() };
 }
 
 export async function snapshot(pid: number, options: WalkOptions = {}): Promise<TreeSnapshot> {

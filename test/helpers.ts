@@ -45,13 +45,19 @@ function cliFor(uid: number | undefined): string {
   return (unprivilegedCli = join(copy, 'bin', 'treestate.cjs'));
 }
 
-/** Runs the built CLI (dist/) as a separate process, the way a user does; as another user with `uid`. */
-export function cli(args: string[], options: { env?: NodeJS.ProcessEnv; uid?: number; gid?: number; timeoutMs?: number } = {}): Promise<CliRun> {
+/**
+ * Runs the built CLI (dist/) as a separate process, the way a user does; as
+ * another user with `uid`; with at most `fdLimit` open files (prlimit).
+ */
+export function cli(args: string[], options: { env?: NodeJS.ProcessEnv; uid?: number; gid?: number; timeoutMs?: number; fdLimit?: number } = {}): Promise<CliRun> {
   const path = cliFor(options.uid);
+  const [file, argv] = options.fdLimit
+    ? ['prlimit', [`--nofile=${options.fdLimit}:${options.fdLimit}`, '--', process.execPath, path, ...args]]
+    : [process.execPath, [path, ...args]];
   return new Promise((resolve) => {
     execFile(
-      process.execPath,
-      [path, ...args],
+      file,
+      argv,
       {
         env: { ...process.env, NO_COLOR: '1', ...options.env },
         uid: options.uid,
