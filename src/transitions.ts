@@ -158,16 +158,22 @@ function sameShape(a: TreeShape, b: TreeShape): boolean {
  * stopped are resumed, so no half-stopped tree is left behind.
  */
 export function stopTree(pid: number, options: StopOptions = {}): Promise<TransitionResult> {
-  return stopPasses(pid, options, []);
+  return stopPasses(pid, options, false);
 }
 
+/** Stop failures after which a kill goes on: SIGKILL needs no cooperation. */
+const KILL_GOES_ON = ['ETIMEDOUT', 'ETRACED', 'ENOTSETTLED'] as const;
+
 /**
- * The passes of a stop. A failure whose code is in `keepStoppedOn` leaves
- * what the stop reached stopped instead of resuming it: killTree kills
- * anyway, and a process resumed first could fork children the kill then
- * misses. Any other failure resumes, as stopTree promises.
+ * The passes of a stop. For a kill (`beforeKill`), the stop only keeps the
+ * tree from forking away while it is killed, so: a failure in KILL_GOES_ON
+ * leaves what the stop reached stopped instead of resuming it (a process
+ * resumed first could fork children the kill then misses), and threads in
+ * uninterruptible sleep (D) are not waited for, since they cannot fork
+ * either and SIGKILL takes them when they leave it. Otherwise every failure
+ * resumes, as stopTree promises.
  */
-async function stopPasses(pid: number, options: StopOptions, keepStoppedOn: readonly string[]): Promise<TransitionResult> {
+async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean): Promise<TransitionResult> {
   const root = checkPid(pid);
   const protect = checkNotSelf(root);
   const started = performance.now();
@@ -180,11 +186,12 @@ async function stopPasses(pid: number, options: StopOptions, keepStoppedOn: read
   let growing = 0;
   let quiet = 0;
   let tracedOnly = 0;
+  let heldOnly = 0;
   let previousShape: TreeShape | undefined;
   // A rollback first closes the walk cache: if a read failed for want of
   // descriptors (EMFILE), the rollback needs them.
   const undo = async (code: string): Promise<Rollback | null> => {
-    if (keepStoppedOn.includes(code)) return null;
+    if (beforeKill && (KILL_GOES_ON as readonly string[]).includes(code)) return null;
     await cache.release();
     return rollback(tally, protect);
   };
@@ -234,6 +241,15 @@ async function stopPasses(pid: number, options: StopOptions, keepStoppedOn: read
     if (tracedOnly >= 8) {
       const undone = await undo('ETRACED');
       throw new TreeStateError('ETRACED', `cannot stop the tree of ${root}: ${describeThreads(notStopped)} in ptrace-stop${rolledBackNote(undone)}`, { pid: root, threads: notStopped, pids: pidsOf(notStopped) });
+    }
+    heldOnly = beforeKill && notStopped.length > 0 && notStopped.every((t) => t.state === 't' || t.state === 'D') ? heldOnly + 1 : 0;
+    if (heldOnly >= 8) {
+      const undone = await undo('ETIMEDOUT');
+      throw new TreeStateError('ETIMEDOUT', `the tree of ${root} cannot stop now: ${describeThreads(notStopped)} in uninterruptible sleep or ptrace-stop${rolledBackNote(undone)}`, {
+        pid: root,
+        threads: notStopped,
+        pids: pidsOf(notStopped),
+      });
     }
     if (performance.now() > deadline) {
       const undone = await undo('ETIMEDOUT');
@@ -309,9 +325,6 @@ export async function continueTree(pid: number, options: TransitionOptions = {})
   }
 }
 
-/** Stop failures after which a kill goes on: SIGKILL needs no cooperation. */
-const KILL_GOES_ON = ['ETIMEDOUT', 'ETRACED', 'ENOTSETTLED'] as const;
-
 /**
  * → Dead. The tree is stopped first so nothing can fork away while it is
  * killed; then SIGKILL to every process, children first, and wait on the
@@ -329,7 +342,7 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
   const tally = new Tally();
   let rootStartTime: number | undefined;
   try {
-    rootStartTime = (await stopPasses(root, { ...options, timeoutMs: Math.max(1, timeoutMs / 2) }, KILL_GOES_ON)).rootStartTime;
+    rootStartTime = (await stopPasses(root, { ...options, timeoutMs: Math.max(1, timeoutMs / 2) }, true)).rootStartTime;
   } catch (e) {
     // Anything else (EPERM, the root gone) is the caller's to see, and the
     // stop has resumed what it stopped.

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { getTreeState, killTree, snapshot, stopTree } from '../src/index.js';
 import { native, nativeExecutable } from '../src/native.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
-import { waitFor } from './helpers.js';
+import { countingNativePasses, waitFor } from './helpers.js';
 
 describe('kill', () => {
   it('kills every process of a running tree and waits until all are gone', async () => {
@@ -61,5 +61,17 @@ describe('kill', () => {
     expect(resumed, 'processes resumed before the kill').to.deep.equal([]);
     await expect(tree.root).to.be.a.deadTree;
     await tracer.dispose();
+  });
+
+  it('kills a tree whose root is in uninterruptible sleep without waiting for it to stop first', async () => {
+    // The root waits in vfork (D): no stop reaches it, SIGKILL does. A stop
+    // would wait for it until its timeout; a kill only needs the rest not to
+    // fork away, so it gives up on the D thread after a few passes and kills.
+    await using tree = await spawnTree({ depth: 1, fanout: 2, vforkHold: true });
+    await waitFor(async () => (await getTreeState(tree.root)).processes[0]!.threads[0]!.state === 'D', 5000, 'the root in vfork');
+    const { value: result, passes } = await countingNativePasses(() => killTree(tree.root, { timeoutMs: 10_000 }));
+    expect(result.state).to.equal('dead');
+    expect(passes, 'passes before and during the kill (waiting out the stop timeout takes hundreds)').to.be.below(30);
+    await expect(tree.root).to.be.a.deadTree;
   });
 });

@@ -3,6 +3,7 @@
  *   treestate-fixture [--depth D] [--fanout F] [--threads T] [--fork-from-threads]
  *                     [--shm FILE] [--interval-ms N] [--storm] [--subreaper]
  *                     [--uid-depth D --uid U] [--memory-mb N] [--zombie] [--exit-on-cont]
+ *                     [--vfork-hold]
  *   treestate-fixture --trace PID      (ptrace-stop PID and hold it until killed)
  *   treestate-fixture --swallow-stops PID  (trace PID and discard every stop signal it gets)
  *
@@ -47,7 +48,7 @@ struct slot {
 };
 
 static int depth_max = 1, fanout = 2, threads = 1, fork_from_threads = 0;
-static int storm = 0, subreaper = 0, uid_depth = -1, zombie = 0, exit_on_cont = 0;
+static int storm = 0, subreaper = 0, uid_depth = -1, zombie = 0, exit_on_cont = 0, vfork_hold = 0;
 static long interval_ms = 5, memory_mb = 0;
 static uid_t drop_uid = 0;
 static const char *shm_path = NULL;
@@ -125,6 +126,15 @@ static void *thread_main(void *p) {
   return NULL;
 }
 
+/* Waits in vfork for a child that never execs: uninterruptible sleep (D)
+ * until that child dies; no signal but SIGKILL reaches the parent meanwhile.
+ * A function of its own, so the vfork child shares no caller's locals. */
+static void __attribute__((noinline)) hold_in_vfork(void) {
+  if (vfork() == 0) {
+    for (;;) pause();
+  }
+}
+
 static void run_process(struct node self) {
   static struct thread_arg args[256];
   uint64_t counter = 0;
@@ -156,6 +166,10 @@ static void run_process(struct node self) {
   if (mine) {
     mine->depth = self.depth;
     mine->pid = getpid();
+  }
+  if (vfork_hold && self.depth == 0) {
+    if (mine) mine->counter = ++counter;
+    hold_in_vfork();
   }
   srand((unsigned)getpid());
   for (;;) {
@@ -226,6 +240,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--memory-mb") && v) memory_mb = atol(argv[++i]);
     else if (!strcmp(a, "--zombie")) zombie = 1;
     else if (!strcmp(a, "--exit-on-cont")) exit_on_cont = 1;
+    else if (!strcmp(a, "--vfork-hold")) vfork_hold = 1;
     else if (!strcmp(a, "--trace") && v) return trace((pid_t)atoi(argv[++i]));
     else if (!strcmp(a, "--swallow-stops") && v) return swallow_stops((pid_t)atoi(argv[++i]));
     else {

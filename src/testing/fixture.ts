@@ -32,6 +32,8 @@ export interface TreeOptions extends TreeShape {
   zombie?: boolean;
   /** The leaves exit when they receive SIGCONT. */
   exitOnCont?: boolean;
+  /** The root sits in uninterruptible sleep (D), in vfork for a child that never execs (killable only by SIGKILL). */
+  vforkHold?: boolean;
   /** Heartbeat period in ms (default 5). */
   intervalMs?: number;
   /** How long the tree may take to come up (default 20 000 ms). */
@@ -63,6 +65,7 @@ function fixtureArgs(o: TreeOptions, heartbeatFile: string): string[] {
   if (o.memoryMb) args.push('--memory-mb', String(o.memoryMb));
   if (o.zombie) args.push('--zombie');
   if (o.exitOnCont) args.push('--exit-on-cont');
+  if (o.vforkHold) args.push('--vfork-hold');
   if (o.intervalMs) args.push('--interval-ms', String(o.intervalMs));
   return args;
 }
