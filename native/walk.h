@@ -3,7 +3,9 @@
 // if asked, signals the selected processes in the requested order. Identity
 // is pinned with an fd of /proc/PID opened before the process is inspected,
 // through which it is both read and signalled, so nothing that is read or
-// signalled can be a recycled pid.
+// signalled can be a recycled pid. Only ESRCH/ENOENT mean a process is gone;
+// any other error is a failure of the pass. Big trees are read by helper
+// threads too, and the passes of one operation can share a WalkCache.
 #pragma once
 
 #include <stdint.h>
@@ -63,7 +65,6 @@ struct ProcessFiles {
   Pidfd pin{-1};  // /proc/PID: the process is read and signalled through it
   Fd stat;
   Fd task;  // /proc/PID/task, for several threads
-  bool listed = false;
   std::vector<ThreadFiles> threads;
   uint64_t pass = 0;
   size_t Count() const;
