@@ -46,6 +46,24 @@ ThreadFiles& FilesOf(ProcessFiles* pf, pid_t tid, uint64_t pass) {
 // running process as exited.
 bool Gone(int err) { return err == ESRCH || err == ENOENT; }
 
+// A process that could not be opened or read, as a failure of the pass.
+SysError ReadFailure(pid_t pid, int err) {
+  SysError e;
+  e.err = err;
+  e.syscall = "open";
+  e.pid = pid;
+  return e;
+}
+
+// Pins the process with an fd of its /proc directory and reads its stat line
+// through that fd: what is read can only be that process (a reaped one
+// answers ESRCH, never its pid's next owner), and the same fd signals it.
+int PinAndRead(pid_t pid, ProcessFiles* pf, ProcStat* st) {
+  pf->pin = Pidfd::OfProcDir(pid);
+  if (!pf->pin.ok()) return pf->pin.error();
+  return ReadStatAt(pf->pin.fd(), pid, st, &pf->stat);
+}
+
 // Reads the threads of a process whose stat line is `st`, and the children
 // of each (a child belongs to the thread that forked it). Returns 0, or the
 // first error that was not a thread going away.
@@ -176,11 +194,9 @@ struct Pending {
   int fd = -1;
 };
 
-// Pins the process with an fd of its /proc directory and reads it through
-// that fd: what is read can only be that process (a reaped one answers
-// ESRCH, never its pid's next owner), and the same fd signals it. A process
-// the cache already holds is read through its kept files; if they answer
-// ESRCH it is gone, and the pid is looked up afresh.
+// Reads one process of the pass, pinned (PinAndRead). A process the cache
+// already holds is read through its kept files; if they fail, the pid is
+// looked up afresh.
 int Visit(const WalkOptions& o, const Frame& f, const ChildMap* scanned, ProcessFiles* temp,
           ProcessFiles** used, ProcessRecord* rec) {
   WalkCache* cache = o.cache;
@@ -205,9 +221,7 @@ int Visit(const WalkOptions& o, const Frame& f, const ChildMap* scanned, Process
   }
   if (!pf) {
     pf = temp;
-    pf->pin = Pidfd::OfProcDir(f.pid);
-    if (!pf->pin.ok()) return pf->pin.error();
-    int err = ReadStatAt(pf->pin.fd(), f.pid, &st, &pf->stat);
+    int err = PinAndRead(f.pid, pf, &st);
     if (err) return err;
   }
   if (f.parent != 0 && st.ppid != f.parent) return ESRCH;
@@ -292,22 +306,12 @@ class Pass {
       lock.lock();
       busy_--;
       Append(result_, outcome);
-      if (err) {
-        if (f.parent == 0) {
-          result_->rootError.err = err;
-          result_->rootError.syscall = "open";
-          result_->rootError.pid = f.pid;
-        } else if (Gone(err)) {
-          result_->gone.push_back(f.pid);
-          Done(f.from);
-        } else {
-          SysError e;
-          e.err = err;
-          e.syscall = "open";
-          e.pid = f.pid;
-          result_->failures.push_back(e);
-          Done(f.from);
-        }
+      if (err && f.parent == 0) {
+        result_->rootError = ReadFailure(f.pid, err);
+      } else if (err) {
+        if (Gone(err)) result_->gone.push_back(f.pid);
+        else result_->failures.push_back(ReadFailure(f.pid, err));
+        Done(f.from);
       } else {
         Add(f, std::move(rec), pf, &temp);
       }
@@ -431,14 +435,9 @@ void SignalList(const std::vector<Identity>& targets, int sig, bool perThread,
   for (const Identity& target : targets) {
     ProcessFiles pf;
     ProcStat st;
-    pf.pin = Pidfd::OfProcDir(target.pid);
-    int err = pf.pin.ok() ? ReadStatAt(pf.pin.fd(), target.pid, &st) : pf.pin.error();
+    int err = PinAndRead(target.pid, &pf, &st);
     if (err && !Gone(err)) {
-      SysError e;
-      e.err = err;
-      e.syscall = "open";
-      e.pid = target.pid;
-      result->failures.push_back(e);
+      result->failures.push_back(ReadFailure(target.pid, err));
       continue;
     }
     if (err || st.startTime != target.startTime) {

@@ -92,10 +92,7 @@ function failureError(failures: NativeFailure[], verb: string, extra: string): T
     return new TreeStateError('EREFUSED', `refusing to ${verb} ${describePids(pids)}: pid 1, a kernel thread or treestate's own ancestry${extra}`, { pids, pid: pids[0] });
   }
   const reads = failures.filter((f) => f.syscall !== 'pidfd_send_signal');
-  if (reads.length > 0) {
-    const e = readFailure(reads);
-    return new TreeStateError(e.code, `${e.message}${extra}`, { pids: e.pids, pid: e.pid, errno: e.errno, syscall: e.syscall });
-  }
+  if (reads.length > 0) return readFailure(reads, extra);
   const first = failures[0]!;
   const pids = failures.filter((f) => f.code === first.code).map((f) => f.pid);
   const why = first.code === 'EPERM' ? 'operation not permitted' : first.message;

@@ -143,11 +143,11 @@ export function reason(f: Partial<NativeFailure>): string {
   return `${words.charAt(0).toLowerCase()}${words.slice(1)} (${f.code})`;
 }
 
-/** Processes a pass could not read: the tree it saw is incomplete. */
-export function readFailure(failures: NativeFailure[]): TreeStateError {
+/** Processes a pass could not read: the tree it saw is incomplete. `extra` ends the message (what was undone). */
+export function readFailure(failures: NativeFailure[], extra = ''): TreeStateError {
   const first = failures[0]!;
   const pids = failures.filter((f) => f.code === first.code).map((f) => f.pid);
-  return new TreeStateError(first.code, `cannot read ${pids.length === 1 ? 'process' : 'processes'} ${describePids(pids)}: ${reason(first)}; the tree was not read whole`, {
+  return new TreeStateError(first.code, `cannot read ${pids.length === 1 ? 'process' : 'processes'} ${describePids(pids)}: ${reason(first)}; the tree was not read whole${extra}`, {
     pids,
     pid: pids[0],
     errno: first.errno,
