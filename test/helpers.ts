@@ -1,12 +1,12 @@
 // Shared bits of the suite. Trees come from the harness (src/testing), not from here.
 import { execFile, execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { cpSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { locateCriu } from '../src/criu/locate.js';
 import { TreeStateError } from '../src/errors.js';
-import { native, packageRoot } from '../src/native.js';
+import { native, packageRoot, type NativeWalkResult } from '../src/native.js';
 
 export const cliPath = fileURLToPath(new URL('../bin/treestate.cjs', import.meta.url));
 
@@ -115,19 +115,42 @@ export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs
   }
 }
 
-/** Runs `work` counting the native tree passes it makes. */
-export async function countingNativePasses<T>(work: () => Promise<T>): Promise<{ value: T; passes: number }> {
+/**
+ * Runs `work` with `afterPass` called after each native tree pass, before the
+ * caller sees it: the way a test makes something happen between two passes
+ * (a real event, deterministically placed, instead of a race).
+ */
+export async function betweenNativePasses<T>(afterPass: (index: number, pass: NativeWalkResult) => void | Promise<void>, work: () => Promise<T>): Promise<T> {
   const addon = native();
   const original = addon.walk;
-  let passes = 0;
-  addon.walk = (o) => {
-    passes++;
-    return original.call(addon, o);
+  let index = 0;
+  addon.walk = async (o) => {
+    const pass = await original.call(addon, o);
+    await afterPass(index++, pass);
+    return pass;
   };
   try {
-    return { value: await work(), passes };
+    return await work();
   } finally {
     addon.walk = original;
+  }
+}
+
+/** Runs `work` counting the native tree passes it makes. */
+export async function countingNativePasses<T>(work: () => Promise<T>): Promise<{ value: T; passes: number }> {
+  let passes = 0;
+  const value = await betweenNativePasses(() => void passes++, work);
+  return { value, passes };
+}
+
+/** Whether `pid` has exited: gone from /proc or a zombie. */
+export function hasExited(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat[stat.lastIndexOf(')') + 2] === 'Z';
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return true;
+    throw e;
   }
 }
 
