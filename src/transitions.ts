@@ -67,6 +67,11 @@ class Tally {
     return fresh;
   }
 
+  /** Every process seen, in the order first seen (parents before their children). */
+  identities(): Identity[] {
+    return [...this.seen].map(([pid, startTime]) => ({ pid, startTime }));
+  }
+
   result(root: number, state: TreeState, last: NativeWalkResult | undefined, passes: number, started: number, rootStartTime: number): TransitionResult {
     const alive = (last?.processes ?? []).filter((p) => processState(p.threads) !== 'dead');
     const present = new Set(alive.map((p) => p.pid));
@@ -155,11 +160,14 @@ function sameShape(a: TreeShape, b: TreeShape): boolean {
  * stopped are resumed, so no half-stopped tree is left behind.
  */
 export function stopTree(pid: number, options: StopOptions = {}): Promise<TransitionResult> {
-  return stopPasses(pid, options, false);
+  return stopPasses(pid, options, false, new Tally());
 }
 
-/** Stop failures after which a kill goes on: SIGKILL needs no cooperation. */
-const KILL_GOES_ON = ['ETIMEDOUT', 'ETRACED', 'ENOTSETTLED'] as const;
+/**
+ * Stop failures after which a kill goes on: SIGKILL needs no cooperation,
+ * and a root that exited leaves processes the kill has seen to kill.
+ */
+const KILL_GOES_ON = ['ETIMEDOUT', 'ETRACED', 'ENOTSETTLED', 'ESRCH'] as const;
 
 /**
  * The passes of a stop. For a kill (`beforeKill`), the stop only keeps the
@@ -170,14 +178,13 @@ const KILL_GOES_ON = ['ETIMEDOUT', 'ETRACED', 'ENOTSETTLED'] as const;
  * either and SIGKILL takes them when they leave it. Otherwise every failure
  * resumes, as stopTree promises.
  */
-async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean): Promise<TransitionResult> {
+async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean, tally: Tally): Promise<TransitionResult> {
   const root = checkPid(pid);
   const protect = checkNotSelf(root);
   const started = performance.now();
   const deadline = started + (options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
   const maxPasses = options.maxPasses ?? 100;
   const { SIGSTOP } = native().signals;
-  const tally = new Tally();
   let rootStartTime: number | undefined;
   let passes = 0;
   let growing = 0;
@@ -327,7 +334,9 @@ export async function continueTree(pid: number, options: TransitionOptions = {})
  * killed; then SIGKILL to every process, children first, and wait on the
  * pidfds until every process is gone or a zombie. When the stop cannot
  * finish (traced threads, endless forking, a timeout), what it stopped stays
- * stopped and the kill goes on.
+ * stopped and the kill goes on. A process the call saw in the tree is killed
+ * even if it left the tree meanwhile (its parent, the root say, exited and it
+ * moved to a subreaper or init): it is found again by identity.
  */
 export async function killTree(pid: number, options: StopOptions = {}): Promise<TransitionResult> {
   const root = checkPid(pid);
@@ -339,40 +348,53 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
   const tally = new Tally();
   let rootStartTime: number | undefined;
   try {
-    rootStartTime = (await stopPasses(root, { ...options, timeoutMs: Math.max(1, timeoutMs / 2) }, true)).rootStartTime;
+    rootStartTime = (await stopPasses(root, { ...options, timeoutMs: Math.max(1, timeoutMs / 2) }, true, tally)).rootStartTime;
   } catch (e) {
-    // Anything else (EPERM, the root gone) is the caller's to see, and the
-    // stop has resumed what it stopped.
-    if (!hasCode(e, ...KILL_GOES_ON)) throw e;
+    // Anything else (EPERM, a root that never was) is the caller's to see,
+    // and the stop has resumed what it stopped.
+    if (!hasCode(e, ...KILL_GOES_ON) || (hasCode(e, 'ESRCH') && tally.identities().length === 0)) throw e;
   }
+  rootStartTime ??= tally.identities()[0]?.startTime;
   let passes = 0;
-  let last: NativeWalkResult | undefined;
-  using cache = walkCache();
-  for (;;) {
-    let pass: NativeWalkResult;
-    try {
-      pass = await walkTree({ root, rootStartTime, scan: options.scan, cache: cache.handle, signal: SIGKILL, select: 'all', order: 'children-first', protect });
-    } catch (e) {
-      if (passes > 0 && hasCode(e, 'ESRCH')) break; // the root is reaped: nothing left to kill
-      throw e;
-    }
-    passes++;
-    rootStartTime ??= pass.processes[0]!.startTime;
-    tally.add(pass);
-    last = pass;
-    if (pass.failures.length > 0) throw failureError(pass.failures, 'kill', '');
-    if (pass.signalled.length === 0) break; // every process is a zombie
-    const alive = await native().waitExit(
-      pass.processes.map((p) => ({ pid: p.pid, startTime: p.startTime })),
-      Math.max(0, deadline - performance.now()),
-    );
+  const reached = new Set<number>(); // processes a kill pass signalled (or found dead) and waited for
+  const waitDead = async (targets: Identity[]) => {
+    const alive = await native().waitExit(targets, Math.max(0, deadline - performance.now()));
     if (alive.length > 0 && performance.now() > deadline) {
       throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not die within ${timeoutMs} ms: ${describePids(alive)} still alive`, { pid: root, pids: alive });
     }
+  };
+  {
+    using cache = walkCache();
+    for (;;) {
+      let pass: NativeWalkResult;
+      try {
+        pass = await walkTree({ root, rootStartTime, scan: options.scan, cache: cache.handle, signal: SIGKILL, select: 'all', order: 'children-first', protect });
+      } catch (e) {
+        // The root is reaped: nothing left to kill through it.
+        if (hasCode(e, 'ESRCH') && rootStartTime !== undefined) break;
+        throw e;
+      }
+      passes++;
+      rootStartTime ??= pass.processes[0]!.startTime;
+      tally.add(pass);
+      if (pass.failures.length > 0) throw failureError(pass.failures, 'kill', '');
+      for (const p of pass.processes) reached.add(p.pid);
+      if (pass.signalled.length === 0) break; // every process is a zombie
+      await waitDead(pass.processes.map((p) => ({ pid: p.pid, startTime: p.startTime })));
+    }
   }
-  const result = tally.result(root, 'dead', undefined, passes, started, rootStartTime ?? 0);
-  result.exited = [...new Set([...result.exited, ...(last?.processes.map((p) => p.pid) ?? [])])];
-  return result;
+  // What the call saw and no kill pass reached has left the tree: exited,
+  // or moved away when its parent exited. Kill it where it is now, children
+  // first (a pid that names another process by now is left alone).
+  const strays = tally.identities().filter((p) => !reached.has(p.pid)).reverse();
+  if (strays.length > 0) {
+    const swept = await native().signalList(strays, SIGKILL, false, protect);
+    if (swept.failures.length > 0) throw failureError(swept.failures, 'kill', '');
+    const signalled = new Set(swept.signalled);
+    await waitDead(strays.filter((p) => signalled.has(p.pid)));
+  }
+  // Every process seen is dead now: the tally reports them all as exited.
+  return tally.result(root, 'dead', undefined, passes, started, rootStartTime ?? 0);
 }
 
 export interface WaitOptions extends WalkOptions {

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { locateCriu } from '../src/criu/locate.js';
 import { TreeStateError } from '../src/errors.js';
-import { native, packageRoot, type NativeWalkResult } from '../src/native.js';
+import { native, packageRoot, type NativeWalkOptions, type NativeWalkResult } from '../src/native.js';
 
 export const cliPath = fileURLToPath(new URL('../bin/treestate.cjs', import.meta.url));
 
@@ -120,13 +120,16 @@ export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs
  * caller sees it: the way a test makes something happen between two passes
  * (a real event, deterministically placed, instead of a race).
  */
-export async function betweenNativePasses<T>(afterPass: (index: number, pass: NativeWalkResult) => void | Promise<void>, work: () => Promise<T>): Promise<T> {
+export async function betweenNativePasses<T>(
+  afterPass: (index: number, pass: NativeWalkResult, options: NativeWalkOptions) => void | Promise<void>,
+  work: () => Promise<T>,
+): Promise<T> {
   const addon = native();
   const original = addon.walk;
   let index = 0;
   addon.walk = async (o) => {
     const pass = await original.call(addon, o);
-    await afterPass(index++, pass);
+    await afterPass(index++, pass, o);
     return pass;
   };
   try {
@@ -149,7 +152,8 @@ export function hasExited(pid: number): boolean {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     return stat[stat.lastIndexOf(')') + 2] === 'Z';
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return true;
+    // ESRCH: reaped between the open and the read.
+    if (['ENOENT', 'ESRCH'].includes((e as NodeJS.ErrnoException).code ?? '')) return true;
     throw e;
   }
 }

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { getTreeState, killTree, snapshot, stopTree } from '../src/index.js';
 import { native, nativeExecutable } from '../src/native.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
-import { countingNativePasses, waitFor } from './helpers.js';
+import { betweenNativePasses, countingNativePasses, hasExited, waitFor } from './helpers.js';
 
 describe('kill', () => {
   it('kills every process of a running tree and waits until all are gone', async () => {
@@ -35,6 +35,41 @@ describe('kill', () => {
       const alive = await getTreeState(p.pid).then((s) => s.state !== 'dead' && s.processes[0]!.startTime === p.startTime, () => false);
       expect(alive, `pid ${p.pid}`).to.equal(false);
     }
+  });
+
+  // The root exits while it is being killed: its children move to the
+  // subreaper (the harness's reaper) and no walk from the root finds them.
+  // They were in the tree when the kill began, so the kill finds them by
+  // identity and kills them; it used to resume them and fail with ESRCH.
+  it('kills the children of a root that exits during the stop phase, where they moved', async () => {
+    await using tree = await spawnTree({ depth: 2, fanout: 2, threads: 2 });
+    const pids = tree.pids();
+    const result = await betweenNativePasses(async (index) => {
+      if (index !== 0) return;
+      process.kill(tree.root, 'SIGKILL');
+      await waitFor(() => hasExited(tree.root), 2000, 'the root exiting');
+    }, () => killTree(tree.root));
+    expect(result.state).to.equal('dead');
+    expect(result.exited).to.have.members(pids);
+    for (const pid of pids) expect(hasExited(pid), `pid ${pid}`).to.equal(true);
+  });
+
+  it('kills the children of a root that exits between the stop and the kill', async () => {
+    await using tree = await spawnTree({ depth: 2, fanout: 2, threads: 2 });
+    const pids = tree.pids();
+    const { SIGSTOP } = native().signals;
+    let killedRoot = false;
+    const result = await betweenNativePasses(async (_index, pass, options) => {
+      // A stop pass that signals nothing found every thread stopped: the stop is done.
+      if (killedRoot || options.signal !== SIGSTOP || pass.signalled.length > 0) return;
+      killedRoot = true;
+      process.kill(tree.root, 'SIGKILL');
+      await waitFor(() => hasExited(tree.root), 2000, 'the root exiting');
+    }, () => killTree(tree.root));
+    expect(killedRoot).to.equal(true);
+    expect(result.state).to.equal('dead');
+    expect(result.exited).to.have.members(pids);
+    for (const pid of pids) expect(hasExited(pid), `pid ${pid}`).to.equal(true);
   });
 
   it('kills a tree whose stop cannot finish without resuming what the stop reached', async () => {
