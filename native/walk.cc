@@ -64,6 +64,22 @@ int PinAndRead(pid_t pid, ProcessFiles* pf, ProcStat* st) {
   return ReadStatAt(pf->pin.fd(), pid, st, &pf->stat);
 }
 
+// Pins a process known from an earlier read, by pid and start time. False
+// (recorded in `outcome` as gone, or as a failure) if it cannot be read or
+// its pid now names another process.
+bool Repin(const Identity& known, ProcessFiles* pf, ProcStat* st, SignalOutcome* outcome) {
+  int err = PinAndRead(known.pid, pf, st);
+  if (err && !Gone(err)) {
+    outcome->failures.push_back(ReadFailure(known.pid, err));
+    return false;
+  }
+  if (err || st->startTime != known.startTime) {
+    outcome->gone.push_back(known.pid);
+    return false;
+  }
+  return true;
+}
+
 // Reads the threads of a process whose stat line is `st`, and the children
 // of each (a child belongs to the thread that forked it). Returns 0, or the
 // first error that was not a thread going away.
@@ -264,6 +280,7 @@ class Pass {
     Work(true);
     for (pthread_t t : helpers_) pthread_join(t, nullptr);
     result_->walkers = 1 + helpers_.size();
+    SignalReady();
     if (!helpers_.empty()) InVisitingOrder();
   }
 
@@ -272,6 +289,8 @@ class Pass {
     size_t from = kNone;
     size_t waiting = 0;  // children not done yet (children first)
     Pending pin;
+    bool queued = false;  // signal-after-read: waits in ready_ with its pin
+    bool repin = false;   // its pin was closed: look it up again to signal it
   };
 
   // Helpers join once this many processes are read and frames wait.
@@ -362,9 +381,46 @@ class Pass {
   // Returns its parent's record.
   size_t Finish(size_t index) {
     Node& node = nodes_[index];
-    if (o_.order == Order::ChildrenFirst) Deliver(o_, node.pin.fd, result_->processes[index], result_);
-    node.pin = Pending();
+    if (o_.order == Order::ChildrenFirst && o_.signalAfterRead) {
+      Queue(index);
+    } else if (o_.order == Order::ChildrenFirst) {
+      Deliver(o_, node.pin.fd, result_->processes[index], result_);
+    }
+    if (!node.queued) node.pin = Pending();
     return node.from;
+  }
+
+  // Signal-after-read: `index` is next in signalling order (children
+  // first: the order processes are finished in). A pin the walk cache holds
+  // stays open for the signal; any other is closed now (a tree may be bigger
+  // than the fds left) and the process is looked up again by pid and start
+  // time when signalled, which costs no more than a few µs each.
+  void Queue(size_t index) {
+    Node& node = nodes_[index];
+    if (o_.signal == 0 || !Selected(result_->processes[index], o_.select)) return;
+    ready_.push_back(index);
+    node.queued = true;
+    if (node.pin.owned.ok()) {
+      node.pin = Pending();
+      node.repin = true;
+    }
+  }
+
+  // The signals of a signal-after-read pass, in order, by the calling thread
+  // once every helper has stopped reading.
+  void SignalReady() {
+    for (size_t index : ready_) {
+      Node& node = nodes_[index];
+      const ProcessRecord& rec = result_->processes[index];
+      if (!node.repin) {
+        Deliver(o_, node.pin.fd, rec, result_);
+      } else {
+        ProcessFiles pf;
+        ProcStat st;
+        if (Repin({rec.pid, rec.startTime}, &pf, &st, result_)) Deliver(o_, pf.pin.fd(), rec, result_);
+      }
+      node.pin = Pending();
+    }
   }
 
   // Helpers append records as they finish them: put them back in the order
@@ -397,6 +453,7 @@ class Pass {
   std::condition_variable wake_;
   std::vector<Frame> stack_;
   std::vector<Node> nodes_;  // parallel to result_->processes
+  std::vector<size_t> ready_;  // signal-after-read: records to signal, in order
   std::unordered_set<pid_t> seen_;
   size_t busy_ = 0;
   bool helped_ = false;  // helpers were asked for (some may have been refused)
@@ -435,15 +492,7 @@ void SignalList(const std::vector<Identity>& targets, int sig, bool perThread,
   for (const Identity& target : targets) {
     ProcessFiles pf;
     ProcStat st;
-    int err = PinAndRead(target.pid, &pf, &st);
-    if (err && !Gone(err)) {
-      result->failures.push_back(ReadFailure(target.pid, err));
-      continue;
-    }
-    if (err || st.startTime != target.startTime) {
-      result->gone.push_back(target.pid);
-      continue;
-    }
+    if (!Repin(target, &pf, &st, result)) continue;
     bool refused = Protected(target.pid, protect) || (st.flags & kKernelThreadFlag);
     if (SignalPinned(pf.pin.fd(), target.pid, refused, sig, result) && perThread) {
       // The signal to the process has resumed or stopped the whole group;

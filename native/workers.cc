@@ -257,6 +257,7 @@ Napi::Value WalkAsync(const Napi::CallbackInfo& info) {
                    : select == "stopped"   ? Select::Stopped
                                            : Select::All;
   options.perThread = o.Get("perThread").ToBoolean();
+  options.signalAfterRead = o.Get("signalAfterRead").ToBoolean();
   options.protect = PidArray(o.Get("protect"));
   CacheRef cache;
   if (o.Has("cache") && !o.Get("cache").IsUndefined()) {

@@ -52,6 +52,8 @@ export interface NativeWalkOptions {
   order?: 'parents-first' | 'children-first';
   select?: 'all' | 'not-stopped' | 'stopped';
   perThread?: boolean;
+  /** Children first only: signal once the whole tree is read (for a tree that cannot fork meanwhile). */
+  signalAfterRead?: boolean;
   protect?: number[];
   /** Files kept open from the previous passes of the same operation. */
   cache?: NativeWalkCache;

@@ -6,7 +6,7 @@
 import { expect } from 'chai';
 import { getTreeState } from '../src/index.js';
 import { spawnTree } from '../src/testing/index.js';
-import { cli } from './helpers.js';
+import { cli, hasExited } from './helpers.js';
 
 describe('safety: descriptor exhaustion', function () {
   this.timeout(120_000);
@@ -41,5 +41,26 @@ describe('safety: descriptor exhaustion', function () {
     // Some limit let the walk start and then fail part-way: the case that
     // used to report unread processes as exited.
     expect(midTree, 'stops that failed part-way through the tree').to.be.greaterThan(0);
+  });
+
+  // A continue and a kill signal after reading the whole tree, holding each
+  // process's pin until then, up to a quarter of the fd limit; past it they
+  // look each process up again by pid and start time. With 64 fds that is
+  // 16 pins for 40 processes.
+  it('continues and kills a tree bigger than its budget of held pins', async () => {
+    await using tree = await spawnTree({ depth: 3, fanout: 3 });
+    expect(tree.pids()).to.have.length(40);
+    for (let round = 0; round < 3; round++) {
+      const stop = await cli(['stop', String(tree.root)], { fdLimit: 64 });
+      expect(stop.code, stop.stderr).to.equal(0);
+      const cont = await cli(['cont', String(tree.root), '--json'], { fdLimit: 64 });
+      expect(cont.code, cont.stderr).to.equal(0);
+      expect(JSON.parse(cont.stdout).signalled).to.have.members(tree.pids());
+      expect((await getTreeState(tree.root)).state).to.equal('running');
+    }
+    const pids = tree.pids();
+    const kill = await cli(['kill', String(tree.root)], { fdLimit: 64 });
+    expect(kill.code, kill.stderr).to.equal(0);
+    for (const pid of pids) expect(hasExited(pid), `pid ${pid}`).to.equal(true);
   });
 });

@@ -66,6 +66,16 @@ describe('walk threads', function () {
       for (const p of cont.processes.slice(1)) {
         expect(continued.get(p.pid), `${p.pid} continued before its parent ${p.ppid}`).to.be.below(continued.get(p.ppid)!);
       }
+
+      // The same rule when the signals wait until the whole tree is read.
+      await native().walk({ root: tree.root, signal: SIGSTOP, select: 'not-stopped', order: 'parents-first', protect });
+      const after = await native().walk({ root: tree.root, signal: SIGCONT, select: 'all', order: 'children-first', signalAfterRead: true, perThread: true, protect });
+      expect(after.walkers).to.equal(walkers);
+      expect(sorted(after.signalled)).to.deep.equal(sorted(tree.pids()));
+      const continuedAfter = position(after.signalled);
+      for (const p of after.processes.slice(1)) {
+        expect(continuedAfter.get(p.pid), `${p.pid} continued before its parent ${p.ppid} (after read)`).to.be.below(continuedAfter.get(p.ppid)!);
+      }
     } finally {
       await continueTree(tree.root);
     }
