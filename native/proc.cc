@@ -273,6 +273,17 @@ int ScanChildren(ChildMap* out) {
   return 0;
 }
 
+size_t CountOpenFds() {
+  DIR* dir = opendir("/proc/self/fd");
+  if (!dir) return static_cast<size_t>(-1) / 2;
+  size_t n = 0;
+  while (struct dirent* e = readdir(dir)) {
+    if (e->d_name[0] != '.') n++;
+  }
+  closedir(dir);
+  return n - 1;  // the listing's own fd
+}
+
 std::vector<pid_t> SelfAndAncestors() {
   std::vector<pid_t> chain;
   pid_t pid = getpid();

@@ -78,6 +78,10 @@ bool ChildrenFilesSupported();
 using ChildMap = std::unordered_map<pid_t, std::vector<pid_t>>;
 int ScanChildren(ChildMap* out);
 
+// How many descriptors this process has open (from /proc/self/fd); a
+// number past any limit if it cannot tell.
+size_t CountOpenFds();
+
 // The calling process and its ancestors, nearest first, up to pid 1.
 std::vector<pid_t> SelfAndAncestors();
 

@@ -95,9 +95,10 @@ struct WalkOptions {
   // Children first only: signal once the whole tree is read, in one burst,
   // instead of each process as soon as its children are done, so reading no
   // longer shares the cores with the processes the pass has already woken.
-  // A process whose pin the cache does not hold is looked up again by pid
-  // and start time to be signalled. (Parents first ignores it: a stop
-  // must stop a parent before it reads the children, or they fork away.)
+  // Pins wait open while half the free descriptors last; past that a
+  // process is looked up again by pid and start time to be signalled.
+  // (Parents first ignores it: a stop must stop a parent before it reads
+  // the children, or they fork away.)
   bool signalAfterRead = false;
   std::vector<pid_t> protect;  // never signalled (the caller and its ancestors)
   WalkCache* cache = nullptr;  // files kept from earlier passes over the same tree
