@@ -303,7 +303,11 @@ export async function continueTree(pid: number, options: TransitionOptions = {})
     passes++;
     rootStartTime ??= pass.processes[0]!.startTime;
     tally.add(pass);
-    if (pass.failures.length > 0) throw failureError(pass.failures, 'continue', '');
+    if (pass.failures.length > 0) {
+      // What it could read it continued: say so (continuing again is safe).
+      const reached = [...tally.signalled.keys()];
+      throw failureError(pass.failures, 'continue', reached.length ? `; continued ${describePids(reached)}, which it reached` : '');
+    }
     // States are read before each pass signals, so a pass that finds no
     // thread in group-stop proves the SIGCONTs of the passes before it worked
     // (or, on the first pass, that nothing was stopped).

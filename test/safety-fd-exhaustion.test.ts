@@ -4,7 +4,7 @@
 // partly read tree as the tree. Each CLI run below gets a smaller fd limit,
 // from comfortable down to one the walk cannot live with.
 import { expect } from 'chai';
-import { getTreeState } from '../src/index.js';
+import { continueTree, getTreeState, stopTree } from '../src/index.js';
 import { spawnTree } from '../src/testing/index.js';
 import { cli, hasExited } from './helpers.js';
 
@@ -41,6 +41,30 @@ describe('safety: descriptor exhaustion', function () {
     // Some limit let the walk start and then fail part-way: the case that
     // used to report unread processes as exited.
     expect(midTree, 'stops that failed part-way through the tree').to.be.greaterThan(0);
+  });
+
+  it('a continue that runs out part-way names what it continued, and continuing again finishes', async () => {
+    await using tree = await spawnTree({ depth: 2, fanout: 3, threads: 3 });
+    let partWay = 0;
+    for (let limit = 40; limit >= 18; limit--) {
+      await stopTree(tree.root);
+      const cont = await cli(['cont', String(tree.root)], { fdLimit: limit });
+      if (cont.code !== 0) {
+        expect(cont.stderr, `cont with ${limit} fds`).to.match(/too many open files|EMFILE/i);
+        const named = /continued ([\d, ]+)(?: and \d+ more)?, which it reached/.exec(cont.stderr);
+        if (named) {
+          partWay++;
+          // Each process it names runs again.
+          const status = await getTreeState(tree.root);
+          for (const pid of named[1]!.split(', ').map(Number)) {
+            expect(status.processes.find((p) => p.pid === pid)?.state, `pid ${pid}, named as continued`).to.equal('running');
+          }
+        }
+      }
+      await continueTree(tree.root);
+      expect((await getTreeState(tree.root)).state).to.equal('running');
+    }
+    expect(partWay, 'continues that failed part-way through the tree').to.be.greaterThan(0);
   });
 
   // A continue and a kill signal after reading the whole tree, holding each
