@@ -378,10 +378,19 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
     for (;;) {
       let pass: NativeWalkResult;
       try {
-        pass = await walkTree({ root, rootStartTime, scan: options.scan, cache: cache.handle, signal: SIGKILL, select: 'all', order: 'children-first', protect,
+        pass = await walkTree({
+          root,
+          rootStartTime,
+          scan: options.scan,
+          cache: cache.handle,
+          signal: SIGKILL,
+          select: 'all',
+          order: 'children-first',
           // A stopped tree cannot fork: read it all, then kill in one burst.
           // One the stop could not finish is killed as it is read.
-          signalAfterRead: stopped });
+          signalAfterRead: stopped,
+          protect,
+        });
       } catch (e) {
         // The root is reaped: nothing left to kill through it.
         if (hasCode(e, 'ESRCH') && rootStartTime !== undefined) break;
