@@ -401,7 +401,7 @@ class Pass {
     if (o_.signal == 0 || !Selected(result_->processes[index], o_.select)) return;
     ready_.push_back(index);
     node.queued = true;
-    if (node.pin.owned.ok() && ++heldPins_ > pinBudget_) {
+    if (node.pin.owned.ok() && ++heldPins_ > PinBudget()) {
       node.pin = Pending();
       node.repin = true;
     }
@@ -409,18 +409,25 @@ class Pass {
 
   // How many pins a signal-after-read pass may hold: half of the
   // descriptors still free once the walk cache is full and the readers have
-  // theirs, at most 8192. A pin kept saves a lookup (open and read) made
-  // while the processes already signalled wake up: at 3280 processes the
-  // signals took ~70 ms with pins kept, ~150 ms looking each up again.
-  static size_t PinBudget(const WalkOptions& o) {
-    if (o.signal == 0 || !o.signalAfterRead || o.order != Order::ChildrenFirst) return 0;
+  // theirs, at most 8192; counted the first time a pin the cache does not
+  // hold is queued (a small tree is all in the cache). A pin kept saves a
+  // lookup (open and read) made while the processes already signalled wake
+  // up: at 3280 processes the signals took ~70 ms with pins kept, ~150 ms
+  // looking each up again.
+  size_t PinBudget() {
+    if (pinBudget_ != kNone) return pinBudget_;
+    pinBudget_ = 0;
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 0;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return pinBudget_;
     size_t limit = rl.rlim_cur == RLIM_INFINITY ? size_t{1} << 20 : rl.rlim_cur;
-    size_t open = CountOpenFds();
-    size_t cacheGrowth = o.cache ? o.cache->maxFiles - std::min(o.cache->maxFiles, o.cache->files) : 0;
-    size_t reserved = open + cacheGrowth + 64;
-    return reserved >= limit ? 0 : std::min<size_t>(8192, (limit - reserved) / 2);
+    size_t cacheGrowth = 0;
+    if (o_.cache) {
+      std::lock_guard<std::mutex> hold(o_.cache->mu);
+      cacheGrowth = o_.cache->maxFiles - std::min(o_.cache->maxFiles, o_.cache->files);
+    }
+    size_t reserved = CountOpenFds() + cacheGrowth + 64;
+    if (reserved < limit) pinBudget_ = std::min<size_t>(8192, (limit - reserved) / 2);
+    return pinBudget_;
   }
 
   // The signals of a signal-after-read pass, in order, by the calling thread
@@ -472,7 +479,7 @@ class Pass {
   std::vector<Node> nodes_;  // parallel to result_->processes
   std::vector<size_t> ready_;  // signal-after-read: records to signal, in order
   size_t heldPins_ = 0;
-  size_t pinBudget_ = PinBudget(o_);
+  size_t pinBudget_ = kNone;  // not counted yet
   std::unordered_set<pid_t> seen_;
   size_t busy_ = 0;
   bool helped_ = false;  // helpers were asked for (some may have been refused)
