@@ -128,17 +128,57 @@ export function nativeExecutable(name: string): string {
 
 let addon: NativeAddon | undefined;
 
+/** What the addon's walk resolves with: the processes packed (native/workers.cc, Pack). */
+interface PackedWalkResult extends Omit<NativeWalkResult, 'processes'> {
+  count: number;
+  packed: Float64Array;
+  comms: string;
+}
+
+/** One string per state letter. */
+const letters: string[] = Array.from({ length: 128 }, (_, i) => String.fromCharCode(i));
+
+function unpack(raw: PackedWalkResult): NativeWalkResult {
+  const { count, packed, comms, ...rest } = raw;
+  const names = comms.split('\0');
+  const processes: NativeProcess[] = new Array(count);
+  let k = 0;
+  for (let i = 0; i < count; i++) {
+    const pid = packed[k]!;
+    const ppid = packed[k + 1]!;
+    const startTime = packed[k + 2]!;
+    const kernelThread = packed[k + 3] === 1;
+    const threadCount = packed[k + 4]!;
+    const childCount = packed[k + 5]!;
+    k += 6;
+    const threads: NativeThread[] = new Array(threadCount);
+    for (let j = 0; j < threadCount; j++, k += 3) {
+      const tid = packed[k]!;
+      const state = letters[packed[k + 1]! & 0x7f]!;
+      const tracer = packed[k + 2]!;
+      threads[j] = tracer ? { tid, state, tracerPid: tracer } : { tid, state };
+    }
+    const children: number[] = new Array(childCount);
+    for (let j = 0; j < childCount; j++) children[j] = packed[k++]!;
+    processes[i] = { pid, ppid, startTime, comm: names[i]!, kernelThread, threads, children };
+  }
+  return { ...rest, processes } as NativeWalkResult;
+}
+
 export function native(): NativeAddon {
   if (addon) return addon;
   const root = packageRoot();
   const require = createRequire(import.meta.url);
   const bindings = require('bindings') as (o: { bindings: string; module_root: string }) => unknown;
+  let raw: Omit<NativeAddon, 'walk'> & { walk(options: NativeWalkOptions): Promise<PackedWalkResult> };
   try {
     // bindings knows every place node-gyp may have put the addon.
-    addon = bindings({ bindings: 'treestate.node', module_root: root }) as NativeAddon;
+    raw = bindings({ bindings: 'treestate.node', module_root: root }) as typeof raw;
   } catch (error) {
     const detail = error instanceof Error ? error.message : String(error);
     throw new Error(`treestate: cannot load the native addon (run \`npm install\` or \`npx node-gyp rebuild\` in ${root}).\n${detail}`);
   }
+  // The walk's processes come packed; everything else is the addon's own.
+  addon = { ...raw, walk: (options) => raw.walk(options).then(unpack) };
   return addon;
 }
