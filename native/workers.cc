@@ -263,12 +263,13 @@ Napi::Value WalkAsync(const Napi::CallbackInfo& info) {
 
 Napi::Value CreateWalkCache(const Napi::CallbackInfo& info) {
   // 8192 files hold about 32 MB of kernel memory (a page of seq_file
-  // buffer each); and a quarter of the fd limit at most: the cache must
-  // never be why the program around it runs out of descriptors.
+  // buffer each); and a quarter of the fd limit at most, after the first 64
+  // (Node itself holds 20 or so): the cache must never be why the program
+  // around it, or the pass it serves, runs out of descriptors.
   size_t maxFiles = info[0].IsNumber() ? info[0].As<Napi::Number>().Uint32Value() : 8192;
   struct rlimit limit;
   if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) {
-    maxFiles = std::min<size_t>(maxFiles, limit.rlim_cur / 4);
+    maxFiles = std::min<size_t>(maxFiles, limit.rlim_cur > 64 ? (limit.rlim_cur - 64) / 4 : 0);
   }
   auto ext = Napi::External<CacheRef>::New(info.Env(), new CacheRef(std::make_shared<WalkCache>(maxFiles)),
                                            [](Napi::Env, CacheRef* ref) { delete ref; });
