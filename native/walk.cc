@@ -85,7 +85,7 @@ bool Repin(const Identity& known, ProcessFiles* pf, ProcStat* st, SignalOutcome*
 // of each (a child belongs to the thread that forked it). Returns 0, or the
 // first error that was not a thread going away.
 int ReadThreadsAndChildren(const ProcStat& st, ProcessFiles* pf, uint64_t pass,
-                           const ChildMap* scanned, ProcessRecord* rec) {
+                           const ChildMap* scanned, bool readStates, ProcessRecord* rec) {
   int procfd = pf->pin.fd();
   std::vector<pid_t> tids;
   if (st.numThreads <= 1) {
@@ -110,7 +110,9 @@ int ReadThreadsAndChildren(const ProcStat& st, ProcessFiles* pf, uint64_t pass,
     // The state in /proc/PID/stat is the leader's own (the kernel formats
     // both files from the same task): no need to read it twice. A thread
     // that exits while we look is simply no longer there.
-    if (tid != st.pid) {
+    if (tid != st.pid && !readStates) {
+      state = kResumedState;
+    } else if (tid != st.pid) {
       int err = ReadThreadStateAt(pf->task.get(), tid, &state, &files.stat);
       if (Gone(err)) continue;
       if (err) return err;
@@ -250,7 +252,12 @@ int Visit(const WalkOptions& o, const Frame& f, const ChildMap* scanned, Process
   rec->startTime = st.startTime;
   rec->comm = st.comm;
   rec->kernelThread = (st.flags & kKernelThreadFlag) != 0;
-  int err = ReadThreadsAndChildren(st, pf, pass, scanned, rec);
+  bool readStates = true;
+  if (o.resumed) {
+    auto it = o.resumed->find(st.pid);
+    readStates = it == o.resumed->end() || it->second != st.startTime;
+  }
+  int err = ReadThreadsAndChildren(st, pf, pass, scanned, readStates, rec);
   if (err) return err;
   if (cache) {
     std::lock_guard<std::mutex> hold(cache->mu);
@@ -525,7 +532,7 @@ void SignalList(const std::vector<Identity>& targets, int sig, bool perThread,
       // the threads are signalled too when they can be read.
       ProcessRecord rec;
       ChildMap none;  // the threads are wanted, not the children
-      if (ReadThreadsAndChildren(st, &pf, 0, &none, &rec) == 0) SignalThreads(target.pid, rec.threads, sig);
+      if (ReadThreadsAndChildren(st, &pf, 0, &none, true, &rec) == 0) SignalThreads(target.pid, rec.threads, sig);
     }
   }
 }

@@ -102,7 +102,20 @@ struct WalkOptions {
   bool signalAfterRead = false;
   std::vector<pid_t> protect;  // never signalled (the caller and its ancestors)
   WalkCache* cache = nullptr;  // files kept from earlier passes over the same tree
+  // Processes (pid -> start time) an earlier pass of this operation sent
+  // SIGCONT, none of whose threads was then in ptrace-stop. A SIGCONT ends
+  // the group-stop of every thread of its process before kill(2) returns
+  // (kernel/signal.c, prepare_signal: each thread is woken under the
+  // sender's siglock), so their other threads' states are not read again:
+  // they are reported as kResumedState. The leader's state is read anyway
+  // (the process's stat line, needed for its identity).
+  const std::unordered_map<pid_t, uint64_t>* resumed = nullptr;
 };
+
+// The state reported for a thread not read again because a SIGCONT of this
+// operation has ended its group-stop (WalkOptions::resumed). Not a letter
+// the kernel uses; it is neither stopped nor traced.
+constexpr char kResumedState = '+';
 
 // What the signals of a pass did, process by process.
 struct SignalOutcome {

@@ -1,10 +1,12 @@
 #include "workers.h"
 
+#include <signal.h>
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -14,6 +16,37 @@
 namespace treestate {
 
 namespace {
+
+bool AnyStopped(const WalkResult& r) {
+  for (const ProcessRecord& p : r.processes) {
+    for (const ThreadRecord& t : p.threads) {
+      if (t.state == 'T') return true;
+    }
+  }
+  return false;
+}
+
+// The processes a SIGCONT pass signalled, none of whose threads it read in
+// ptrace-stop (see WalkOptions::resumed).
+std::unordered_map<pid_t, uint64_t> Resumed(const WalkResult& r) {
+  std::unordered_map<pid_t, const ProcessRecord*> byPid;
+  for (const ProcessRecord& p : r.processes) byPid[p.pid] = &p;
+  std::unordered_map<pid_t, uint64_t> out;
+  for (pid_t pid : r.signalled) {
+    auto it = byPid.find(pid);
+    if (it == byPid.end()) continue;
+    const ProcessRecord& p = *it->second;
+    if (std::none_of(p.threads.begin(), p.threads.end(), [](const ThreadRecord& t) { return t.state == 't'; })) {
+      out[pid] = p.startTime;
+    }
+  }
+  return out;
+}
+
+Select SelectOf(const Napi::Value& v) {
+  std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  return s == "not-stopped" ? Select::NotStopped : s == "stopped" ? Select::Stopped : Select::All;
+}
 
 std::vector<pid_t> PidArray(const Napi::Value& v) {
   std::vector<pid_t> out;
@@ -84,6 +117,18 @@ void Pack(Napi::Env env, const std::vector<ProcessRecord>& processes, Napi::Obje
   out.Set("comms", Napi::String::New(env, comms.data(), comms.size()));
 }
 
+Napi::Object ResultObject(Napi::Env env, pid_t root, const WalkResult& r) {
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("root", Napi::Number::New(env, root));
+  out.Set("walk", Napi::String::New(env, r.scan ? "scan" : "children"));
+  out.Set("walkers", Napi::Number::New(env, static_cast<double>(r.walkers)));
+  Pack(env, r.processes, out);
+  out.Set("signalled", ToArray(env, r.signalled));
+  out.Set("gone", ToArray(env, r.gone));
+  out.Set("failures", ToArray(env, r.failures));
+  return out;
+}
+
 // A WalkCache lent to JS as an External: shared, so that a pass in flight
 // keeps it alive whatever JS does with the handle meanwhile.
 using CacheRef = std::shared_ptr<WalkCache>;
@@ -112,7 +157,28 @@ class WalkWorker : public Napi::AsyncWorker {
 
   Napi::Promise Promise() { return deferred_.Promise(); }
 
-  void Execute() override { Walk(options_, &result_); }
+  void Execute() override {
+    Walk(options_, &result_);
+    // The follow-up pass runs on this thread at once: handing the first
+    // result to the JS thread and waiting for it to ask again means waiting
+    // for a core that the threads just continued are all competing for.
+    if (!followUp_ || !result_.rootFound || !result_.failures.empty() || !AnyStopped(result_)) return;
+    WalkOptions again = options_;
+    again.select = followSelect_;
+    again.rootStartTime = result_.processes[0].startTime;
+    std::unordered_map<pid_t, uint64_t> resumed;
+    if (options_.signal == SIGCONT) {
+      resumed = Resumed(result_);
+      again.resumed = &resumed;
+    }
+    Walk(again, &next_);
+    if (!next_.rootFound) next_ = WalkResult();  // JS asks again and reports it as for any pass
+  }
+
+  void FollowUp(Select select) {
+    followUp_ = true;
+    followSelect_ = select;
+  }
 
   void OnOK() override {
     Napi::Env env = Env();
@@ -122,14 +188,8 @@ class WalkWorker : public Napi::AsyncWorker {
                            .Value());
       return;
     }
-    Napi::Object out = Napi::Object::New(env);
-    out.Set("root", Napi::Number::New(env, options_.root));
-    out.Set("walk", Napi::String::New(env, result_.scan ? "scan" : "children"));
-    out.Set("walkers", Napi::Number::New(env, static_cast<double>(result_.walkers)));
-    Pack(env, result_.processes, out);
-    out.Set("signalled", ToArray(env, result_.signalled));
-    out.Set("gone", ToArray(env, result_.gone));
-    out.Set("failures", ToArray(env, result_.failures));
+    Napi::Object out = ResultObject(env, options_.root, result_);
+    if (next_.rootFound) out.Set("next", ResultObject(env, options_.root, next_));
     deferred_.Resolve(out);
   }
 
@@ -140,6 +200,9 @@ class WalkWorker : public Napi::AsyncWorker {
   WalkOptions options_;
   CacheRef cache_;
   WalkResult result_;
+  bool followUp_ = false;
+  Select followSelect_ = Select::All;
+  WalkResult next_;
 };
 
 // Closes a released cache's files off the JS thread (there may be thousands);
@@ -237,10 +300,7 @@ Napi::Value WalkAsync(const Napi::CallbackInfo& info) {
   if (o.Get("signal").IsNumber()) options.signal = o.Get("signal").As<Napi::Number>().Int32Value();
   std::string order = o.Get("order").IsString() ? o.Get("order").As<Napi::String>().Utf8Value() : "";
   options.order = order == "children-first" ? Order::ChildrenFirst : Order::ParentsFirst;
-  std::string select = o.Get("select").IsString() ? o.Get("select").As<Napi::String>().Utf8Value() : "";
-  options.select = select == "not-stopped" ? Select::NotStopped
-                   : select == "stopped"   ? Select::Stopped
-                                           : Select::All;
+  options.select = SelectOf(o.Get("select"));
   options.perThread = o.Get("perThread").ToBoolean();
   options.signalAfterRead = o.Get("signalAfterRead").ToBoolean();
   options.protect = PidArray(o.Get("protect"));
@@ -256,6 +316,7 @@ Napi::Value WalkAsync(const Napi::CallbackInfo& info) {
     cache = *ref;
   }
   auto* worker = new WalkWorker(info.Env(), std::move(options), std::move(cache));
+  if (o.Get("followUpIfStopped").IsString()) worker->FollowUp(SelectOf(o.Get("followUpIfStopped")));
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;

@@ -6,7 +6,11 @@ import { fileURLToPath } from 'node:url';
 
 export interface NativeThread {
   tid: number;
-  /** The kernel's state letter: R S D T t Z X I … */
+  /**
+   * The kernel's state letter: R S D T t Z X I …, or '+' (not a kernel letter)
+   * for a thread a follow-up pass did not read again because a SIGCONT of the
+   * pass before it ended its group-stop (`followUpIfStopped`).
+   */
   state: string;
   /** Only for threads in ptrace-stop ('t'). */
   tracerPid?: number;
@@ -42,6 +46,8 @@ export interface NativeWalkResult {
   signalled: number[];
   gone: number[];
   failures: NativeFailure[];
+  /** The follow-up pass (`followUpIfStopped`), when this one found a thread in group-stop and it ran. */
+  next?: NativeWalkResult;
 }
 
 export interface NativeWalkOptions {
@@ -54,6 +60,13 @@ export interface NativeWalkOptions {
   perThread?: boolean;
   /** Children first only: signal once the whole tree is read (for a tree that cannot fork meanwhile). */
   signalAfterRead?: boolean;
+  /**
+   * When this pass finds a thread in group-stop (and fails nowhere), a second
+   * pass with these options but this selection runs at once in the same
+   * native call: its result is `next`. For continue, whose verification would
+   * otherwise wait for the JS thread while the threads it just woke hold the cores.
+   */
+  followUpIfStopped?: 'all' | 'not-stopped' | 'stopped';
   protect?: number[];
   /** Files kept open from the previous passes of the same operation. */
   cache?: NativeWalkCache;
@@ -129,7 +142,8 @@ export function nativeExecutable(name: string): string {
 let addon: NativeAddon | undefined;
 
 /** What the addon's walk resolves with: the processes packed (native/workers.cc, Pack). */
-interface PackedWalkResult extends Omit<NativeWalkResult, 'processes'> {
+interface PackedWalkResult extends Omit<NativeWalkResult, 'processes' | 'next'> {
+  next?: PackedWalkResult;
   count: number;
   packed: Float64Array;
   comms: string;
@@ -139,7 +153,7 @@ interface PackedWalkResult extends Omit<NativeWalkResult, 'processes'> {
 const letters: string[] = Array.from({ length: 128 }, (_, i) => String.fromCharCode(i));
 
 function unpack(raw: PackedWalkResult): NativeWalkResult {
-  const { count, packed, comms, ...rest } = raw;
+  const { count, packed, comms, next, ...rest } = raw;
   const names = comms.split('\0');
   const processes: NativeProcess[] = new Array(count);
   let k = 0;
@@ -162,7 +176,9 @@ function unpack(raw: PackedWalkResult): NativeWalkResult {
     for (let j = 0; j < childCount; j++) children[j] = packed[k++]!;
     processes[i] = { pid, ppid, startTime, comm: names[i]!, kernelThread, threads, children };
   }
-  return { ...rest, processes } as NativeWalkResult;
+  const result: NativeWalkResult = { ...rest, processes };
+  if (next) result.next = unpack(next);
+  return result;
 }
 
 export function native(): NativeAddon {

@@ -284,22 +284,29 @@ export async function continueTree(pid: number, options: TransitionOptions = {})
   let rootStartTime: number | undefined;
   let passes = 0;
   using cache = walkCache();
+  let followUp: NativeWalkResult | undefined;
   for (;;) {
-    const pass = await walkTree({
-      root,
-      rootStartTime,
-      scan: options.scan,
-      cache: cache.handle,
-      signal: SIGCONT,
-      select: passes === 0 ? 'all' : 'stopped',
-      order: 'children-first',
-      // Read, then signal: a SIGCONT wakes its process, and reading the rest
-      // of the tree while the woken ones run is slower on every core count
-      // (what runs meanwhile only forks running children, which need no SIGCONT).
-      signalAfterRead: true,
-      perThread: true,
-      protect,
-    });
+    const pass =
+      followUp ??
+      (await walkTree({
+        root,
+        rootStartTime,
+        scan: options.scan,
+        cache: cache.handle,
+        signal: SIGCONT,
+        select: passes === 0 ? 'all' : 'stopped',
+        order: 'children-first',
+        // Read, then signal: a SIGCONT wakes its process, and reading the rest
+        // of the tree while the woken ones run is slower on every core count
+        // (what runs meanwhile only forks running children, which need no SIGCONT).
+        signalAfterRead: true,
+        // The verifying pass at once, in the same native call: this thread
+        // would otherwise wait for a core behind every thread just woken.
+        followUpIfStopped: passes === 0 ? 'stopped' : undefined,
+        perThread: true,
+        protect,
+      }));
+    followUp = pass.next;
     passes++;
     rootStartTime ??= pass.processes[0]!.startTime;
     tally.add(pass);
@@ -310,7 +317,9 @@ export async function continueTree(pid: number, options: TransitionOptions = {})
     }
     // States are read before each pass signals, so a pass that finds no
     // thread in group-stop proves the SIGCONTs of the passes before it worked
-    // (or, on the first pass, that nothing was stopped).
+    // (or, on the first pass, that nothing was stopped). The follow-up pass
+    // does not re-read the non-leader threads of what the first resumed
+    // ('+'): the kernel ended their group-stop as the SIGCONT was sent.
     const stopped = liveThreads(pass.processes, (s) => s === 'T');
     if (stopped.length === 0) {
       const result = tally.result(root, 'running', pass, passes, started, rootStartTime);

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { TreeStateError, continueTree, getTreeState, stopTree } from '../src/index.js';
-import { nativeExecutable } from '../src/native.js';
+import { native, nativeExecutable } from '../src/native.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
 import { betweenNativePasses, hasExited, waitFor } from './helpers.js';
 
@@ -56,6 +56,66 @@ describe('continue', () => {
     // Everything else was continued.
     const status = await getTreeState(tree.root);
     expect(status.processes.filter((p) => p.pid !== leaf).map((p) => p.state)).to.deep.equal(['running', 'running']);
+  });
+
+  it('names a non-leader thread in ptrace-stop, though its process was sent SIGCONT', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 1, threads: 3 });
+    await stopTree(tree.root);
+    const leaf = tree.pids()[1]!;
+    const thread = (await getTreeState(tree.root)).processes.find((p) => p.pid === leaf)!.threads[2]!.tid;
+    expect(thread).to.not.equal(leaf);
+    await using tracer = await spawnSupervised(nativeExecutable('treestate-fixture'), ['--trace', String(thread)]);
+    await waitFor(async () => (await getTreeState(tree.root)).processes.find((p) => p.pid === leaf)?.threads[2]?.state === 't');
+    const error = await continueTree(tree.root).then(
+      () => expect.fail('continueTree resolved'),
+      (e: unknown) => e as TreeStateError,
+    );
+    expect(error.code).to.equal('ETRACED');
+    expect(error.threads).to.deep.equal([{ pid: leaf, tid: thread, state: 't', tracerPid: tracer.root }]);
+  });
+
+  it('verifies in the same native call, reading again only what its SIGCONTs did not resume', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 2, threads: 3 });
+    const [root, stopped, running] = tree.pids() as [number, number, number];
+    await stopTree(tree.root);
+    const addon = native();
+    process.kill(running, 'SIGCONT');
+    await waitFor(async () => (await getTreeState(tree.root)).processes.find((p) => p.pid === running)?.state === 'running');
+    // As continueTree's later passes: only what is stopped is signalled,
+    // so `running` is not, and its threads are read again.
+    const pass = await addon.walk({
+      root,
+      signal: addon.signals.SIGCONT,
+      select: 'stopped',
+      order: 'children-first',
+      signalAfterRead: true,
+      perThread: true,
+      followUpIfStopped: 'stopped',
+    });
+    expect(pass.signalled).to.deep.equal([stopped, root]);
+    const next = pass.next!;
+    expect(next, 'the follow-up pass').to.not.equal(undefined);
+    expect(next.signalled).to.deep.equal([]);
+    const states = Object.fromEntries(next.processes.map((p) => [p.pid, p.threads.map((t) => t.state)]));
+    // A leader's state is always read; the other threads of a process this
+    // call resumed are not (SIGCONT resumed them before kill returned).
+    expect(states[stopped]!.slice(1)).to.deep.equal(['+', '+']);
+    expect(states[root]!.slice(1)).to.deep.equal(['+', '+']);
+    expect(states[running]!.filter((s) => s !== 'S' && s !== 'R')).to.deep.equal([]);
+    expect(Object.values(states).flat()).to.not.include('T');
+    await expect(tree.root).to.be.a.runningTree;
+    // continueTree gets both passes from one native call.
+    await stopTree(tree.root);
+    let calls = 0;
+    const original = addon.walk;
+    addon.walk = (o) => (calls++, original.call(addon, o));
+    try {
+      expect((await continueTree(tree.root)).passes).to.equal(2);
+    } finally {
+      addon.walk = original;
+    }
+    expect(calls).to.equal(1);
+    await tree.waitProgress();
   });
 
   it('reports processes that exit during the continue as exited, not as errors', async () => {

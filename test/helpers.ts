@@ -118,7 +118,9 @@ export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs
 /**
  * Runs `work` with `afterPass` called after each native tree pass, before the
  * caller sees it: the way a test makes something happen between two passes
- * (a real event, deterministically placed, instead of a race).
+ * (a real event, deterministically placed, instead of a race). A follow-up
+ * pass (`followUpIfStopped`) is asked for as a call of its own, so that the
+ * hook runs between those two passes as well.
  */
 export async function betweenNativePasses<T>(
   afterPass: (index: number, pass: NativeWalkResult, options: NativeWalkOptions) => void | Promise<void>,
@@ -127,7 +129,7 @@ export async function betweenNativePasses<T>(
   const addon = native();
   const original = addon.walk;
   let index = 0;
-  addon.walk = async (o) => {
+  addon.walk = async ({ followUpIfStopped: _, ...o }) => {
     const pass = await original.call(addon, o);
     await afterPass(index++, pass, o);
     return pass;
