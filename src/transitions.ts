@@ -246,7 +246,11 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
       const undone = await undo('ETRACED');
       throw new TreeStateError('ETRACED', `cannot stop the tree of ${root}: ${describeThreads(notStopped)} in ptrace-stop${rolledBackNote(undone)}`, { pid: root, threads: notStopped, pids: pidsOf(notStopped) });
     }
-    heldOnly = beforeKill && notStopped.length > 0 && notStopped.every((t) => t.state === 't' || t.state === 'D') ? heldOnly + 1 : 0;
+    // A process with a thread in D or t may never finish its group-stop: the
+    // kernel can hand the SIGSTOP to that very thread (a vfork parent, say),
+    // and its other threads then run on; a kill waits for none of them.
+    const held = new Set(liveThreads(pass.processes, (s) => s === 't' || s === 'D').map((t) => t.pid));
+    heldOnly = beforeKill && notStopped.length > 0 && notStopped.every((t) => held.has(t.pid)) ? heldOnly + 1 : 0;
     if (heldOnly >= 8) {
       const undone = await undo('ETIMEDOUT');
       throw new TreeStateError('ETIMEDOUT', `the tree of ${root} cannot stop now: ${describeThreads(notStopped)} in uninterruptible sleep or ptrace-stop${rolledBackNote(undone)}`, {
