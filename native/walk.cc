@@ -85,7 +85,7 @@ bool Repin(const Identity& known, ProcessFiles* pf, ProcStat* st, SignalOutcome*
 // of each (a child belongs to the thread that forked it). Returns 0, or the
 // first error that was not a thread going away.
 int ReadThreadsAndChildren(const ProcStat& st, ProcessFiles* pf, uint64_t pass,
-                           const ChildMap* scanned, bool readStates, ProcessRecord* rec) {
+                           const ChildMap* scanned, char unread, ProcessRecord* rec) {
   int procfd = pf->pin.fd();
   std::vector<pid_t> tids;
   if (st.numThreads <= 1) {
@@ -110,8 +110,8 @@ int ReadThreadsAndChildren(const ProcStat& st, ProcessFiles* pf, uint64_t pass,
     // The state in /proc/PID/stat is the leader's own (the kernel formats
     // both files from the same task): no need to read it twice. A thread
     // that exits while we look is simply no longer there.
-    if (tid != st.pid && !readStates) {
-      state = kResumedState;
+    if (tid != st.pid && unread) {
+      state = unread;
     } else if (tid != st.pid) {
       int err = ReadThreadStateAt(pf->task.get(), tid, &state, &files.stat);
       if (Gone(err)) continue;
@@ -252,12 +252,17 @@ int Visit(const WalkOptions& o, const Frame& f, const ChildMap* scanned, Process
   rec->startTime = st.startTime;
   rec->comm = st.comm;
   rec->kernelThread = (st.flags & kKernelThreadFlag) != 0;
-  bool readStates = true;
+  // The other threads' states are not read when they cannot change what
+  // this pass does nor prove anything: see kResumedState and kUnreadState.
+  char unread = 0;
   if (o.resumed) {
     auto it = o.resumed->find(st.pid);
-    readStates = it == o.resumed->end() || it->second != st.startTime;
+    if (it != o.resumed->end() && it->second == st.startTime) unread = kResumedState;
   }
-  int err = ReadThreadsAndChildren(st, pf, pass, scanned, readStates, rec);
+  if (o.leaderSelects && o.signal != 0 && o.select == Select::NotStopped && (st.state == 'R' || st.state == 'S')) {
+    unread = kUnreadState;
+  }
+  int err = ReadThreadsAndChildren(st, pf, pass, scanned, unread, rec);
   if (err) return err;
   if (cache) {
     std::lock_guard<std::mutex> hold(cache->mu);
@@ -532,7 +537,7 @@ void SignalList(const std::vector<Identity>& targets, int sig, bool perThread,
       // the threads are signalled too when they can be read.
       ProcessRecord rec;
       ChildMap none;  // the threads are wanted, not the children
-      if (ReadThreadsAndChildren(st, &pf, 0, &none, true, &rec) == 0) SignalThreads(target.pid, rec.threads, sig);
+      if (ReadThreadsAndChildren(st, &pf, 0, &none, 0, &rec) == 0) SignalThreads(target.pid, rec.threads, sig);
     }
   }
 }

@@ -100,6 +100,11 @@ struct WalkOptions {
   // (Parents first ignores it: a stop must stop a parent before it reads
   // the children, or they fork away.)
   bool signalAfterRead = false;
+  // Select::NotStopped only: a process whose leader is running or asleep
+  // (R, S) is signalled without reading its other threads' states (reported
+  // as kUnreadState). For the first pass of a stop, which signals nearly
+  // every process anyway; later passes read every thread.
+  bool leaderSelects = false;
   std::vector<pid_t> protect;  // never signalled (the caller and its ancestors)
   WalkCache* cache = nullptr;  // files kept from earlier passes over the same tree
   // Processes (pid -> start time) an earlier pass of this operation sent
@@ -116,6 +121,12 @@ struct WalkOptions {
 // operation has ended its group-stop (WalkOptions::resumed). Not a letter
 // the kernel uses; it is neither stopped nor traced.
 constexpr char kResumedState = '+';
+
+// The state reported for a thread not read by a pass with leaderSelects,
+// because its leader is running or asleep (R, S): the process is signalled
+// whatever its other threads are doing. Not a kernel letter; it counts as
+// not stopped, so that pass never proves a tree stopped.
+constexpr char kUnreadState = '?';
 
 // What the signals of a pass did, process by process.
 struct SignalOutcome {

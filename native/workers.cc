@@ -303,6 +303,7 @@ Napi::Value WalkAsync(const Napi::CallbackInfo& info) {
   options.select = SelectOf(o.Get("select"));
   options.perThread = o.Get("perThread").ToBoolean();
   options.signalAfterRead = o.Get("signalAfterRead").ToBoolean();
+  options.leaderSelects = o.Get("leaderSelects").ToBoolean();
   options.protect = PidArray(o.Get("protect"));
   CacheRef cache;
   if (o.Has("cache") && !o.Get("cache").IsUndefined()) {

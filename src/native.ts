@@ -7,9 +7,11 @@ import { fileURLToPath } from 'node:url';
 export interface NativeThread {
   tid: number;
   /**
-   * The kernel's state letter: R S D T t Z X I …, or '+' (not a kernel letter)
-   * for a thread a follow-up pass did not read again because a SIGCONT of the
-   * pass before it ended its group-stop (`followUpIfStopped`).
+   * The kernel's state letter: R S D T t Z X I …, or, not kernel letters,
+   * '+' for a thread a follow-up pass did not read again because a SIGCONT of
+   * the pass before it ended its group-stop (`followUpIfStopped`), '?' for
+   * one a pass did not read because it signalled the process on its leader's
+   * state (`leaderSelects`).
    */
   state: string;
   /** Only for threads in ptrace-stop ('t'). */
@@ -67,6 +69,12 @@ export interface NativeWalkOptions {
    * otherwise wait for the JS thread while the threads it just woke hold the cores.
    */
   followUpIfStopped?: 'all' | 'not-stopped' | 'stopped';
+  /**
+   * With select 'not-stopped': a process whose leader is running or asleep
+   * (R, S) is signalled without reading its other threads' states ('?'). For
+   * the first pass of a stop, which signals nearly everything anyway.
+   */
+  leaderSelects?: boolean;
   protect?: number[];
   /** Files kept open from the previous passes of the same operation. */
   cache?: NativeWalkCache;

@@ -203,7 +203,19 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
   for (;;) {
     let pass: NativeWalkResult;
     try {
-      pass = await walkTree({ root, rootStartTime, scan: options.scan, cache: cache.handle, signal: SIGSTOP, select: 'not-stopped', order: 'parents-first', protect });
+      pass = await walkTree({
+        root,
+        rootStartTime,
+        scan: options.scan,
+        cache: cache.handle,
+        signal: SIGSTOP,
+        select: 'not-stopped',
+        order: 'parents-first',
+        // The first pass stops whatever runs without reading the threads
+        // behind a running leader; the later ones read every thread.
+        leaderSelects: passes === 0,
+        protect,
+      });
     } catch (e) {
       if (passes === 0) throw e;
       const undone = await undo((e as { code?: string }).code ?? '');

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { TreeStateError, getTreeState, snapshot, stopTree } from '../src/index.js';
-import { nativeExecutable } from '../src/native.js';
+import { native, nativeExecutable } from '../src/native.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
 import { betweenNativePasses, countingNativePasses, hasExited, rejection, waitFor } from './helpers.js';
 
@@ -113,6 +113,39 @@ describe('stop', () => {
     }
     const status = await getTreeState(tree.root);
     expect(status.processes.filter((p) => p.pid !== leaf).every((p) => p.state === 'running')).to.equal(true);
+  });
+
+  it('ends ETRACED, without waiting for its timeout, when only a traced leader is left of a stopped process', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 1, threads: 3 });
+    const leaf = tree.pids()[1]!;
+    // Only the leader thread is traced; the other two reach group-stop. A
+    // pass reads every thread of a process whose leader is in ptrace-stop
+    // (the first skips them only behind a running or sleeping leader), so
+    // it sees that nothing but the traced thread is left.
+    await using tracer = await spawnSupervised(nativeExecutable('treestate-fixture'), ['--trace', String(leaf)]);
+    await waitFor(async () => (await getTreeState(tree.root)).processes.find((p) => p.pid === leaf)?.threads[0]?.state === 't');
+    const error = await stopTree(tree.root, { timeoutMs: 30_000 }).then(
+      () => expect.fail('stopTree resolved'),
+      (e: unknown) => e as TreeStateError,
+    );
+    expect(error.code).to.equal('ETRACED');
+    expect(error.threads).to.deep.equal([{ pid: leaf, tid: leaf, state: 't', tracerPid: tracer.root }]);
+    await tracer.dispose();
+    await tree.waitProgress();
+  });
+
+  it('does not read the other threads of a process it stops behind a running leader, and verifies them after', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 2, threads: 3 });
+    const addon = native();
+    const pass = await addon.walk({ root: tree.root, signal: addon.signals.SIGSTOP, select: 'not-stopped', order: 'parents-first', leaderSelects: true });
+    expect(pass.signalled).to.deep.equal(tree.pids());
+    // Signalled whatever they were doing: their states were not read ('?').
+    for (const p of pass.processes) expect(p.threads.map((t) => t.state).slice(1)).to.deep.equal(['?', '?']);
+    await waitFor(async () => (await getTreeState(tree.root)).state === 'stopped', 5000, 'every thread in group-stop');
+    // A stop now reads every thread (the leaders are stopped) and has nothing to do.
+    const result = await stopTree(tree.root);
+    expect(result.signalled).to.deep.equal([]);
+    expect(result.passes).to.equal(1);
   });
 
   it('signals through pidfds in one native pass per round, whatever the tree size', async () => {
