@@ -8,6 +8,10 @@
  * every thread's state, signal, and verify by walking again until every live
  * thread is in group-stop (stop) or none is (cont). Same order as treestate
  * (stop parents first, cont children first), same pause between passes.
+ * It skips the reads treestate skips: the first pass of a stop signals a
+ * process whose leader is running or asleep without reading its other
+ * threads' states, and the pass after a continue's SIGCONTs does not re-read
+ * the other threads of the processes it continued (see native/walk.h).
  * What it leaves out, on purpose: pidfds and identity checks (it signals with
  * kill(2)), tracer lookups, error reporting, and any result for a caller.
  *
@@ -31,6 +35,14 @@ enum { OP_SNAPSHOT, OP_STATUS, OP_STOP, OP_CONT };
 
 static int *stack, *order;
 static size_t cap;
+
+/* The processes the last SIGCONT pass signalled (none of their threads traced), sorted. */
+static int *resumed;
+static size_t nresumed;
+
+static int cmp_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+
+static int was_resumed(int pid) { return resumed && bsearch(&pid, resumed, nresumed, sizeof *resumed, cmp_int) != NULL; }
 
 static double clock_ms(clockid_t clock) {
   struct timespec ts;
@@ -100,8 +112,11 @@ static size_t push_children(const char *path, size_t top) {
  * One pass. sig != 0: signal the selected processes, parents first (in the
  * walk) or children first (after it, in reverse visiting order).
  * select: 'n' not-stopped, 's' stopped, 'a' all.
+ * skip: 'l' a leader in R or S decides alone (the first pass of a stop);
+ * 'r' the processes in `resumed` have only their leader's state read.
+ * remember: keep what a SIGCONT pass signalled in `resumed`.
  */
-static void walk(int root, int sig, char select, int childrenFirst, struct pass *out) {
+static void walk(int root, int sig, char select, int childrenFirst, char skip, int remember, struct pass *out) {
   memset(out, 0, sizeof *out);
   size_t top = 0, visited = 0;
   grow(1);
@@ -114,7 +129,8 @@ static void walk(int root, int sig, char select, int childrenFirst, struct pass 
     char leader = stat_state(path, &nthreads);
     if (!leader) continue;
     out->processes++;
-    int anyStopped = 0, anyNotStopped = 0, anyLive = 0;
+    int anyStopped = 0, anyNotStopped = 0, anyLive = 0, anyTraced = 0;
+    int leaderOnly = (skip == 'l' && (leader == 'R' || leader == 'S')) || (skip == 'r' && was_resumed(pid));
     size_t first = top;
     if (nthreads <= 1) {
       out->threads++;
@@ -131,13 +147,17 @@ static void walk(int root, int sig, char select, int childrenFirst, struct pass 
       struct dirent *e;
       while ((e = readdir(d))) {
         if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-        snprintf(path, sizeof path, "/proc/%d/task/%s/stat", pid, e->d_name);
-        char s = stat_state(path, NULL);
+        char s = leader;
+        if (!leaderOnly || atoi(e->d_name) != pid) {
+          snprintf(path, sizeof path, "/proc/%d/task/%s/stat", pid, e->d_name);
+          s = stat_state(path, NULL);
+        }
         if (!s) continue;
         out->threads++;
         if (live(s)) {
           anyLive = 1;
           if (s == 'T') anyStopped = 1; else anyNotStopped = 1;
+          if (s == 't') anyTraced = 1;
         }
         snprintf(path, sizeof path, "/proc/%d/task/%s/children", pid, e->d_name);
         top = push_children(path, top);
@@ -150,7 +170,8 @@ static void walk(int root, int sig, char select, int childrenFirst, struct pass 
     if (sig && selected) {
       if (childrenFirst) {
         grow(visited + 1);
-        order[visited++] = pid;
+        /* A traced process is kept negated: signalled, never taken as resumed. */
+        order[visited++] = anyTraced ? -pid : pid;
       } else if (kill(pid, sig) == 0) {
         out->signalled++;
       }
@@ -163,9 +184,20 @@ static void walk(int root, int sig, char select, int childrenFirst, struct pass 
     }
   }
   /* Reverse pre-order: every child comes before its parent. */
-  while (visited > 0) {
-    if (kill(order[--visited], sig) == 0) out->signalled++;
+  if (remember) {
+    free(resumed);
+    resumed = malloc((visited + 1) * sizeof *resumed);
+    nresumed = 0;
   }
+  while (visited > 0) {
+    int pid = order[--visited];
+    int target = pid < 0 ? -pid : pid;
+    if (kill(target, sig) == 0) {
+      out->signalled++;
+      if (remember && pid > 0) resumed[nresumed++] = pid;
+    }
+  }
+  if (remember) qsort(resumed, nresumed, sizeof *resumed, cmp_int);
 }
 
 static void pause_ms(int ms) {
@@ -207,13 +239,13 @@ int main(int argc, char **argv) {
   double c0 = clock_ms(CLOCK_PROCESS_CPUTIME_ID);
   double t0 = now_ms(), deadline = t0 + 10000;
   if (op == OP_SNAPSHOT || op == OP_STATUS) {
-    walk(root, 0, 'a', 0, &p);
+    walk(root, 0, 'a', 0, 0, 0, &p);
     passes = 1;
     state = p.notStopped == 0 && p.stopped > 0 ? "stopped" : p.stopped == 0 ? "running" : "mixed";
   } else {
     for (int quiet = 0;; quiet++) {
-      if (op == OP_STOP) walk(root, SIGSTOP, 'n', 0, &p);
-      else walk(root, SIGCONT, passes == 0 ? 'a' : 's', 1, &p);
+      if (op == OP_STOP) walk(root, SIGSTOP, 'n', 0, passes == 0 ? 'l' : 0, 0, &p);
+      else walk(root, SIGCONT, passes == 0 ? 'a' : 's', 1, passes == 1 ? 'r' : 0, passes == 0, &p);
       passes++;
       if (p.processes == 0) {
         state = "gone";
