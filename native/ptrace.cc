@@ -28,7 +28,16 @@ int DetachStopped(pid_t child) {
   if (ptrace(PTRACE_DETACH, child, nullptr, reinterpret_cast<void*>(static_cast<long>(SIGSTOP))) < 0) {
     return errno;
   }
-  return 0;
+  // That SIGSTOP takes effect when the child next runs, a moment later:
+  // wait (as its parent) until it is in group-stop, so that whoever is
+  // given its pid never sees it running.
+  for (;;) {
+    pid_t r = waitpid(child, &status, WUNTRACED);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return errno;
+    break;
+  }
+  return WIFSTOPPED(status) ? 0 : ECHILD;  // killed before it stopped
 }
 
 }  // namespace treestate

@@ -11,9 +11,10 @@ namespace treestate {
 // Child side, between fork and execve.
 int TraceMe();
 
-// Parent side: waits for the exec stop and detaches leaving the child in T.
-// Returns 0, or an errno value (ECHILD when the child died before its exec
-// stop, e.g. because execve failed).
+// Parent side: waits for the exec stop, detaches leaving the child in T, and
+// returns once it is in T. Returns 0, or an errno value (ECHILD when the
+// child died before its exec stop, e.g. because execve failed, or was killed
+// before it stopped).
 int DetachStopped(pid_t child);
 
 }  // namespace treestate
