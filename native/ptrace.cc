@@ -9,14 +9,21 @@ namespace treestate {
 
 int TraceMe() { return ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) < 0 ? errno : 0; }
 
+namespace {
+
+// waitpid for one child, through EINTR. Returns 0 or an errno value.
+int WaitChild(pid_t child, int* status, int flags) {
+  for (;;) {
+    if (waitpid(child, status, flags) >= 0) return 0;
+    if (errno != EINTR) return errno;
+  }
+}
+
+}  // namespace
+
 int DetachStopped(pid_t child) {
   int status;
-  for (;;) {
-    pid_t r = waitpid(child, &status, __WALL);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return errno;
-    break;
-  }
+  if (int err = WaitChild(child, &status, __WALL)) return err;
   if (!WIFSTOPPED(status)) return ECHILD;
   if (WSTOPSIG(status) != SIGTRAP) {
     // Some other signal arrived before the exec: pass it on and keep waiting.
@@ -31,12 +38,7 @@ int DetachStopped(pid_t child) {
   // That SIGSTOP takes effect when the child next runs, a moment later:
   // wait (as its parent) until it is in group-stop, so that whoever is
   // given its pid never sees it running.
-  for (;;) {
-    pid_t r = waitpid(child, &status, WUNTRACED);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return errno;
-    break;
-  }
+  if (int err = WaitChild(child, &status, WUNTRACED)) return err;
   return WIFSTOPPED(status) ? 0 : ECHILD;  // killed before it stopped
 }
 
