@@ -261,8 +261,9 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
     // A process with a thread in D or t may never finish its group-stop: the
     // kernel can hand the SIGSTOP to that very thread (a vfork parent, say),
     // and its other threads then run on; a kill waits for none of them.
-    const held = new Set(liveThreads(pass.processes, (s) => s === 't' || s === 'D').map((t) => t.pid));
-    heldOnly = beforeKill && notStopped.length > 0 && notStopped.every((t) => held.has(t.pid)) ? heldOnly + 1 : 0;
+    // (Such threads are among the not-stopped ones: no need to look further.)
+    const held = beforeKill ? new Set(notStopped.filter((t) => t.state === 't' || t.state === 'D').map((t) => t.pid)) : undefined;
+    heldOnly = held && notStopped.length > 0 && notStopped.every((t) => held.has(t.pid)) ? heldOnly + 1 : 0;
     if (heldOnly >= 8) {
       const undone = await undo('ETIMEDOUT');
       throw new TreeStateError('ETIMEDOUT', `the tree of ${root} cannot stop now: ${describeThreads(notStopped)} in uninterruptible sleep or ptrace-stop${rolledBackNote(undone)}`, {
