@@ -82,6 +82,10 @@ int ScanChildren(ChildMap* out);
 // number past any limit if it cannot tell.
 size_t CountOpenFds();
 
+// This process's soft limit on open descriptors: SIZE_MAX when unlimited, 0
+// when it cannot tell.
+size_t FdLimit();
+
 // The calling process and its ancestors, nearest first, up to pid 1.
 std::vector<pid_t> SelfAndAncestors();
 

@@ -4,7 +4,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
-#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -429,9 +428,8 @@ class Pass {
   size_t PinBudget() {
     if (pinBudget_ != kNone) return pinBudget_;
     pinBudget_ = 0;
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return pinBudget_;
-    size_t limit = rl.rlim_cur == RLIM_INFINITY ? size_t{1} << 20 : rl.rlim_cur;
+    size_t limit = std::min(FdLimit(), size_t{1} << 20);
+    if (limit == 0) return pinBudget_;
     size_t cacheGrowth = 0;
     if (o_.cache) {
       std::lock_guard<std::mutex> hold(o_.cache->mu);

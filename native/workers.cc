@@ -1,7 +1,6 @@
 #include "workers.h"
 
 #include <signal.h>
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <memory>
@@ -11,6 +10,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "proc.h"
 #include "walk.h"
 
 namespace treestate {
@@ -329,10 +329,7 @@ Napi::Value CreateWalkCache(const Napi::CallbackInfo& info) {
   // (Node itself holds 20 or so): the cache must never be why the program
   // around it, or the pass it serves, runs out of descriptors.
   size_t maxFiles = info[0].IsNumber() ? info[0].As<Napi::Number>().Uint32Value() : 8192;
-  struct rlimit limit;
-  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) {
-    maxFiles = std::min<size_t>(maxFiles, limit.rlim_cur > 64 ? (limit.rlim_cur - 64) / 4 : 0);
-  }
+  if (size_t limit = FdLimit()) maxFiles = std::min<size_t>(maxFiles, limit > 64 ? (limit - 64) / 4 : 0);
   auto ext = Napi::External<CacheRef>::New(info.Env(), new CacheRef(std::make_shared<WalkCache>(maxFiles)),
                                            [](Napi::Env, CacheRef* ref) { delete ref; });
   ext.TypeTag(&kCacheTag);
