@@ -148,11 +148,16 @@ export async function countingNativePasses<T>(work: () => Promise<T>): Promise<{
   return { value, passes };
 }
 
+/** The fields of /proc/PID/stat after the comm: [state, ppid, …]. Throws (ENOENT, ESRCH) once the process is gone. */
+export function statFields(pid: number): string[] {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
 /** Whether `pid` has exited: gone from /proc or a zombie. */
 export function hasExited(pid: number): boolean {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat[stat.lastIndexOf(')') + 2] === 'Z';
+    return statFields(pid)[0] === 'Z';
   } catch (e) {
     // ESRCH: reaped between the open and the read.
     if (['ENOENT', 'ESRCH'].includes((e as NodeJS.ErrnoException).code ?? '')) return true;

@@ -3,11 +3,12 @@
 // old identity may reach the new process. The reuse is forced, as root,
 // through /proc/sys/kernel/ns_last_pid: the next fork gets ns_last_pid + 1.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { expect } from 'chai';
 import { TreeStateError, snapshot, stopTree } from '../src/index.js';
 import { native, type NativeWalkOptions, type NativeWalkResult } from '../src/native.js';
 import { spawnSupervised, spawnTree, type Supervisor } from '../src/testing/index.js';
+import { statFields } from './helpers.js';
 
 function pause(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -16,8 +17,7 @@ function pause(ms: number): Promise<void> {
 /** The state letter of a process from /proc/PID/stat ('?' if it is gone). */
 function stateOf(pid: number): string {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return statFields(pid)[0]!;
   } catch {
     return '?';
   }

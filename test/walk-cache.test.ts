@@ -2,19 +2,18 @@
 // open between passes and are read again with pread. What a later pass reads
 // through them must be as fresh as a first look, and the cache must stay
 // within its bound and close everything when released.
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { expect } from 'chai';
 import { native, type NativeWalkResult } from '../src/native.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
-import { waitFor } from './helpers.js';
+import { statFields, waitFor } from './helpers.js';
 
 function openFds(): number {
   return readdirSync('/proc/self/fd').length;
 }
 
 function stateOf(pid: number): string {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+  return statFields(pid)[0]!;
 }
 
 function pidsIn(pass: NativeWalkResult): number[] {

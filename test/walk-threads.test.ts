@@ -2,13 +2,12 @@
 // kernel, and it spreads over cores). Whatever thread reads what, a pass must
 // read every process once, report them in depth-first order, and keep the
 // order rules of its signals.
-import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { expect } from 'chai';
 import { continueTree, stopTree } from '../src/index.js';
 import { native, type NativeWalkResult } from '../src/native.js';
 import { spawnTree } from '../src/testing/index.js';
-import { betweenNativePasses, hasExited, waitFor } from './helpers.js';
+import { betweenNativePasses, hasExited, statFields, waitFor } from './helpers.js';
 
 /** The order one thread visits the records in: depth first, children as their parent lists them. */
 function depthFirst(pass: NativeWalkResult): number[] {
@@ -27,8 +26,7 @@ function depthFirst(pass: NativeWalkResult): number[] {
 const sorted = (pids: number[]) => [...pids].sort((a, b) => a - b);
 
 function ppidOf(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+  return Number(statFields(pid)[1]);
 }
 
 describe('walk threads', function () {
