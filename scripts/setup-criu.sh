@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
-# setup-criu.sh - provide a working CRIU >= 4.1 for treestate.
+# setup-criu.sh - provide a working CRIU for treestate.
 #
 # Usage: bash scripts/setup-criu.sh [--force] [--quiet]
 #
-# Debian 12 ships criu 3.17, whose `criu check` fails on kernels >= 6.13
-# (the new [vvar_vclock] mapping breaks its vDSO detection; fixed in 4.1).
-# Debian 13 ("trixie") ships 4.1.x, built against a newer glibc.  So we fetch
-# criu and its whole runtime closure (glibc included) from trixie with a
-# PRIVATE apt configuration, unpack the .debs into a git-ignored prefix and
-# point a copy of the criu binary at the prefix's own loader and libraries
-# with patchelf.  The system's packages and apt state are left untouched.
+# Which CRIU this kernel needs:
+#   - kernels >= 6.13 add a [vvar_vclock] mapping that breaks the vDSO
+#     handling of CRIU < 4.1 (Debian 12's 3.17 fails `criu check`);
+#   - kernels >= 6.16 refuse the socket option CRIU < 4.2 reads from every
+#     TCP and UDP socket ("Can't get 1:16 opt: Operation not supported",
+#     CRIU issue 2705, fixed in 4.2), so CRIU 4.1 cannot dump any server.
+# Debian 13 ("trixie") ships 4.1.1; Debian unstable ("sid") ships 4.2.1.
+# So we fetch criu PINNED_VERSION and its whole runtime closure (glibc
+# included) from sid with a PRIVATE apt configuration, unpack the .debs into a
+# git-ignored prefix and point a copy of the criu binary at the prefix's own
+# loader and libraries with patchelf.  The system's packages and apt state are
+# left untouched.
 #
-# Layout of <repo>/.criu (everything downloaded lives here):
+# Layout of <repo>/.criu (everything downloaded lives here; root-owned, 0755):
 #   apt/            private apt config, lists and cache (kept between runs)
 #   tools/          patchelf, unpacked from the system's own Debian release
-#   tree.XXXXXX/    unpacked trixie packages + bin/criu (the patched copy)
+#   tree.XXXXXX/    unpacked sid packages + bin/criu (the patched copy)
 #   bin/criu        symlink to tree.XXXXXX/bin/criu; created last, atomically
 #   setup.log       output of the last build's apt/dpkg/patchelf commands
+#
+# Running as root, the script writes only below a directory path that root
+# owns and nobody else can write (else another user could swap .criu/ or plant
+# symlinks for root to follow, and treestate would refuse the criu anyway);
+# downloads run as apt's unprivileged _apt user where it exists.
 #
 # The patched binary's ELF interpreter is an absolute path into tree.XXXXXX,
 # so moving the repository breaks it; the next run then notices that criu no
@@ -28,8 +38,11 @@
 
 set -euo pipefail
 
-readonly TARGET_SUITE=trixie   # first Debian release shipping criu >= 4.1
-readonly MIN_MAJOR=4 MIN_MINOR=1
+readonly TARGET_SUITE=sid      # the Debian suite that ships PINNED_VERSION
+# The criu package versions accepted from TARGET_SUITE (a shell pattern).  When
+# sid moves on, the download is refused with a message saying so: review the
+# new release (and the tests) before widening the pin.
+readonly PINNED_VERSION='4.2.1-*'
 readonly KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
@@ -84,6 +97,43 @@ done
 
 [[ $(id -u) == 0 ]] || die "must run as root (criu needs CAP_SYS_ADMIN and friends); try: sudo bash $0 $*"
 
+# The oldest CRIU that works on the running kernel (see the top of this file).
+min_version() {
+	local major minor
+	IFS=. read -r major minor _ <<<"$(uname -r)"
+	if ((major > 6 || (major == 6 && minor >= 16))); then
+		echo "4 2"
+	else
+		echo "4 1"
+	fi
+}
+read -r MIN_MAJOR MIN_MINOR <<<"$(min_version)"
+readonly MIN_MAJOR MIN_MINOR
+
+# Root must not write where another user can swap a directory or plant a
+# symlink: every directory from / down to $1 is root-owned and writable by
+# nobody else (sticky world-writable directories such as /tmp excepted: their
+# other users cannot rename or replace what root made in them).
+trusted_dir() {
+	local dir=$1 path=/ part owner mode
+	local -a parts
+	IFS=/ read -r -a parts <<<"${dir#/}"
+	for part in "" "${parts[@]}"; do
+		[[ -n $part ]] && path=${path%/}/$part
+		[[ -L $path ]] && { echo "$path is a symlink"; return 1; }
+		[[ -d $path ]] || return 0 # created below by root
+		read -r owner mode < <(stat -c '%u %a' -- "$path")
+		[[ $owner == 0 ]] || { echo "$path is owned by uid $owner, not root"; return 1; }
+		if ((8#$mode & 8#022)) && ! ((8#$mode & 8#1000)); then
+			echo "$path is writable by group or others (mode $mode)"
+			return 1
+		fi
+	done
+}
+if ! why=$(trusted_dir "$PREFIX"); then
+	die "will not build criu into $PREFIX as root: $why. Use a root-owned checkout that only root can write (chown -R root: and chmod go-w), or install CRIU >= $MIN_MAJOR.$MIN_MINOR system-wide"
+fi
+
 # --- checking an existing criu ------------------------------------------------
 
 # Prints "MAJOR MINOR" of the criu binary $1, or fails.
@@ -95,7 +145,7 @@ criu_version() {
 	printf '%s %s\n' "${BASH_REMATCH[2]}" "${BASH_REMATCH[3]}"
 }
 
-# Succeeds if $1 is a criu >= 4.1 whose `criu check` passes.  Judged by exit
+# Succeeds if $1 is a criu >= MIN_MAJOR.MIN_MINOR whose `criu check` passes.  Judged by exit
 # status only: criu logs e.g. "Can't setup RLIMIT_NOFILE" as an error in some
 # environments yet works fine.
 criu_usable() {
@@ -138,7 +188,8 @@ for tool in apt-get apt-cache apt-config dpkg dpkg-deb flock realpath awk; do
 done
 [[ -r $KEYRING ]] || die "$KEYRING not found (install debian-archive-keyring)"
 
-mkdir -p -- "$PREFIX/bin" "$PREFIX/tools" || die "cannot create $PREFIX"
+mkdir -p -m 0755 -- "$PREFIX" "$PREFIX/bin" "$PREFIX/tools" || die "cannot create $PREFIX"
+why=$(trusted_dir "$PREFIX/bin") || die "will not build criu into $PREFIX as root: $why"
 
 # Serialise concurrent runs; a run that waited may find the work already done.
 exec 9>"$PREFIX/.lock"
@@ -159,6 +210,7 @@ info "building criu from Debian $TARGET_SUITE into $PREFIX (log: $LOG)"
 # leaves something the quick check above would accept.  The tree never moves
 # afterwards, which is what lets the ELF interpreter path be absolute.
 TREE=$(mktemp -d -- "$PREFIX/tree.XXXXXX") || die "cannot create a build directory in $PREFIX"
+chmod 0755 -- "$TREE" # traversable by _apt for the download, like the rest of the prefix
 PUBLISHED=0
 cleanup() {
 	[[ $PUBLISHED == 1 ]] || rm -rf -- "$TREE"
@@ -179,10 +231,18 @@ done
 
 # --- patchelf: from PATH, or unpacked from the system's own Debian release ---
 
-# apt drops privileges to _apt for downloads, which then cannot write into
-# root-only directories (e.g. a repository under /root).  The archives are
-# signature-checked either way, so download as root.
-APT_SANDBOX=(-o APT::Sandbox::User=root)
+# apt downloads as its unprivileged _apt user (apt's own default) where that
+# user exists; a download directory is then handed to _apt.  Where the path
+# to the prefix is closed to _apt (a checkout under /root), apt itself falls
+# back to root with a warning in the log.  Archives are signature-checked
+# either way.
+if id _apt >/dev/null 2>&1; then
+	APT_SANDBOX=()
+	apt_owns() { chown _apt -- "$@"; }
+else
+	APT_SANDBOX=(-o APT::Sandbox::User=root)
+	apt_owns() { :; }
+fi
 
 PATCHELF=
 if command -v patchelf >/dev/null; then
@@ -197,6 +257,7 @@ else
 		run apt-get update || die_log "apt-get update failed"
 	fi
 	pe_dl=$(mktemp -d -- "$PREFIX/tools/dl.XXXXXX")
+	apt_owns "$pe_dl"
 	if (cd -- "$pe_dl" && run apt-get "${APT_SANDBOX[@]}" download patchelf) &&
 		run dpkg -x "$pe_dl"/patchelf_*.deb "$PREFIX/tools" &&
 		"$PREFIX/tools/usr/bin/patchelf" --version >/dev/null 2>&1; then
@@ -314,9 +375,19 @@ deps=$(apt-cache "${PRIVATE_APT[@]}" depends --recurse --no-recommends --no-sugg
 mapfile -t PKGS < <(grep -v -e '^[[:space:]]' -e '^<' <<<"$deps" | sort -u)
 [[ ${#PKGS[@]} -gt 0 ]] || die_log "no packages found for criu in $TARGET_SUITE"
 
-info "downloading ${#PKGS[@]} packages"
+# The pin: the criu that sid offers must be the reviewed version.
+criu_candidate=$(apt-cache "${PRIVATE_APT[@]}" policy criu 2>>"$LOG" | awk '$1 == "Candidate:" { print $2 }')
+# shellcheck disable=SC2053 # PINNED_VERSION is a pattern
+[[ -n $criu_candidate && $criu_candidate == $PINNED_VERSION ]] ||
+	die "Debian $TARGET_SUITE offers criu ${criu_candidate:-(none)}, not the pinned $PINNED_VERSION; review that release and update PINNED_VERSION in $0"
+for i in "${!PKGS[@]}"; do
+	[[ ${PKGS[i]} == criu ]] && PKGS[i]=criu=$criu_candidate
+done
+
+info "downloading ${#PKGS[@]} packages (criu $criu_candidate)"
 DEBS=$TREE/.debs
 mkdir -p -- "$DEBS"
+apt_owns "$DEBS"
 (cd -- "$DEBS" && run apt-get "${PRIVATE_APT[@]}" download "${PKGS[@]}") ||
 	die_log "downloading the criu packages failed"
 rm -f -- "$APTDIR"/cache/*.bin

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { criuErrorLines } from '../src/criu/checkpoint.js';
 import { dumpArgs, preDumpArgs, restoreArgs } from '../src/criu/args.js';
-import { parseVersion, versionAtLeast } from '../src/criu/locate.js';
+import { minCriuVersion, parseVersion, versionAtLeast } from '../src/criu/locate.js';
 
 // Unit tests of argument building: in addition to, never instead of, the real-criu tests.
 describe('criu argument vectors', () => {
@@ -26,11 +26,25 @@ describe('criu argument vectors', () => {
     expect(parseVersion('Version: 4.1.1\n')).to.equal('4.1.1');
     expect(parseVersion('Version: 3.17\nGitID: v3.17\n')).to.equal('3.17');
     expect(parseVersion('garbage')).to.equal(undefined);
-    expect(versionAtLeast('4.1.1')).to.equal(true);
-    expect(versionAtLeast('4.1')).to.equal(true);
-    expect(versionAtLeast('4.0.9')).to.equal(false);
-    expect(versionAtLeast('3.17.1')).to.equal(false);
-    expect(versionAtLeast('5.0')).to.equal(true);
+    expect(versionAtLeast('4.1.1', [4, 1])).to.equal(true);
+    expect(versionAtLeast('4.1', [4, 1])).to.equal(true);
+    expect(versionAtLeast('4.0.9', [4, 1])).to.equal(false);
+    expect(versionAtLeast('3.17.1', [4, 1])).to.equal(false);
+    expect(versionAtLeast('5.0', [4, 2])).to.equal(true);
+    expect(versionAtLeast('4.1.1', [4, 2])).to.equal(false);
+  });
+
+  it('asks for the CRIU the kernel needs: 4.1 from 6.13 on, 4.2 from 6.16 on (sockets)', () => {
+    expect(minCriuVersion('6.12.9-amd64')).to.deep.equal([4, 1]);
+    expect(minCriuVersion('6.15.0')).to.deep.equal([4, 1]);
+    expect(minCriuVersion('6.16.0-rc1')).to.deep.equal([4, 2]);
+    expect(minCriuVersion('6.18.3')).to.deep.equal([4, 2]);
+    expect(minCriuVersion('7.0.0')).to.deep.equal([4, 2]);
+  });
+
+  it('passes the network lock method only when one is chosen', () => {
+    expect(dumpArgs(42, '/i', '/l', 'dead', { tcpEstablished: true })).to.not.include('--network-lock');
+    expect(dumpArgs(42, '/i', '/l', 'dead', { tcpEstablished: true, networkLock: 'nftables' }).join(' ')).to.include('--tcp-established --network-lock nftables');
   });
 
   it('keeps criu\'s error lines but not the RLIMIT_NOFILE one it always survives', () => {

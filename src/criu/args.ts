@@ -5,9 +5,14 @@ import { relative } from 'node:path';
 export type DumpFinalState = 'dead' | 'running' | 'stopped';
 export type RestoreFinalState = 'running' | 'stopped';
 
+/** How criu keeps the network quiet while it dumps or restores established TCP connections. */
+export type NetworkLock = 'iptables' | 'nftables' | 'skip';
+
 export interface CriuFlags {
   shellJob?: boolean;
   tcpEstablished?: boolean;
+  /** criu's --network-lock; unset: criu's default (iptables). */
+  networkLock?: NetworkLock;
   extraArgs?: string[];
 }
 
@@ -18,6 +23,7 @@ function common(flags: CriuFlags, logFile: string): string[] {
     '-v4',
     ...(flags.shellJob ? ['--shell-job'] : []),
     ...(flags.tcpEstablished ? ['--tcp-established'] : []),
+    ...(flags.networkLock ? ['--network-lock', flags.networkLock] : []),
   ];
 }
 

@@ -1,11 +1,13 @@
 // Finding a criu that works here: an explicit option, TREESTATE_CRIU, the
-// project-local one (scripts/setup-criu.sh), then PATH. Kernels >= 6.13 need
-// CRIU >= 4.1 (an extra [vvar_vclock] mapping breaks older vDSO handling).
+// project-local one (scripts/setup-criu.sh), then PATH. The oldest usable
+// CRIU follows the kernel (minCriuVersion).
 import { execFile } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
+import { release } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { TreeStateError } from '../errors.js';
 import { packageRoot } from '../native.js';
+import { readVerdict, writeVerdict } from './verdicts.js';
 
 export interface CriuInfo {
   path: string;
@@ -14,11 +16,24 @@ export interface CriuInfo {
   version: string;
   /** What `criu check` printed; it exited 0. */
   check: string;
+  /** Whether version and check came from a verdict kept earlier for this binary, kernel and boot (see verdicts.ts). */
+  cached: boolean;
 }
 
-const MIN_VERSION = [4, 1];
-const HOW_TO_GET =
-  'Get a working one with `npm run setup:criu` in the treestate repository (it installs CRIU >= 4.1 into a project-local prefix), or point TREESTATE_CRIU at one.';
+/**
+ * The oldest CRIU that works on a kernel: 6.13 added a [vvar_vclock] mapping
+ * that breaks the vDSO handling of CRIU < 4.1 (`criu check` fails), and 6.16
+ * refuses the socket option CRIU < 4.2 reads from every TCP and UDP socket
+ * ("Can't get 1:16 opt: Operation not supported", CRIU issue 2705, fixed in
+ * 4.2): `criu check` passes there, but no server can be dumped.
+ */
+export function minCriuVersion(kernel = release()): number[] {
+  const [major = 0, minor = 0] = kernel.split(/[.-]/).map(Number);
+  return major > 6 || (major === 6 && minor >= 16) ? [4, 2] : [4, 1];
+}
+
+const MIN_VERSION = minCriuVersion();
+const HOW_TO_GET = `Get a working one with \`npm run setup:criu\` in the treestate repository (it installs CRIU ${MIN_VERSION.join('.')} or newer into a project-local prefix), or point TREESTATE_CRIU at one.`;
 
 interface RunOutput {
   code: number;
@@ -33,6 +48,11 @@ export function runFile(file: string, args: string[], timeoutMs = 30_000): Promi
       resolve({ code, stdout: String(stdout), stderr: String(stderr) || (error && typeof error.code !== 'number' ? error.message : '') });
     });
   });
+}
+
+/** The first `name` on PATH, if any. */
+export function onPath(name: string): string | undefined {
+  return (process.env.PATH ?? '').split(delimiter).filter(Boolean).map((dir) => join(dir, name)).find(executable);
 }
 
 function executable(path: string): boolean {
@@ -69,13 +89,15 @@ export function versionAtLeast(version: string, min = MIN_VERSION): boolean {
 const verified = new Map<string, Promise<CriuInfo>>();
 
 async function verify(path: string, source: CriuInfo['source']): Promise<CriuInfo> {
+  const kept = readVerdict<Pick<CriuInfo, 'version' | 'check'>>(path, 'check');
+  if (kept && versionAtLeast(kept.version)) return { path, source, version: kept.version, check: kept.check, cached: true };
   const v = await runFile(path, ['--version']);
   const version = parseVersion(v.stdout);
   if (v.code !== 0 || !version) {
     throw new TreeStateError('ENOCRIU', `criu at ${path} does not run (${(v.stderr || v.stdout).trim().split('\n').pop() || `exit ${v.code}`}). ${HOW_TO_GET}`);
   }
   if (!versionAtLeast(version)) {
-    throw new TreeStateError('ENOCRIU', `criu at ${path} is version ${version}; this kernel needs ${MIN_VERSION.join('.')} or newer. ${HOW_TO_GET}`);
+    throw new TreeStateError('ENOCRIU', `criu at ${path} is version ${version}; this kernel (${release()}) needs ${MIN_VERSION.join('.')} or newer. ${HOW_TO_GET}`);
   }
   // criu logs some errors it survives (RLIMIT_NOFILE); only the exit code counts.
   const check = await runFile(path, ['check']);
@@ -83,7 +105,9 @@ async function verify(path: string, source: CriuInfo['source']): Promise<CriuInf
     const why = `${check.stdout}\n${check.stderr}`.trim().split('\n').filter((l) => /error|fail/i.test(l)).slice(-3).join('; ');
     throw new TreeStateError('ENOCRIU', `criu at ${path} fails \`criu check\`${why ? `: ${why}` : ''}. ${HOW_TO_GET}`);
   }
-  return { path, source, version, check: check.stdout.trim() || 'Looks good.' };
+  const verdict = { version, check: check.stdout.trim() || 'Looks good.' };
+  writeVerdict(path, 'check', verdict);
+  return { path, source, ...verdict, cached: false };
 }
 
 /** The criu to use, verified (version and `criu check`); cached per path for this process. */
@@ -99,10 +123,15 @@ export async function locateCriu(explicit?: string): Promise<CriuInfo> {
   return pending;
 }
 
-let dirtyTracking: Promise<boolean> | undefined;
-
-/** Whether the kernel tracks dirty memory (soft-dirty), which pre-dump needs. */
-export function hasDirtyTracking(criu: CriuInfo): Promise<boolean> {
-  dirtyTracking ??= runFile(criu.path, ['check', '--feature', 'mem_dirty_track']).then((r) => r.code === 0 && !/Dirty tracking is OFF/.test(r.stderr + r.stdout));
-  return dirtyTracking;
+/** Whether the kernel tracks dirty memory (soft-dirty), which pre-dump needs, as this criu sees it. */
+export async function hasDirtyTracking(criu: CriuInfo): Promise<boolean> {
+  const kept = readVerdict<boolean>(criu.path, 'mem_dirty_track');
+  if (kept !== undefined) return kept;
+  const r = await runFile(criu.path, ['check', '--feature', 'mem_dirty_track']);
+  // criu prints "Dirty tracking is OFF" with exit 0 where the kernel lacks it;
+  // a criu that could not run says nothing to keep.
+  if (r.code !== 0 && !/Dirty tracking is OFF|mem_dirty_track/.test(r.stderr + r.stdout)) return false;
+  const tracking = r.code === 0 && !/Dirty tracking is OFF/.test(r.stderr + r.stdout);
+  writeVerdict(criu.path, 'mem_dirty_track', tracking);
+  return tracking;
 }
