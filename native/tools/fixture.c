@@ -3,7 +3,7 @@
  *   treestate-fixture [--depth D] [--fanout F] [--threads T] [--fork-from-threads]
  *                     [--shm FILE] [--interval-ms N] [--storm] [--subreaper]
  *                     [--uid-depth D --uid U] [--memory-mb N] [--zombie] [--exit-on-cont]
- *                     [--vfork-hold]
+ *                     [--vfork-hold] [--sockets FILE] [--tcp-pair]
  *   treestate-fixture --trace PID      (ptrace-stop PID and hold it until killed)
  *   treestate-fixture --swallow-stops PID  (trace PID and discard every stop signal it gets)
  *
@@ -15,19 +15,31 @@
  * in pre-order. Each process keeps its counter in private memory and copies
  * it into its slot every interval, so after a CRIU restore it goes on from
  * the value in its restored memory, not from whatever the file holds.
+ *
+ * Sockets (--sockets FILE): the root listens on TCP 127.0.0.1, binds a UDP
+ * socket there and listens on an abstract unix socket, writes
+ * "tcp PORT\nudp PORT\nunix NAME\n" to FILE, and serves between heartbeats:
+ * a TCP or unix client gets one line "fixture PID BEAT PAIR\n", a UDP
+ * datagram is echoed. With --tcp-pair it also holds an established loopback
+ * connection to its own listener and sends a byte through it every beat;
+ * PAIR counts the round trips that came back (what --tcp-established keeps).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <netinet/in.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -51,7 +63,8 @@ static int depth_max = 1, fanout = 2, threads = 1, fork_from_threads = 0;
 static int storm = 0, subreaper = 0, uid_depth = -1, zombie = 0, exit_on_cont = 0, vfork_hold = 0;
 static long interval_ms = 5, memory_mb = 0;
 static uid_t drop_uid = 0;
-static const char *shm_path = NULL;
+static const char *shm_path = NULL, *sockets_path = NULL;
+static int tcp_pair = 0;
 static struct slot *slots = NULL;
 
 struct node {
@@ -135,8 +148,96 @@ static void __attribute__((noinline)) hold_in_vfork(void) {
   }
 }
 
+struct sockets {
+  int tcp, udp, unix_listener, pair_client, pair_server;
+  uint64_t pair_trips;
+};
+
+static int bound_port(int fd) {
+  struct sockaddr_in a;
+  socklen_t len = sizeof a;
+  return getsockname(fd, (struct sockaddr *)&a, &len) < 0 ? -1 : ntohs(a.sin_port);
+}
+
+static int loopback_socket(int type, struct sockaddr_in *a) {
+  int fd = socket(AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
+  /* As servers do, so that a restored listener can bind again while the
+   * killed original's connections still linger in the kernel. */
+  if (fd >= 0 && type == SOCK_STREAM) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  memset(a, 0, sizeof *a);
+  a->sin_family = AF_INET;
+  a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || bind(fd, (struct sockaddr *)a, sizeof *a) < 0) return -1;
+  socklen_t len = sizeof *a;
+  getsockname(fd, (struct sockaddr *)a, &len);
+  return fd;
+}
+
+static int open_sockets(struct sockets *s) {
+  struct sockaddr_in a;
+  struct sockaddr_un u = {.sun_family = AF_UNIX};
+  char name[64];
+  snprintf(name, sizeof name, "treestate-fixture-%d", (int)getpid());
+  /* Abstract (no file to leave behind), padded with NULs to the full
+   * address length: the way libuv, and so Node's net.connect, names one. */
+  memcpy(u.sun_path + 1, name, strlen(name));
+  socklen_t ulen = sizeof u;
+  s->tcp = loopback_socket(SOCK_STREAM, &a);
+  if (s->tcp < 0 || listen(s->tcp, 16) < 0) return -1;
+  s->udp = loopback_socket(SOCK_DGRAM, &a);
+  s->unix_listener = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (s->udp < 0 || s->unix_listener < 0 || bind(s->unix_listener, (struct sockaddr *)&u, ulen) < 0 ||
+      listen(s->unix_listener, 16) < 0)
+    return -1;
+  s->pair_client = s->pair_server = -1;
+  if (tcp_pair) {
+    a.sin_port = htons((uint16_t)bound_port(s->tcp));
+    s->pair_client = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s->pair_client < 0 || connect(s->pair_client, (struct sockaddr *)&a, sizeof a) < 0) return -1;
+    for (int tries = 0; s->pair_server < 0 && tries < 1000; tries++) {
+      s->pair_server = accept4(s->tcp, NULL, NULL, SOCK_CLOEXEC);
+      if (s->pair_server < 0) sleep_ms(1);
+    }
+    if (s->pair_server < 0) return -1;
+  }
+  /* Written whole, then renamed: a reader never sees half of it. */
+  char tmp[4096];
+  snprintf(tmp, sizeof tmp, "%s.tmp", sockets_path);
+  FILE *f = fopen(tmp, "wx");
+  if (!f) return -1;
+  fprintf(f, "tcp %d\nudp %d\nunix %s\n", bound_port(s->tcp), bound_port(s->udp), name);
+  return fclose(f) < 0 ? -1 : rename(tmp, sockets_path);
+}
+
+/* One beat of serving: answer whoever is waiting, never block. */
+static void serve(struct sockets *s, uint64_t beat) {
+  char line[128], buf[512];
+  int n = snprintf(line, sizeof line, "fixture %d %llu %llu\n", (int)getpid(), (unsigned long long)beat,
+                   (unsigned long long)s->pair_trips);
+  int listeners[2] = {s->tcp, s->unix_listener};
+  for (int i = 0; i < 2; i++) {
+    int c;
+    while ((c = accept4(listeners[i], NULL, NULL, SOCK_CLOEXEC)) >= 0) {
+      if (write(c, line, (size_t)n) < 0) perror("treestate-fixture: write");
+      close(c);
+    }
+  }
+  struct sockaddr_in from;
+  socklen_t len = sizeof from;
+  ssize_t got;
+  while ((got = recvfrom(s->udp, buf, sizeof buf, 0, (struct sockaddr *)&from, &len)) > 0) {
+    sendto(s->udp, buf, (size_t)got, 0, (struct sockaddr *)&from, len);
+    len = sizeof from;
+  }
+  if (s->pair_client >= 0) {
+    char byte = 'x';
+    if (write(s->pair_client, &byte, 1) == 1 && read(s->pair_server, &byte, 1) == 1) s->pair_trips++;
+  }
+}
+
 static void run_process(struct node self) {
   static struct thread_arg args[256];
+  static struct sockets socks;
   uint64_t counter = 0;
   prctl(PR_SET_PDEATHSIG, 0);
   if (exit_on_cont && self.depth == depth_max) signal(SIGCONT, on_cont);
@@ -167,6 +268,10 @@ static void run_process(struct node self) {
     mine->depth = self.depth;
     mine->pid = getpid();
   }
+  if (sockets_path && self.depth == 0 && open_sockets(&socks) < 0) {
+    perror("treestate-fixture: sockets");
+    _exit(1);
+  }
   if (vfork_hold && self.depth == 0) {
     if (mine) mine->counter = ++counter;
     hold_in_vfork();
@@ -182,6 +287,7 @@ static void run_process(struct node self) {
     } else {
       if (subreaper) while (waitpid(-1, NULL, WNOHANG | __WALL) > 0) {
         }
+      if (sockets_path && self.depth == 0) serve(&socks, counter);
       sleep_ms(interval_ms);
     }
   }
@@ -241,6 +347,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--zombie")) zombie = 1;
     else if (!strcmp(a, "--exit-on-cont")) exit_on_cont = 1;
     else if (!strcmp(a, "--vfork-hold")) vfork_hold = 1;
+    else if (!strcmp(a, "--sockets") && v) sockets_path = argv[++i];
+    else if (!strcmp(a, "--tcp-pair")) tcp_pair = 1;
     else if (!strcmp(a, "--trace") && v) return trace((pid_t)atoi(argv[++i]));
     else if (!strcmp(a, "--swallow-stops") && v) return swallow_stops((pid_t)atoi(argv[++i]));
     else {

@@ -1,6 +1,7 @@
 // The CRIU commands: dump, restore, predump, check.
 import { dump, preDump, restore, type CriuProgress, type CriuResult } from '../criu/checkpoint.js';
 import { hasDirtyTracking, locateCriu } from '../criu/locate.js';
+import { checkSockets } from '../criu/sockets-check.js';
 import { UsageError, parseChoice, parseMs, parsePid, type FlagSpec, type Parsed } from './args.js';
 import type { Command, Io } from './main.js';
 
@@ -11,6 +12,7 @@ const shared: Record<string, FlagSpec> = {
   '--criu': { value: true },
   '--shell-job': {},
   '--tcp-established': {},
+  '--network-lock': { value: true },
 };
 
 function imagesDir(args: Parsed, verb: string): string {
@@ -36,6 +38,7 @@ function common(args: Parsed, io: Io, verb: string) {
     timeoutMs: parseMs('--timeout', args.flags.get('--timeout')),
     shellJob: args.flags.has('--shell-job'),
     tcpEstablished: args.flags.has('--tcp-established'),
+    networkLock: parseChoice('--network-lock', args.flags.get('--network-lock'), ['iptables', 'nftables', 'skip'] as const),
     onProgress: progress(io),
   };
 }
@@ -58,7 +61,7 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
 
 export const criuCommands: Record<string, Command> = {
   dump: {
-    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--prev DIR] [--shell-job] [--tcp-established] [--timeout MS] [--json]',
+    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--prev DIR] [--shell-job] [--tcp-established [--network-lock iptables|nftables|skip]] [--timeout MS] [--json]',
     summary: 'criu dump, leaving the tree dead (default), running or stopped, verified',
     flags: { ...shared, '--final-state': { value: true }, '--prev': { value: true } },
     async run(args, io) {
@@ -69,7 +72,7 @@ export const criuCommands: Record<string, Command> = {
     },
   },
   restore: {
-    usage: 'restore -D DIR [--final-state running|stopped] [--shell-job] [--tcp-established] [--timeout MS] [--json]',
+    usage: 'restore -D DIR [--final-state running|stopped] [--shell-job] [--tcp-established [--network-lock iptables|nftables|skip]] [--timeout MS] [--json]',
     summary: 'criu restore, leaving the tree running (default) or stopped, verified',
     flags: { ...shared, '--final-state': { value: true } },
     async run(args, io) {
@@ -89,19 +92,28 @@ export const criuCommands: Record<string, Command> = {
   },
   check: {
     usage: 'check [--criu PATH] [--json]',
-    summary: "which criu treestate uses, its version, and `criu check`'s verdict",
+    summary: "which criu treestate uses, its version, `criu check`'s verdict, and a real dump of sockets",
     flags: { '--json': {}, '--criu': { value: true } },
     async run(args, io) {
       if (args.positionals.length) throw new UsageError('check takes no operands');
       const info = await locateCriu(args.flags.get('--criu') as string | undefined);
       const dirtyTracking = await hasDirtyTracking(info);
-      const value = { ...info, dirtyTracking };
+      const sockets = await checkSockets(info);
+      const ok = sockets.every((c) => c.ok);
+      const value = { ...info, dirtyTracking, sockets: [...sockets], ok };
+      const cached = (yes: boolean | undefined) => (yes ? ' (kept from an earlier check)' : '');
       io.out(
         args.flags.has('--json')
           ? JSON.stringify(value, null, 2)
-          : [`criu: ${info.path} (${info.source})`, `version: ${info.version}`, `criu check: ${info.check}`, `dirty-memory tracking (pre-dump): ${dirtyTracking ? 'yes' : 'no'}`].join('\n'),
+          : [
+              `criu: ${info.path} (${info.source})`,
+              `version: ${info.version}`,
+              `criu check: ${info.check}${cached(info.cached)}`,
+              ...sockets.map((c) => `dump of ${c.held}: ${c.ok ? `ok${cached(sockets.cached)}` : `FAILED\n  ${c.error?.split('\n').join('\n  ')}`}`),
+              `dirty-memory tracking (pre-dump): ${dirtyTracking ? 'yes' : 'no'}`,
+            ].join('\n'),
       );
-      return 0;
+      return ok ? 0 : 1;
     },
   },
 };

@@ -8,7 +8,7 @@ import { TreeStateError, describePids, describeThreads, hasCode } from '../error
 import { checkNotSelf, checkPid, getTreeState, type TreeState } from '../tree.js';
 import { continueTree, killTree, waitForState } from '../transitions.js';
 import { dumpArgs, preDumpArgs, restoreArgs, type CriuFlags, type DumpFinalState, type RestoreFinalState } from './args.js';
-import { hasDirtyTracking, locateCriu, type CriuInfo } from './locate.js';
+import { hasDirtyTracking, locateCriu, onPath, type CriuInfo } from './locate.js';
 import { childProcessRunner, type CommandRunner } from './runner.js';
 
 export type CriuVerb = 'dump' | 'restore' | 'pre-dump';
@@ -68,6 +68,13 @@ export interface CriuResult {
   elapsedMs: number;
   /** Whether treestate continued the tree after criu to reach Running (see restore, and dump of a tree that was stopped). */
   continued?: boolean;
+  /**
+   * A dump with `tcpEstablished` that left the tree stopped: criu keeps the
+   * tree's established connections locked (their packets dropped) until a
+   * restore from these images unlocks them, so continuing the original leaves
+   * those connections hanging.
+   */
+  networkLocked?: boolean;
 }
 
 const DEFAULT_TIMEOUT_MS = 120_000;
@@ -116,6 +123,19 @@ export function criuErrorLines(text: string, limit = 6): string[] {
     .filter((l) => /\bError\b|\berror\b|BUG/.test(l) && !/RLIMIT_NOFILE/.test(l))
     .slice(-limit)
     .map((l) => l.trim());
+}
+
+const NETWORK_LOCK_HINT =
+  "criu could not lock the network for --tcp-established: its default lock runs iptables-restore, so install the iptables package, or pass networkLock 'nftables' (--network-lock nftables), which needs only the kernel's nf_tables";
+
+/**
+ * criu's network lock for established connections: its default runs
+ * iptables-restore, which many hosts lack; criu links libnftables and locks
+ * with nftables itself, so that is the choice when no iptables is installed.
+ */
+function withNetworkLock<T extends CriuFlags>(options: T): T {
+  if (!options.tcpEstablished || options.networkLock) return options;
+  return onPath('iptables-restore') ? options : { ...options, networkLock: 'nftables' };
 }
 
 function readText(path: string): string {
@@ -180,9 +200,11 @@ async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFail
       });
     }
     if (exit.code !== 0) {
-      const lines = [...criuErrorLines(readText(run.logFile)), ...criuErrorLines(readText(out), 3)];
+      const log = readText(run.logFile);
+      const lines = [...criuErrorLines(log), ...criuErrorLines(readText(out), 3)];
       const how = exit.code === null ? `was killed by signal ${exit.signal}` : `exited with ${exit.code}`;
-      throw new TreeStateError('ECRIU', `criu ${verb} ${how}; ${await afterFailure()}; log: ${run.logFile}${lines.length ? `\n  ${lines.join('\n  ')}` : ''}`, {
+      const hint = /Iptables configuration failed|nftables.*(fail|error)|Can't lock network/i.test(log) ? ` (${NETWORK_LOCK_HINT})` : '';
+      throw new TreeStateError('ECRIU', `criu ${verb} ${how}${hint}; ${await afterFailure()}; log: ${run.logFile}${lines.length ? `\n  ${lines.join('\n  ')}` : ''}`, {
         details: { logFile: run.logFile, argv: run.argv, exitCode: exit.code, signal: exit.signal, errors: lines },
       });
     }
@@ -253,7 +275,7 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
   const before = await getTreeState(root); // ESRCH before criu runs
   if (options.prevImagesDir) checkImagesDir(resolve(options.prevImagesDir), 'the previous images directory');
   prepareDumpDir(b.imagesDir);
-  const argv = dumpArgs(root, b.imagesDir, b.logFile, finalState, { ...options, prevImagesDir: options.prevImagesDir && resolve(options.prevImagesDir) });
+  const argv = dumpArgs(root, b.imagesDir, b.logFile, finalState, { ...withNetworkLock(options), prevImagesDir: options.prevImagesDir && resolve(options.prevImagesDir) });
   // A failed dump leaves the tree running (criu resumes it): say what we see.
   await runCriu('dump', options, { info: b.info, argv, logFile: b.logFile, started: b.started }, () => describeTree(root));
   options.onProgress?.({ verb: 'dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
@@ -273,7 +295,8 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
     continued = true;
   }
   const processes = await verify('dump', root, finalState, options);
-  return { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, argv), continued };
+  const networkLocked = finalState === 'stopped' && Boolean(options.tcpEstablished);
+  return { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, argv), continued, ...(networkLocked ? { networkLocked } : {}) };
 }
 
 /** criu pre-dump: the tree keeps running. Refused before criu runs where the kernel has no dirty-memory tracking. */
@@ -309,7 +332,7 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
     // asked for: criu restores a process that was stopped at dump time
     // stopped (sending SIGSTOP as it detaches, so T shows late), and this way
     // the tree deterministically ends as asked, whatever it was at dump time.
-    const argv = restoreArgs(b.imagesDir, b.logFile, pidFile, 'stopped', options);
+    const argv = restoreArgs(b.imagesDir, b.logFile, pidFile, 'stopped', withNetworkLock(options));
     await runCriu('restore', options, { info: b.info, argv, logFile: b.logFile, started: b.started }, async () => 'criu removes what it had restored when it fails');
     const root = Number(readText(pidFile).trim());
     if (!Number.isSafeInteger(root) || root <= 0) throw new TreeStateError('ECRIU', `criu restore exited 0 but wrote no root pid to ${pidFile}; log: ${b.logFile}`);

@@ -1,6 +1,6 @@
 // Fixture trees with a heartbeat: the semantic proof of a state. Running
 // means every counter advances; Stopped means none does.
-import { readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { TreeStateError, describePids } from '../errors.js';
@@ -34,10 +34,25 @@ export interface TreeOptions extends TreeShape {
   exitOnCont?: boolean;
   /** The root sits in uninterruptible sleep (D), in vfork for a child that never execs (killable only by SIGKILL). */
   vforkHold?: boolean;
+  /**
+   * The root listens on TCP and UDP on 127.0.0.1 and on an abstract unix
+   * socket, and answers between heartbeats (see `endpoints()`).
+   */
+  sockets?: boolean;
+  /** With `sockets`: the root also holds an established loopback TCP connection to itself (dumps need `tcpEstablished`). */
+  tcpPair?: boolean;
   /** Heartbeat period in ms (default 5). */
   intervalMs?: number;
   /** How long the tree may take to come up (default 20 000 ms). */
   readyTimeoutMs?: number;
+}
+
+/** Where a `sockets` fixture root listens. */
+export interface Endpoints {
+  tcp: number;
+  udp: number;
+  /** Abstract unix socket name (without the leading NUL). */
+  unix: string;
 }
 
 export interface Heartbeat {
@@ -67,7 +82,13 @@ function fixtureArgs(o: TreeOptions, heartbeatFile: string): string[] {
   if (o.exitOnCont) args.push('--exit-on-cont');
   if (o.vforkHold) args.push('--vfork-hold');
   if (o.intervalMs) args.push('--interval-ms', String(o.intervalMs));
+  if (o.sockets || o.tcpPair) args.push('--sockets', socketsFile(heartbeatFile));
+  if (o.tcpPair) args.push('--tcp-pair');
   return args;
+}
+
+function socketsFile(heartbeatFile: string): string {
+  return `${heartbeatFile}.sockets`;
 }
 
 function pause(ms: number): Promise<void> {
@@ -98,6 +119,12 @@ export class TreeFixture {
       out.push({ pid: buf.readInt32LE(at), depth: buf.readInt32LE(at + 4), counter: Number(buf.readBigUInt64LE(at + 8)) });
     }
     return out;
+  }
+
+  /** The ports and socket name a `sockets` root serves on (it answers TCP and unix clients with "fixture PID BEAT PAIR"). */
+  endpoints(): Endpoints {
+    const fields = new Map(readFileSync(socketsFile(this.heartbeatFile), 'utf8').trim().split('\n').map((l) => l.split(' ') as [string, string]));
+    return { tcp: Number(fields.get('tcp')), udp: Number(fields.get('udp')), unix: fields.get('unix') ?? '' };
   }
 
   /** Every process of the shape (storm children not included). */
@@ -134,6 +161,7 @@ export class TreeFixture {
   async dispose(): Promise<void> {
     await this.supervisor.dispose();
     rmSync(this.heartbeatFile, { force: true });
+    rmSync(socketsFile(this.heartbeatFile), { force: true });
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -156,7 +184,8 @@ export async function spawnTree(options: TreeOptions = {}): Promise<TreeFixture>
     } catch {
       // the root has not created the file yet
     }
-    if (beats.length === size && beats.every((h) => h.pid > 0 && h.counter > 0)) return fixture;
+    const served = !(options.sockets || options.tcpPair) || existsSync(socketsFile(heartbeatFile));
+    if (served && beats.length === size && beats.every((h) => h.pid > 0 && h.counter > 0)) return fixture;
     if (Date.now() > deadline) {
       await fixture.dispose();
       const up = beats.filter((h) => h.pid > 0).length;
