@@ -74,6 +74,18 @@ describe('CLI', () => {
     expect(printed.rootStartTime).to.equal((await getTreeState(tree.root)).processes[0]!.startTime);
   });
 
+  it('demo provisions criu when none works and it runs as root, and says what to run otherwise', async function () {
+    this.timeout(180_000);
+    const asRoot = await cli(['demo'], { env: { TREESTATE_CRIU: '/nonexistent/criu' }, timeoutMs: 170_000 });
+    expect(asRoot.code, asRoot.stderr).to.equal(0);
+    expect(asRoot.stdout).to.match(/providing one: \S+setup-criu\.sh fetches CRIU [\d.]+ and its libraries from Debian's packages/);
+    expect(asRoot.stdout).to.match(/== continued: the heartbeat goes on from where it was dumped/);
+    const asUser = await cli(['demo'], { uid: 65534, gid: 65534, env: { TREESTATE_CRIU: '/nonexistent/criu' } });
+    expect(asUser.code, asUser.stderr).to.equal(0);
+    expect(asUser.stdout).to.match(/To provide one, run as root: bash \S+setup-criu\.sh/);
+    expect(asUser.stdout).to.include('== killed in');
+  });
+
   it('demo walks a tree through every state and the checkpoint story', async function () {
     this.timeout(120_000);
     const run = await cli(['demo']);

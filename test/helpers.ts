@@ -37,7 +37,7 @@ function cliFor(uid: number | undefined): string {
   const root = packageRoot();
   if (openToOthers(join(root, 'build', 'Release')) && openToOthers(join(root, 'dist'))) return (unprivilegedCli = cliPath);
   const copy = mkdtempSync(join(tmpdir(), 'treestate-cli-'));
-  for (const part of ['package.json', 'bin', 'dist', 'build/Release/treestate.node', 'node_modules/bindings', 'node_modules/file-uri-to-path']) {
+  for (const part of ['package.json', 'bin', 'dist', 'scripts/setup-criu.sh', 'build/Release/treestate.node', 'build/Release/treestate-fixture', 'build/Release/treestate-reaper', 'node_modules/bindings', 'node_modules/file-uri-to-path']) {
     cpSync(join(root, part), join(copy, part), { recursive: true });
   }
   execFileSync('chmod', ['-R', 'a+rX', copy]);

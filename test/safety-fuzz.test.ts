@@ -100,13 +100,13 @@ const flagsOf: Record<string, string[]> = {
   cont: ['--json', '--scan', '--timeout'],
   kill: ['--json', '--scan', '--timeout'],
   wait: ['--json', '--scan', '--timeout', '--state'],
-  dump: ['--images-dir', '-D', '--json', '--timeout', '--criu', '--shell-job', '--tcp-established', '--final-state', '--prev'],
-  restore: ['--images-dir', '-D', '--json', '--timeout', '--criu', '--shell-job', '--tcp-established', '--final-state'],
-  predump: ['--images-dir', '-D', '--json', '--timeout', '--criu', '--shell-job', '--tcp-established', '--prev'],
+  dump: ['--images-dir', '-D', '--json', '--timeout', '--criu', '--shell-job', '--tcp-established', '--network-lock', '--final-state', '--prev'],
+  restore: ['--images-dir', '-D', '--json', '--timeout', '--criu', '--shell-job', '--tcp-established', '--network-lock', '--final-state'],
+  predump: ['--images-dir', '-D', '--json', '--timeout', '--criu', '--shell-job', '--tcp-established', '--network-lock', '--prev'],
   check: ['--json', '--criu'],
   demo: [],
 };
-const valued = new Set(['--timeout', '--state', '--images-dir', '-D', '--criu', '--final-state', '--prev']);
+const valued = new Set(['--timeout', '--state', '--images-dir', '-D', '--criu', '--final-state', '--prev', '--network-lock']);
 
 /** A value that the flag's parser rejects. */
 function badValue(g: Gen, flag: string): string | undefined {
@@ -117,6 +117,8 @@ function badValue(g: Gen, flag: string): string | undefined {
       return g.pick(['', 'Running', 'STOPPED', 'dead ', 'zombie', 'paused', 'running\n', g.garbage()]);
     case '--final-state':
       return g.pick(['', 'Dead', 'alive', 'frozen', 'mixed', 'running;', g.garbage()]);
+    case '--network-lock':
+      return g.pick(['', 'iptables;', 'NFTABLES', 'none', g.garbage()]);
     case '--images-dir':
     case '-D':
       return ''; // an empty images directory is a usage error

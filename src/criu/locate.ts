@@ -32,6 +32,9 @@ export function minCriuVersion(kernel = release()): number[] {
   return major > 6 || (major === 6 && minor >= 16) ? [4, 2] : [4, 1];
 }
 
+/** What scripts/setup-criu.sh installs (its PINNED_VERSION), for messages. */
+export const PINNED_CRIU = '4.2.1';
+
 const MIN_VERSION = minCriuVersion();
 const HOW_TO_GET = `Get a working one with \`npm run setup:criu\` in the treestate repository (it installs CRIU ${MIN_VERSION.join('.')} or newer into a project-local prefix), or point TREESTATE_CRIU at one.`;
 
