@@ -4,13 +4,25 @@
 // (which on some machines reaps only every few seconds, keeping pids taken
 // and making `criu restore` fail with "Can't fork for PID: File exists").
 //
-//   treestate-reaper [--setsid] [--stopped] [--out FILE] -- PROGRAM [ARG...]
+//   treestate-reaper [--setsid] [--stopped] [--pid-ns] [--out FILE] -- PROGRAM [ARG...]
 //
 // stdout (one line per event):  pid N | spawned ID N | spawn-failed ID ERRNO
 //                                exit N CODE SIGNAL (only for programs it started) | done
+//                                init HOSTPID (with --pid-ns, first)
 // stdin (commands):              spawn ID OUT ARGC, then ARGC lines (one argument each)
 //                                kill  -- or EOF: kill every descendant, reap, exit
+//                                detach  -- stop listening; reap until no child is left, then exit
 // PR_SET_PDEATHSIG makes it clean up the same way if its parent dies.
+//
+// --pid-ns: the reaper becomes pid 1 of a new pid namespace, with a mount
+// namespace of its own and /proc mounted for it (what CRIU's criu-ns does),
+// so a `criu restore` it runs finds the images' pids free whatever runs on
+// the host. Pids it reports are the namespace's. The process started first
+// stays on the host side as the init's parent (it prints the init's host pid,
+// then waits for it), so the init is reaped at once when it ends; the init
+// takes no PR_SET_PDEATHSIG, so a detached tree outlives whoever started it.
+// When pid 1 of a namespace exits, the kernel kills everything left in it:
+// nothing restored there can outlive the init.
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -18,6 +30,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
@@ -141,6 +155,47 @@ void KillAll() {
   }
 }
 
+// Reaps until no child is left: what a detached init does for its tree.
+void ReapUntilEmpty() {
+  for (;;) {
+    pid_t pid = waitpid(-1, nullptr, __WALL);
+    if (pid < 0 && errno == ECHILD) return;
+  }
+}
+
+// Enters new pid and mount namespaces. Returns in the namespace's init (pid 1,
+// with its own /proc); the host-side parent never returns: it reports the
+// init's host pid, waits for it and exits with its status.
+void EnterPidNamespace() {
+  if (unshare(CLONE_NEWPID | CLONE_NEWNS) < 0) {
+    Say(std::string("error ") + std::to_string(errno) + " unshare: " + strerror(errno));
+    _exit(1);
+  }
+  pid_t init = fork();
+  if (init < 0) {
+    Say(std::string("error ") + std::to_string(errno) + " fork: " + strerror(errno));
+    _exit(1);
+  }
+  if (init > 0) {
+    Say("init " + std::to_string(init));
+    // The init owns the control pipes from here on.
+    int null = open("/dev/null", O_RDWR);
+    dup2(null, STDIN_FILENO);
+    dup2(null, STDOUT_FILENO);
+    int status = 0;
+    while (waitpid(init, &status, 0) < 0 && errno == EINTR) {
+    }
+    _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
+  }
+  // A private copy of the mounts, so the /proc mounted here (showing this
+  // namespace's pids, as criu needs) is seen by no one outside.
+  if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0 ||
+      mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) < 0) {
+    Say(std::string("error ") + std::to_string(errno) + " mount /proc: " + strerror(errno));
+    _exit(1);
+  }
+}
+
 bool ReadLine(std::string* buffer, std::string* line) {
   size_t nl = buffer->find('\n');
   if (nl == std::string::npos) return false;
@@ -149,15 +204,18 @@ bool ReadLine(std::string* buffer, std::string* line) {
   return true;
 }
 
-// Handles complete commands in `buffer`; returns false on "kill".
-bool HandleCommands(std::string* buffer) {
+enum class Command { kContinue, kKill, kDetach };
+
+// Handles complete commands in `buffer`.
+Command HandleCommands(std::string* buffer) {
   for (;;) {
     size_t nl = buffer->find('\n');
-    if (nl == std::string::npos) return true;
+    if (nl == std::string::npos) return Command::kContinue;
     char id[64], out[4096];
     int argc = 0;
     std::string head = buffer->substr(0, nl);
-    if (head == "kill") return false;
+    if (head == "kill") return Command::kKill;
+    if (head == "detach") return Command::kDetach;
     if (sscanf(head.c_str(), "spawn %63s %4095s %d", id, out, &argc) != 3 || argc <= 0) {
       buffer->erase(0, nl + 1);
       continue;
@@ -166,7 +224,7 @@ bool HandleCommands(std::string* buffer) {
     size_t pos = nl + 1;
     for (int i = 0; i < argc; i++) {
       size_t next = buffer->find('\n', pos);
-      if (next == std::string::npos) return true;
+      if (next == std::string::npos) return Command::kContinue;
       pos = next + 1;
     }
     std::string line;
@@ -192,23 +250,28 @@ bool HandleCommands(std::string* buffer) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool newSession = false, stopped = false;
+  bool newSession = false, stopped = false, pidNamespace = false;
   const char* out = "-";
   int i = 1;
   for (; i < argc; i++) {
     if (strcmp(argv[i], "--setsid") == 0) newSession = true;
     else if (strcmp(argv[i], "--stopped") == 0) stopped = true;
+    else if (strcmp(argv[i], "--pid-ns") == 0) pidNamespace = true;
     else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) out = argv[++i];
     else if (strcmp(argv[i], "--") == 0) { i++; break; }
     else break;
   }
   if (i >= argc) {
-    fprintf(stderr, "usage: treestate-reaper [--setsid] [--stopped] [--out FILE] -- PROGRAM [ARG...]\n");
+    fprintf(stderr, "usage: treestate-reaper [--setsid] [--stopped] [--pid-ns] [--out FILE] -- PROGRAM [ARG...]\n");
     return 2;
   }
-  prctl(PR_SET_CHILD_SUBREAPER, 1);
-  prctl(PR_SET_PDEATHSIG, SIGTERM);
-  if (getppid() == 1) return 1;  // the parent is already gone
+  if (pidNamespace) {
+    EnterPidNamespace();  // now pid 1 of the new namespace: every orphan comes here
+  } else {
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() == 1) return 1;  // the parent is already gone
+  }
 
   sigset_t mask;
   sigemptyset(&mask);
@@ -229,7 +292,7 @@ int main(int argc, char** argv) {
   Say("pid " + std::to_string(pid));
 
   std::string buffer;
-  bool running = true;
+  bool running = true, detached = false;
   while (running) {
     struct pollfd fds[2] = {{sfd, POLLIN, 0}, {STDIN_FILENO, POLLIN, 0}};
     if (poll(fds, 2, -1) < 0) {
@@ -251,9 +314,19 @@ int main(int argc, char** argv) {
         running = false;
       } else {
         buffer.append(chunk, static_cast<size_t>(n));
-        running = HandleCommands(&buffer);
+        Command c = HandleCommands(&buffer);
+        running = c == Command::kContinue;
+        detached = c == Command::kDetach;
       }
     }
+  }
+  if (detached) {
+    Say("detached");
+    int null = open("/dev/null", O_RDWR);
+    dup2(null, STDIN_FILENO);
+    dup2(null, STDOUT_FILENO);
+    ReapUntilEmpty();
+    return 0;
   }
   KillAll();
   Say("done");

@@ -9,6 +9,7 @@ import { checkNotSelf, checkPid, getTreeState, type TreeState } from '../tree.js
 import { continueTree, killTree, waitForState } from '../transitions.js';
 import { dumpArgs, preDumpArgs, restoreArgs, type CriuFlags, type DumpFinalState, type RestoreFinalState } from './args.js';
 import { hasDirtyTracking, locateCriu, onPath, type CriuInfo } from './locate.js';
+import { PidNamespaceRunner, type PidNamespaceInfo } from './pidns.js';
 import { childProcessRunner, type CommandRunner } from './runner.js';
 
 export type CriuVerb = 'dump' | 'restore' | 'pre-dump';
@@ -44,6 +45,12 @@ export interface DumpOptions extends CriuOptions {
 export interface RestoreOptions extends CriuOptions {
   /** Default `running`, as criu's. */
   finalState?: RestoreFinalState;
+  /**
+   * `'new'`: restore into a fresh pid namespace (with its own /proc), so the
+   * images' pids are free whatever runs on the host; the result's `root` is
+   * the host pid and `pidNamespace` says the rest. Not with `runner`.
+   */
+  pidNamespace?: 'host' | 'new';
 }
 
 export interface PreDumpOptions extends CriuOptions {
@@ -66,6 +73,8 @@ export interface CriuResult {
   /** criu's argument vector. */
   argv: string[];
   elapsedMs: number;
+  /** A restore into a new pid namespace: the root's pid there and the namespace's init (host pid). */
+  pidNamespace?: PidNamespaceInfo;
   /** Whether treestate continued the tree after criu to reach Running (see restore, and dump of a tree that was stopped). */
   continued?: boolean;
   /**
@@ -322,8 +331,12 @@ export async function preDump(pid: number, options: PreDumpOptions): Promise<Cri
 /** criu restore --restore-detached, leaving the tree running (default) or stopped; resolves with the restored root. */
 export async function restore(options: RestoreOptions): Promise<CriuResult> {
   const finalState = checkChoice('finalState', options?.finalState, ['running', 'stopped'], 'running');
+  const inNewNamespace = checkChoice('pidNamespace', options?.pidNamespace, ['host', 'new'], 'host') === 'new';
+  if (inNewNamespace && options.runner) throw new TreeStateError('EINVAL', 'pidNamespace "new" runs criu under its own init: it takes no runner');
   const b = await begin('restore', options);
   checkImagesDir(b.imagesDir, 'the images directory');
+  const namespace = inNewNamespace ? new PidNamespaceRunner() : undefined;
+  let kept = false;
   // criu refuses to overwrite a pid file: give it a fresh one.
   const pidDir = mkdtempSync(join(tmpdir(), 'treestate-restore-'));
   const pidFile = join(pidDir, 'root.pid');
@@ -333,14 +346,20 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
     // stopped (sending SIGSTOP as it detaches, so T shows late), and this way
     // the tree deterministically ends as asked, whatever it was at dump time.
     const argv = restoreArgs(b.imagesDir, b.logFile, pidFile, 'stopped', withNetworkLock(options));
-    await runCriu('restore', options, { info: b.info, argv, logFile: b.logFile, started: b.started }, async () => 'criu removes what it had restored when it fails');
-    const root = Number(readText(pidFile).trim());
-    if (!Number.isSafeInteger(root) || root <= 0) throw new TreeStateError('ECRIU', `criu restore exited 0 but wrote no root pid to ${pidFile}; log: ${b.logFile}`);
+    await runCriu('restore', { ...options, runner: namespace ?? options.runner }, { info: b.info, argv, logFile: b.logFile, started: b.started }, async () => 'criu removes what it had restored when it fails');
+    const written = Number(readText(pidFile).trim());
+    if (!Number.isSafeInteger(written) || written <= 0) throw new TreeStateError('ECRIU', `criu restore exited 0 but wrote no root pid to ${pidFile}; log: ${b.logFile}`);
+    const located = namespace?.locate(written);
+    const root = located?.host ?? written;
     options.onProgress?.({ verb: 'restore', phase: 'verifying', elapsedMs: performance.now() - b.started });
     await verify('restore', root, 'stopped', options);
     if (finalState === 'running') await continueTree(root);
-    return { ...result('restore', root, finalState, await verify('restore', root, finalState, options), b, argv), continued: finalState === 'running' };
+    const done = { ...result('restore', root, finalState, await verify('restore', root, finalState, options), b, argv), continued: finalState === 'running' };
+    kept = true;
+    return located ? { ...done, pidNamespace: { pid: located.pid, init: located.init } } : done;
   } finally {
     rmSync(pidDir, { recursive: true, force: true });
+    // A failed restore leaves no namespace behind: its init kills what is in it.
+    await namespace?.finish(kept);
   }
 }
