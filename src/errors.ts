@@ -13,7 +13,8 @@ export type ErrorCode =
   | 'ECRIU' // criu failed
   | 'EIMAGES' // an images directory that cannot be used
   | 'ENODIRTYTRACK' // pre-dump on a kernel without dirty-memory tracking
-  | 'EMISMATCH'; // the tree is not in the state criu should have left it in
+  | 'EMISMATCH' // the tree is not in the state criu should have left it in
+  | 'EVERIFY'; // images that do not restore (dump --verify, verifyImages)
 
 export interface ThreadRef {
   pid: number;

@@ -4,7 +4,7 @@
 // (which on some machines reaps only every few seconds, keeping pids taken
 // and making `criu restore` fail with "Can't fork for PID: File exists").
 //
-//   treestate-reaper [--setsid] [--stopped] [--pid-ns] [--out FILE] -- PROGRAM [ARG...]
+//   treestate-reaper [--setsid] [--stopped] [--pid-ns [--net-ns]] [--out FILE] -- PROGRAM [ARG...]
 //
 // stdout (one line per event):  pid N | spawned ID N | spawn-failed ID ERRNO
 //                                exit N CODE SIGNAL (only for programs it started) | done
@@ -22,7 +22,9 @@
 // then waits for it), so the init is reaped at once when it ends; the init
 // takes no PR_SET_PDEATHSIG, so a detached tree outlives whoever started it.
 // When pid 1 of a namespace exits, the kernel kills everything left in it:
-// nothing restored there can outlive the init.
+// nothing restored there can outlive the init. --net-ns adds a network
+// namespace with only its loopback, brought up (a test restore that must not
+// meet the original's addresses and peers).
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -31,7 +33,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sched.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
@@ -166,8 +171,23 @@ void ReapUntilEmpty() {
 // Enters new pid and mount namespaces. Returns in the namespace's init (pid 1,
 // with its own /proc); the host-side parent never returns: it reports the
 // init's host pid, waits for it and exits with its status.
-void EnterPidNamespace() {
-  if (unshare(CLONE_NEWPID | CLONE_NEWNS) < 0) {
+// Brings up the loopback of a new network namespace (it starts down, and
+// with it 127.0.0.1 is not there to bind to).
+int LoopbackUp() {
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errno;
+  struct ifreq ifr = {};
+  strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+  int err = 0;
+  if (ioctl(fd, SIOCGIFFLAGS, &ifr) < 0) err = errno;
+  ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+  if (!err && ioctl(fd, SIOCSIFFLAGS, &ifr) < 0) err = errno;
+  close(fd);
+  return err;
+}
+
+void EnterPidNamespace(bool network) {
+  if (unshare(CLONE_NEWPID | CLONE_NEWNS | (network ? CLONE_NEWNET : 0)) < 0) {
     Say(std::string("error ") + std::to_string(errno) + " unshare: " + strerror(errno));
     _exit(1);
   }
@@ -193,6 +213,13 @@ void EnterPidNamespace() {
       mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) < 0) {
     Say(std::string("error ") + std::to_string(errno) + " mount /proc: " + strerror(errno));
     _exit(1);
+  }
+  if (network) {
+    int err = LoopbackUp();
+    if (err) {
+      Say(std::string("error ") + std::to_string(err) + " loopback: " + strerror(err));
+      _exit(1);
+    }
   }
 }
 
@@ -250,23 +277,24 @@ Command HandleCommands(std::string* buffer) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool newSession = false, stopped = false, pidNamespace = false;
+  bool newSession = false, stopped = false, pidNamespace = false, netNamespace = false;
   const char* out = "-";
   int i = 1;
   for (; i < argc; i++) {
     if (strcmp(argv[i], "--setsid") == 0) newSession = true;
     else if (strcmp(argv[i], "--stopped") == 0) stopped = true;
     else if (strcmp(argv[i], "--pid-ns") == 0) pidNamespace = true;
+    else if (strcmp(argv[i], "--net-ns") == 0) netNamespace = true;
     else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) out = argv[++i];
     else if (strcmp(argv[i], "--") == 0) { i++; break; }
     else break;
   }
   if (i >= argc) {
-    fprintf(stderr, "usage: treestate-reaper [--setsid] [--stopped] [--pid-ns] [--out FILE] -- PROGRAM [ARG...]\n");
+    fprintf(stderr, "usage: treestate-reaper [--setsid] [--stopped] [--pid-ns [--net-ns]] [--out FILE] -- PROGRAM [ARG...]\n");
     return 2;
   }
   if (pidNamespace) {
-    EnterPidNamespace();  // now pid 1 of the new namespace: every orphan comes here
+    EnterPidNamespace(netNamespace);  // now pid 1 of the new namespace: every orphan comes here
   } else {
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     prctl(PR_SET_PDEATHSIG, SIGTERM);

@@ -50,7 +50,7 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
     io.out(
       args.flags.has('--json')
         ? JSON.stringify(r, null, 2)
-        : `criu ${r.verb}: the tree of ${r.root} is ${r.state}${r.pidNamespace ? ` (pid ${r.pidNamespace.pid} in a new pid namespace, whose init is ${r.pidNamespace.init})` : ''} (images in ${r.imagesDir}, ${r.elapsedMs} ms, log ${r.logFile})`,
+        : `criu ${r.verb}: the tree of ${r.root} is ${r.state}${r.verified ? `; the images restore (verified: ${r.verified.processes} processes, ${r.verified.threads} threads, in ${r.verified.elapsedMs} ms)` : ''}${r.pidNamespace ? ` (pid ${r.pidNamespace.pid} in a new pid namespace, whose init is ${r.pidNamespace.init})` : ''} (images in ${r.imagesDir}, ${r.elapsedMs} ms, log ${r.logFile})`,
     );
     return 0;
   } catch (e) {
@@ -61,14 +61,14 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
 
 export const criuCommands: Record<string, Command> = {
   dump: {
-    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--prev DIR] [--shell-job] [--tcp-established [--network-lock iptables|nftables|skip]] [--timeout MS] [--json]',
+    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--verify] [--prev DIR] [--shell-job] [--tcp-established [--network-lock iptables|nftables|skip]] [--timeout MS] [--json]',
     summary: 'criu dump, leaving the tree dead (default), running or stopped, verified',
-    flags: { ...shared, '--final-state': { value: true }, '--prev': { value: true } },
+    flags: { ...shared, '--final-state': { value: true }, '--prev': { value: true }, '--verify': {} },
     async run(args, io) {
       const pid = parsePid(args.positionals, 'dump');
       const finalState = parseChoice('--final-state', args.flags.get('--final-state'), ['dead', 'running', 'stopped'] as const);
       const prev = args.flags.get('--prev') as string | undefined;
-      return report(io, args, dump(pid, { ...common(args, io, 'dump'), finalState, prevImagesDir: prev }));
+      return report(io, args, dump(pid, { ...common(args, io, 'dump'), finalState, prevImagesDir: prev, verify: args.flags.has('--verify') }));
     },
   },
   restore: {

@@ -10,6 +10,7 @@ import { continueTree, killTree, waitForState } from '../transitions.js';
 import { dumpArgs, preDumpArgs, restoreArgs, type CriuFlags, type DumpFinalState, type RestoreFinalState } from './args.js';
 import { hasDirtyTracking, locateCriu, onPath, type CriuInfo } from './locate.js';
 import { PidNamespaceRunner, type PidNamespaceInfo } from './pidns.js';
+import { pathBoundUnixSockets, verifyImages, type ImageVerification } from './verify.js';
 import { childProcessRunner, type CommandRunner } from './runner.js';
 
 export type CriuVerb = 'dump' | 'restore' | 'pre-dump';
@@ -38,6 +39,12 @@ export interface CriuOptions extends CriuFlags {
 export interface DumpOptions extends CriuOptions {
   /** Default `dead`, as criu's. */
   finalState?: DumpFinalState;
+  /**
+   * After the dump, restore the images into throwaway pid, network and mount
+   * namespaces, left stopped (the copy never runs), check that every process
+   * and thread came back, and kill it: `verified` in the result, or EVERIFY.
+   */
+  verify?: boolean;
   /** Finish an iterative dump started by preDump into this directory. */
   prevImagesDir?: string;
 }
@@ -51,6 +58,8 @@ export interface RestoreOptions extends CriuOptions {
    * the host pid and `pidNamespace` says the rest. Not with `runner`.
    */
   pidNamespace?: 'host' | 'new';
+  /** With `pidNamespace: 'new'`: `'new'` gives the tree a network namespace of its own too, with only a loopback. */
+  networkNamespace?: 'host' | 'new';
 }
 
 export interface PreDumpOptions extends CriuOptions {
@@ -84,6 +93,8 @@ export interface CriuResult {
    * those connections hanging.
    */
   networkLocked?: boolean;
+  /** `dump({ verify: true })`: what the test restore of the images found. */
+  verified?: ImageVerification;
 }
 
 const DEFAULT_TIMEOUT_MS = 120_000;
@@ -305,7 +316,21 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
   }
   const processes = await verify('dump', root, finalState, options);
   const networkLocked = finalState === 'stopped' && Boolean(options.tcpEstablished);
-  return { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, argv), continued, ...(networkLocked ? { networkLocked } : {}) };
+  const dumped = { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, argv), continued, ...(networkLocked ? { networkLocked } : {}) };
+  if (!options.verify) return dumped;
+  options.onProgress?.({ verb: 'dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
+  if (finalState !== 'dead') {
+    const bound = pathBoundUnixSockets(processes);
+    if (bound.length) {
+      throw new TreeStateError('EVERIFY', `criu dump succeeded, but the images were not test-restored: the tree, still alive, holds unix sockets bound to ${bound.slice(0, 3).join(', ')}, and a test restore would unlink and re-create those files under it (verify a dump with --final-state dead, or one of a tree without path-bound unix sockets)`, {
+        pid: root,
+        details: { dump: dumped, sockets: bound },
+      });
+    }
+  }
+  // The tree as it was just before the dump is what must come back.
+  const verified = await verifyImages(b.imagesDir, { ...withNetworkLock(options), criu: b.info.path, expected: before });
+  return { ...dumped, verified, elapsedMs: Math.round(performance.now() - b.started) };
 }
 
 /** criu pre-dump: the tree keeps running. Refused before criu runs where the kernel has no dirty-memory tracking. */
@@ -335,7 +360,9 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
   if (inNewNamespace && options.runner) throw new TreeStateError('EINVAL', 'pidNamespace "new" runs criu under its own init: it takes no runner');
   const b = await begin('restore', options);
   checkImagesDir(b.imagesDir, 'the images directory');
-  const namespace = inNewNamespace ? new PidNamespaceRunner() : undefined;
+  const ownNetwork = checkChoice('networkNamespace', options?.networkNamespace, ['host', 'new'], 'host') === 'new';
+  if (ownNetwork && !inNewNamespace) throw new TreeStateError('EINVAL', 'networkNamespace "new" goes with pidNamespace "new"');
+  const namespace = inNewNamespace ? new PidNamespaceRunner(ownNetwork) : undefined;
   let kept = false;
   // criu refuses to overwrite a pid file: give it a fresh one.
   const pidDir = mkdtempSync(join(tmpdir(), 'treestate-restore-'));

@@ -18,10 +18,10 @@ export interface PidNamespaceInfo {
   init: number;
 }
 
-/** The pids of `pid` from the host's namespace inward (/proc/PID/status NSpid). */
-function nsPids(pid: number): number[] {
+/** The pid of `pid` inside its own (innermost) pid namespace (/proc/PID/status NSpid). */
+export function innermostPid(pid: number): number {
   const line = /^NSpid:\s*(.*)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? '';
-  return line.trim().split(/\s+/).map(Number);
+  return Number(line.trim().split(/\s+/).at(-1));
 }
 
 function childrenOf(pid: number): number[] {
@@ -34,14 +34,19 @@ export class PidNamespaceRunner implements CommandRunner {
   private child?: ChildProcess;
   private initPid = 0;
 
+  /** `network`: a network namespace of its own too, with only its loopback (up). */
+  constructor(private readonly network = false) {}
+
   async run(file: string, args: string[], { out }: { out: string }): Promise<RunningCommand> {
     if (this.child) throw new TreeStateError('EINVAL', 'a PidNamespaceRunner runs one program');
-    const child = spawn(nativeExecutable('treestate-reaper'), ['--pid-ns', '--setsid', '--out', out, '--', file, ...args], {
+    const child = spawn(nativeExecutable('treestate-reaper'), ['--pid-ns', ...(this.network ? ['--net-ns'] : []), '--setsid', '--out', out, '--', file, ...args], {
       // Not even stderr is shared: the init outlives this process, and would
       // hold a caller's pipe open (a shell's $(…) would never end).
       stdio: ['pipe', 'pipe', 'ignore'],
     });
     this.child = child;
+    // The init may be gone (killed on a timeout) before we tell it anything.
+    child.stdin!.on('error', () => {});
     const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
     const next = async () => {
       const line = await lines.next();
@@ -70,7 +75,7 @@ export class PidNamespaceRunner implements CommandRunner {
 
   /** The host pid and namespace pid of the restored root, whose namespace pid criu wrote. */
   locate(nsPid: number): PidNamespaceInfo & { host: number } {
-    const host = childrenOf(this.initPid).find((p) => nsPids(p).at(-1) === nsPid);
+    const host = childrenOf(this.initPid).find((p) => innermostPid(p) === nsPid);
     if (!host) throw new TreeStateError('ECRIU', `criu restored pid ${nsPid} in the new pid namespace, but the namespace's init (${this.initPid}) has no such child`);
     return { host, pid: nsPid, init: this.initPid };
   }

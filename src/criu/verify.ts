@@ -1,0 +1,125 @@
+// `dump --verify`: a checkpoint is only as good as its restore, so restore it
+// once, where it can do no harm. The images come back in fresh pid, network
+// and mount namespaces (treestate-reaper --pid-ns --net-ns), left stopped by
+// criu before the program's first instruction, so the copy never runs: no
+// write to a file, no packet to a peer. Every process and thread must be
+// back and in T; then the copy is killed with its namespace.
+import { existsSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { TreeStateError, describePids } from '../errors.js';
+import { getTreeState, type TreeStatus } from '../tree.js';
+import { killTree } from '../transitions.js';
+import type { CriuFlags } from './args.js';
+import { restore, type CriuResult } from './checkpoint.js';
+import { innermostPid } from './pidns.js';
+
+export interface ImageVerification {
+  /** Processes and threads the test restore brought back (all in T). */
+  processes: number;
+  threads: number;
+  elapsedMs: number;
+  /** criu's log of the test restore. */
+  logFile: string;
+}
+
+/**
+ * Unix sockets bound to a path that the live processes `pids` hold. criu
+ * restores such a socket by unlinking its file and binding anew, which the
+ * private mount namespace does not contain (the filesystem is shared): a test
+ * restore would take the path away from the running original.
+ */
+export function pathBoundUnixSockets(pids: number[]): string[] {
+  const inodes = new Set<string>();
+  for (const pid of pids) {
+    let fds: string[] = [];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue; // exited
+    }
+    for (const fd of fds) {
+      try {
+        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+        if (m) inodes.add(m[1]!);
+      } catch {
+        // closed meanwhile
+      }
+    }
+  }
+  if (inodes.size === 0 || pids.length === 0) return [];
+  // Num RefCount Protocol Flags Type St Inode Path; abstract names start with @.
+  const table = readFileSync(`/proc/${pids[0]}/net/unix`, 'utf8').split('\n').slice(1);
+  return table.map((l) => l.trim().split(/\s+/)).filter((f) => f.length >= 8 && inodes.has(f[6]!) && f[7]!.startsWith('/')).map((f) => f[7]!);
+}
+
+async function gone(pid: number, timeoutMs: number): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (existsSync(`/proc/${pid}`)) {
+    if (performance.now() > deadline) throw new TreeStateError('ETIMEDOUT', `the test restore's namespace init ${pid} did not exit within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+export interface VerifyOptions extends CriuFlags {
+  criu?: string;
+  timeoutMs?: number;
+  /** The tree as it was dumped: every live process of it, with as many threads, must come back. */
+  expected?: TreeStatus;
+}
+
+/**
+ * Restores the images in `imagesDir` into throwaway namespaces, left stopped,
+ * checks what came back (against `expected` when given) and kills it.
+ * Rejects with EVERIFY, carrying criu's reason, when they do not restore.
+ */
+export async function verifyImages(imagesDir: string, options: VerifyOptions = {}): Promise<ImageVerification> {
+  const started = performance.now();
+  const logFile = join(imagesDir, 'verify-restore.log');
+  const root = options.expected?.root;
+  let copy: CriuResult;
+  try {
+    copy = await restore({
+      imagesDir,
+      finalState: 'stopped',
+      pidNamespace: 'new',
+      networkNamespace: 'new',
+      logFile,
+      criu: options.criu,
+      shellJob: options.shellJob,
+      tcpEstablished: options.tcpEstablished,
+      networkLock: options.networkLock,
+      timeoutMs: options.timeoutMs,
+    });
+  } catch (e) {
+    if (e instanceof TreeStateError && ['EINVAL', 'EIMAGES', 'ENOCRIU'].includes(e.code)) throw e;
+    throw new TreeStateError('EVERIFY', `the images in ${imagesDir} do not restore (a test restore in throwaway namespaces failed; the images${root ? ' and the tree' : ''} are as they were): ${(e as Error).message}`, {
+      pid: root,
+      cause: e,
+      details: { logFile },
+    });
+  }
+  try {
+    const status = await getTreeState(copy.root);
+    const want = options.expected?.processes.filter((p) => p.state !== 'dead') ?? [];
+    const got = new Map(status.processes.map((p) => [innermostPid(p.pid), p]));
+    const missing = want.filter((p) => !got.has(p.pid)).map((p) => p.pid);
+    const short = want.filter((p) => got.has(p.pid) && got.get(p.pid)!.threads.length !== p.threads.length).map((p) => p.pid);
+    if (missing.length || short.length || status.state !== 'stopped') {
+      const why = [
+        missing.length ? `processes ${describePids(missing)} did not come back` : '',
+        short.length ? `processes ${describePids(short)} came back with another number of threads` : '',
+        status.state !== 'stopped' ? `the copy is ${status.state}, not stopped` : '',
+      ].filter(Boolean);
+      throw new TreeStateError('EVERIFY', `a test restore of the images in ${imagesDir} differs from the tree: ${why.join('; ')}`, { pid: root, pids: [...missing, ...short], details: { logFile } });
+    }
+    return {
+      processes: status.processes.length,
+      threads: status.processes.reduce((n, p) => n + p.threads.length, 0),
+      elapsedMs: Math.round(performance.now() - started),
+      logFile,
+    };
+  } finally {
+    await killTree(copy.root);
+    await gone(copy.pidNamespace!.init, 5000);
+  }
+}
