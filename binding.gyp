@@ -5,6 +5,7 @@
       "sources": [
         "native/addon.cc",
         "native/errors.cc",
+        "native/inspect.cc",
         "native/proc.cc",
         "native/signal.cc",
         "native/walk.cc",

@@ -3,6 +3,7 @@
 #include <napi.h>
 #include <signal.h>
 
+#include "inspect.h"
 #include "proc.h"
 #include "workers.h"
 
@@ -25,6 +26,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("releaseWalkCache", Napi::Function::New(env, treestate::ReleaseWalkCache, "releaseWalkCache"));
   exports.Set("signalList", Napi::Function::New(env, treestate::SignalListAsync, "signalList"));
   exports.Set("waitExit", Napi::Function::New(env, treestate::WaitExitAsync, "waitExit"));
+  exports.Set("inspect", Napi::Function::New(env, treestate::InspectAsync, "inspect"));
+  exports.Set("socketHolders", Napi::Function::New(env, treestate::SocketHoldersAsync, "socketHolders"));
   exports.Set("selfAndAncestors", Napi::Function::New(env, SelfAndAncestors, "selfAndAncestors"));
   exports.Set("childrenFilesSupported",
               Napi::Function::New(env, ChildrenFilesSupported, "childrenFilesSupported"));

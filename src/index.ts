@@ -24,6 +24,7 @@ export {
 } from './transitions.js';
 export { dump, preDump, restore, type CriuOptions, type CriuProgress, type CriuResult, type CriuVerb, type DumpOptions, type PreDumpOptions, type RestoreOptions } from './criu/checkpoint.js';
 export type { DumpFinalState, NetworkLock, RestoreFinalState } from './criu/args.js';
+export { preflight, type Blocker, type BlockerKind, type PreflightResult } from './criu/preflight.js';
 export { verifyImages, type ImageVerification, type VerifyOptions } from './criu/verify.js';
 export type { PidNamespaceInfo } from './criu/pidns.js';
 export { locateCriu, hasDirtyTracking, type CriuInfo } from './criu/locate.js';

@@ -94,6 +94,27 @@ export interface NativeSignalListResult {
   failures: NativeFailure[];
 }
 
+export interface NativeProcessFacts {
+  pid: number;
+  pgid: number;
+  sid: number;
+  /** Controlling terminal (device number); 0: none. */
+  ttyNr: number;
+  /** Tracer of any of its threads; 0: none. */
+  tracer: number;
+  /** Inodes of the sockets it holds. */
+  sockets: number[];
+  error?: { code: string; errno: number };
+}
+
+export interface NativeInspection {
+  processes: NativeProcessFacts[];
+  /** `path`: "" unnamed, "@name" abstract, else the bound path; `peer` 0: not connected. */
+  unix: Array<{ inode: number; peer: number; path: string }>;
+  /** `state` as in include/net/tcp_states.h (1 established … 10 listen). */
+  tcp: Array<{ inode: number; state: number; local: string; remote: string }>;
+}
+
 export interface NativeAddon {
   /** One pass over the tree: discover, read every thread's state, signal the selected. */
   walk(options: NativeWalkOptions): Promise<NativeWalkResult>;
@@ -105,6 +126,10 @@ export interface NativeAddon {
   signalList(targets: Identity[], signal: number, perThread: boolean, protect: number[]): Promise<NativeSignalListResult>;
   /** Resolves to the targets still alive when all others exited or the timeout passed. */
   waitExit(targets: Identity[], timeoutMs: number): Promise<number[]>;
+  /** Sessions, terminals, tracers and sockets of `pids`, and the host's unix and TCP socket tables (native/inspect.cc). */
+  inspect(pids: number[]): Promise<NativeInspection>;
+  /** Every process holding one of these socket inodes. */
+  socketHolders(inodes: number[]): Promise<Array<{ inode: number; pid: number }>>;
   selfAndAncestors(): number[];
   childrenFilesSupported(): boolean;
   signals: { SIGSTOP: number; SIGCONT: number; SIGKILL: number };

@@ -2,6 +2,7 @@
 import { dump, preDump, restore, type CriuProgress, type CriuResult } from '../criu/checkpoint.js';
 import { hasDirtyTracking, locateCriu } from '../criu/locate.js';
 import { checkSockets } from '../criu/sockets-check.js';
+import { preflight } from '../criu/preflight.js';
 import { UsageError, parseChoice, parseMs, parsePid, type FlagSpec, type Parsed } from './args.js';
 import type { Command, Io } from './main.js';
 
@@ -89,6 +90,22 @@ export const criuCommands: Record<string, Command> = {
     async run(args, io) {
       const pid = parsePid(args.positionals, 'predump');
       return report(io, args, preDump(pid, { ...common(args, io, 'predump'), prevImagesDir: args.flags.get('--prev') as string | undefined }));
+    },
+  },
+  preflight: {
+    usage: 'preflight PID [--criu PATH] [--json]',
+    summary: 'what would stop criu dump of the tree (or a pre-dump, or a restore here), each with its fix',
+    flags: { '--json': {}, '--criu': { value: true } },
+    async run(args, io) {
+      const pid = parsePid(args.positionals, 'preflight');
+      const r = await preflight(pid, { criu: args.flags.get('--criu') as string | undefined });
+      if (args.flags.has('--json')) {
+        io.out(JSON.stringify(r, null, 2));
+      } else {
+        const lines = r.blockers.map((b) => `${b.blocks === 'dump' ? 'blocks dump' : `note (${b.blocks})`}: ${b.message}\n  fix: ${b.fix}`);
+        io.out([`the tree of ${r.root}: ${r.ok ? 'nothing blocks a dump' : 'criu dump would fail'}`, ...lines].join('\n'));
+      }
+      return r.ok ? 0 : 1;
     },
   },
   check: {
