@@ -14,7 +14,8 @@ export type ErrorCode =
   | 'EIMAGES' // an images directory that cannot be used
   | 'ENODIRTYTRACK' // pre-dump on a kernel without dirty-memory tracking
   | 'EMISMATCH' // the tree is not in the state criu should have left it in
-  | 'EVERIFY'; // images that do not restore (dump --verify, verifyImages)
+  | 'EVERIFY' // images that do not restore (dump --verify, verifyImages)
+  | 'EMIGRATE'; // a migration that failed (the phase is named; the source runs on)
 
 export interface ThreadRef {
   pid: number;

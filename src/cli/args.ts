@@ -12,6 +12,8 @@ export interface FlagSpec {
   /** Takes a value (`--timeout 500`, `--timeout=500`). */
   value?: boolean;
   alias?: string;
+  /** May be given more than once (`-o A -o B`): read it with `repeated()`. */
+  repeat?: boolean;
 }
 
 export interface Parsed {
@@ -38,17 +40,24 @@ export function parseArgs(argv: string[], spec: Record<string, FlagSpec>): Parse
     name = byAlias.get(name) ?? name;
     const flag = spec[name];
     if (!flag) throw new UsageError(`unknown option ${quote(eq > 0 ? arg.slice(0, eq) : arg)}`);
-    if (flags.has(name)) throw new UsageError(`${name} given twice`);
+    if (flags.has(name) && !flag.repeat) throw new UsageError(`${name} given twice`);
     if (flag.value) {
       const value = eq > 0 ? arg.slice(eq + 1) : argv[++i];
       if (value === undefined || (eq < 0 && value.startsWith('--'))) throw new UsageError(`${name} needs a value`);
-      flags.set(name, value);
+      const before = flags.get(name);
+      flags.set(name, typeof before === 'string' ? `${before}\0${value}` : value);
     } else {
       if (eq > 0) throw new UsageError(`${name} takes no value`);
       flags.set(name, true);
     }
   }
   return { positionals, flags };
+}
+
+/** Every value of a `repeat` flag, in order. */
+export function repeated(args: Parsed, name: string): string[] {
+  const v = args.flags.get(name);
+  return typeof v === 'string' ? v.split('\0') : [];
 }
 
 /** A value as a message may quote it: hostile input can be megabytes long. */

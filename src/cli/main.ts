@@ -6,6 +6,7 @@ import { continueTree, killTree, stopTree, waitForState, type TransitionResult }
 import { UsageError, parseArgs, parseChoice, parseMs, parsePid, quote, type FlagSpec, type Parsed } from './args.js';
 import { criuCommands } from './criu.js';
 import { demo } from './demo.js';
+import { migrateCommands } from './migrate.js';
 import { drawTree, summary } from './render.js';
 
 export interface Io {
@@ -92,6 +93,7 @@ export const commands: Record<string, Command> = {
     },
   },
   ...criuCommands,
+  ...migrateCommands,
   demo: {
     usage: 'demo',
     summary: 'spawn a fixture tree and walk it through every state (and a checkpoint, with criu)',

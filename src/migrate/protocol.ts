@@ -1,0 +1,20 @@
+// The conversation between `treestate migrate` (the source) and `treestate
+// receive` (the destination, started over ssh): one JSON object per line,
+// commands on the receiver's stdin, events on its stdout. Images other than
+// memory pages travel in `file` commands (they are small); the pages go
+// straight to the receiver's criu page server.
+
+export type ReceiverCommand =
+  | { cmd: 'file'; name: string; data: string } // data: base64
+  | { cmd: 'restore'; finalState: 'running' | 'stopped'; pidNamespace: 'host' | 'new'; tcpEstablished: boolean; shellJob: boolean }
+  | { cmd: 'commit' } // the source is dead: keep the restored tree, remove the images
+  | { cmd: 'abort' }; // kill what was restored, remove everything
+
+export type ReceiverEvent =
+  | { event: 'ready'; address: string; port: number; imagesDir: string }
+  | { event: 'restored'; root: number; pidNamespace?: { pid: number; init: number }; state: string; pagesBytes: number; elapsedMs: number }
+  | { event: 'done' }
+  | { event: 'error'; phase: string; code: string; message: string };
+
+/** Image file names the receiver accepts: no path, no surprise. */
+export const IMAGE_NAME = /^[A-Za-z0-9_.-]+\.img$/;
