@@ -116,7 +116,7 @@ describe('criu errors', () => {
     await using tree = await spawnTree({ depth: 0 });
     const imagesDir = tempDir();
     // Root writes anywhere a mode allows: only a read-only mount stops it.
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'ro,size=1m', 'treestate-ro', imagesDir]);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'ro,size=1m,mode=0700', 'treestate-ro', imagesDir]);
     try {
       const e = await rejection(dump(tree.root, { imagesDir }));
       expect(e.code).to.equal('EIMAGES');
@@ -174,7 +174,7 @@ describe('criu errors', () => {
     await using tree = await spawnTree({ depth: 1, fanout: 2, threads: 2 });
     const pre = tempDir();
     const final = join(tempDir(), 'final');
-    mkdirSync(final);
+    mkdirSync(final, { mode: 0o700 });
     const p = await preDump(tree.root, { imagesDir: pre });
     expect(p.state).to.equal('running');
     await tree.waitProgress();

@@ -11,6 +11,7 @@ const shared: Record<string, FlagSpec> = {
   '--criu': { value: true },
   '--shell-job': {},
   '--tcp-established': {},
+  '--allow-shared-dir': {},
 };
 
 function imagesDir(args: Parsed, verb: string): string {
@@ -36,6 +37,7 @@ function common(args: Parsed, io: Io, verb: string) {
     timeoutMs: parseMs('--timeout', args.flags.get('--timeout')),
     shellJob: args.flags.has('--shell-job'),
     tcpEstablished: args.flags.has('--tcp-established'),
+    allowSharedDir: args.flags.has('--allow-shared-dir'),
     onProgress: progress(io),
   };
 }
@@ -44,6 +46,7 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
   try {
     const r = await work;
     clearProgress(io);
+    for (const warning of r.warnings) io.err(`treestate: warning: ${warning}`);
     io.out(
       args.flags.has('--json')
         ? JSON.stringify(r, null, 2)
@@ -58,7 +61,7 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
 
 export const criuCommands: Record<string, Command> = {
   dump: {
-    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--prev DIR] [--shell-job] [--tcp-established] [--timeout MS] [--json]',
+    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--prev DIR] [--allow-shared-dir] [--shell-job] [--tcp-established] [--timeout MS] [--json]',
     summary: 'criu dump, leaving the tree dead (default), running or stopped, verified',
     flags: { ...shared, '--final-state': { value: true }, '--prev': { value: true } },
     async run(args, io) {
@@ -79,7 +82,7 @@ export const criuCommands: Record<string, Command> = {
     },
   },
   predump: {
-    usage: 'predump PID -D DIR [--prev DIR] [--timeout MS] [--json]',
+    usage: 'predump PID -D DIR [--prev DIR] [--allow-shared-dir] [--timeout MS] [--json]',
     summary: 'criu pre-dump (the tree keeps running); needs dirty-memory tracking',
     flags: { ...shared, '--prev': { value: true } },
     async run(args, io) {
