@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { TreeStateError, dump, getTreeState, hasDirtyTracking, locateCriu, preDump, restore } from '../src/index.js';
 import { childProcessRunner, type CommandRunner } from '../src/criu/runner.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
-import { cli, requireCriu, tempDirs, rejection } from './helpers.js';
+import { cli, requireCriu, rootOnlyDirs, tempDirs, rejection } from './helpers.js';
 
 /** A stand-in criu: a script that answers --version and check as told, and records any other call. */
 function fakeCriu(dir: string, version: string, checkExit: number): string {
@@ -21,6 +21,7 @@ function fakeCriu(dir: string, version: string, checkExit: number): string {
 describe('criu errors', () => {
   requireCriu();
   const tempDir = tempDirs();
+  const rootOnlyDir = rootOnlyDirs(); // where root may run a (fake) criu
 
   it('a missing criu is ENOCRIU with a way to get one', async () => {
     await using tree = await spawnTree({ depth: 0 });
@@ -31,7 +32,7 @@ describe('criu errors', () => {
 
   it('a criu older than 4.1 is refused before it runs anything', async () => {
     await using tree = await spawnTree({ depth: 0 });
-    const dir = tempDir();
+    const dir = rootOnlyDir();
     const e = await rejection(dump(tree.root, { imagesDir: tempDir(), criu: fakeCriu(dir, '3.17.1', 0) }));
     expect(e.code).to.equal('ENOCRIU');
     expect(e.message).to.include('is version 3.17.1; this kernel needs 4.1 or newer');
@@ -40,14 +41,14 @@ describe('criu errors', () => {
 
   it('a criu that fails `criu check` is refused, quoting why', async () => {
     await using tree = await spawnTree({ depth: 0 });
-    const dir = tempDir();
+    const dir = rootOnlyDir();
     const e = await rejection(dump(tree.root, { imagesDir: tempDir(), criu: fakeCriu(dir, '4.1.1', 1) }));
     expect(e.code).to.equal('ENOCRIU');
     expect(e.message).to.include('fails `criu check`: Error (criu/cr-check.c:1): something is missing');
   });
 
   it('TREESTATE_CRIU is honoured before the project-local criu', async () => {
-    const dir = tempDir();
+    const dir = rootOnlyDir();
     const fake = fakeCriu(dir, '3.0', 0);
     const run = await cli(['check'], { env: { TREESTATE_CRIU: fake } });
     expect(run.code).to.equal(1);
