@@ -148,13 +148,13 @@ describe('safety: images as root', () => {
     const out = join(dir, 'x.log.out');
     symlinkSync(target.path, out);
     const e = await childProcessRunner.run('true', [], { out }).then(
-      () => undefined,
+      async (running) => void (await running.exited),
       (err: NodeJS.ErrnoException) => err,
     );
     expect(e?.code).to.equal('ELOOP');
     await using sup = await spawnSupervised('sleep', ['1000']);
     const failed = await sup.run('true', [], { out }).then(
-      () => undefined,
+      async (running) => void (await running.exited),
       (err: TreeStateError) => err,
     );
     expect(failed?.errno).to.equal(-40); // ELOOP
