@@ -1,8 +1,8 @@
 // Fixture trees with a heartbeat: the semantic proof of a state. Running
 // means every counter advances; Stopped means none does.
-import { readFileSync, rmSync } from 'node:fs';
+import { lstatSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { TreeStateError, describePids } from '../errors.js';
 import { nativeExecutable } from '../native.js';
 import { spawnSupervised, type Supervisor } from './supervisor.js';
@@ -48,7 +48,50 @@ export interface Heartbeat {
 
 const HEADER = 16;
 const SLOT = 16;
-let serial = 0;
+/** Heartbeat files live in `PREFIX<pid>-XXXXXX/`, a private directory per tree. */
+const PREFIX = 'treestate-heartbeats-';
+
+/**
+ * Removes the heartbeat directories that crashed runs left in `base`: only
+ * our own (a directory, not a link, of our uid), of a pid that no longer runs.
+ */
+function removeStaleHeartbeats(base: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(base);
+  } catch {
+    return;
+  }
+  const uid = process.geteuid?.() ?? 0;
+  for (const name of names) {
+    const pid = Number(/^treestate-heartbeats-(\d+)-\w+$/.exec(name)?.[1]);
+    if (!pid || pid === process.pid) continue;
+    try {
+      process.kill(pid, 0);
+      continue; // alive (or another user's: EPERM, below)
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') continue;
+    }
+    const path = join(base, name);
+    try {
+      const st = lstatSync(path);
+      if (st.isDirectory() && st.uid === uid) rmSync(path, { recursive: true, force: true });
+    } catch {
+      // raced with another run's cleanup
+    }
+  }
+}
+
+/**
+ * A fresh heartbeat file path in a directory of its own (mkdtemp: 0700,
+ * created, never reused), so that no one can plant a file or symlink at the
+ * name; the fixture creates the file itself, O_EXCL | O_NOFOLLOW, 0600.
+ */
+function heartbeatPath(): string {
+  const base = process.env.TREESTATE_HEARTBEAT_DIR ?? (process.platform === 'linux' ? '/dev/shm' : tmpdir());
+  removeStaleHeartbeats(base);
+  return join(mkdtempSync(join(base, `${PREFIX}${process.pid}-`)), 'heartbeats');
+}
 
 export function treeSize({ depth = 1, fanout = 2 }: TreeShape): number {
   let size = 0;
@@ -130,10 +173,10 @@ export class TreeFixture {
     }
   }
 
-  /** Kills and reaps everything the fixture made, and removes its heartbeat file. */
+  /** Kills and reaps everything the fixture made, and removes its heartbeat file and directory. */
   async dispose(): Promise<void> {
     await this.supervisor.dispose();
-    rmSync(this.heartbeatFile, { force: true });
+    rmSync(dirname(this.heartbeatFile), { recursive: true, force: true });
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -144,9 +187,14 @@ export class TreeFixture {
 /** Spawns a fixture tree under a reaper and resolves once every process is up and counting. */
 export async function spawnTree(options: TreeOptions = {}): Promise<TreeFixture> {
   const size = treeSize(options);
-  const dir = process.env.TREESTATE_HEARTBEAT_DIR ?? (process.platform === 'linux' ? '/dev/shm' : tmpdir());
-  const heartbeatFile = join(dir, `treestate-${process.pid}-${++serial}.heartbeat`);
-  const supervisor = await spawnSupervised(nativeExecutable('treestate-fixture'), fixtureArgs(options, heartbeatFile));
+  const heartbeatFile = heartbeatPath();
+  let supervisor: Supervisor;
+  try {
+    supervisor = await spawnSupervised(nativeExecutable('treestate-fixture'), fixtureArgs(options, heartbeatFile));
+  } catch (e) {
+    rmSync(dirname(heartbeatFile), { recursive: true, force: true });
+    throw e;
+  }
   const fixture = new TreeFixture(supervisor, heartbeatFile, size);
   const deadline = Date.now() + (options.readyTimeoutMs ?? 20_000);
   for (;;) {
