@@ -3,6 +3,7 @@ import { dump, preDump, restore, type CriuProgress, type CriuResult } from '../c
 import { hasDirtyTracking, locateCriu } from '../criu/locate.js';
 import { UsageError, parseChoice, parseMs, parsePid, type FlagSpec, type Parsed } from './args.js';
 import type { Command, Io } from './main.js';
+import { printable, printableLines } from './render.js';
 
 const shared: Record<string, FlagSpec> = {
   '--images-dir': { value: true, alias: '-D' },
@@ -46,11 +47,11 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
   try {
     const r = await work;
     clearProgress(io);
-    for (const warning of r.warnings) io.err(`treestate: warning: ${warning}`);
+    for (const warning of r.warnings) io.err(`treestate: warning: ${printable(warning)}`);
     io.out(
       args.flags.has('--json')
         ? JSON.stringify(r, null, 2)
-        : `criu ${r.verb}: the tree of ${r.root} is ${r.state} (images in ${r.imagesDir}, ${r.elapsedMs} ms, log ${r.logFile})`,
+        : `criu ${r.verb}: the tree of ${r.root} is ${r.state} (images in ${printable(r.imagesDir)}, ${r.elapsedMs} ms, log ${printable(r.logFile)})`,
     );
     return 0;
   } catch (e) {
@@ -102,7 +103,7 @@ export const criuCommands: Record<string, Command> = {
       io.out(
         args.flags.has('--json')
           ? JSON.stringify(value, null, 2)
-          : [`criu: ${info.path} (${info.source})`, `version: ${info.version}`, `criu check: ${info.check}`, `dirty-memory tracking (pre-dump): ${dirtyTracking ? 'yes' : 'no'}`].join('\n'),
+          : [`criu: ${printable(info.path)} (${info.source})`, `version: ${info.version}`, `criu check: ${printableLines(info.check)}`, `dirty-memory tracking (pre-dump): ${dirtyTracking ? 'yes' : 'no'}`].join('\n'),
       );
       return 0;
     },
