@@ -5,6 +5,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { TreeStateError, describePids, describeThreads, hasCode } from '../errors.js';
+import { DURATION, checkNumbers } from '../options.js';
 import { checkNotSelf, checkPid, getTreeState, type TreeState } from '../tree.js';
 import { continueTree, killTree, waitForState } from '../transitions.js';
 import { dumpArgs, preDumpArgs, restoreArgs, type CriuFlags, type DumpFinalState, type RestoreFinalState } from './args.js';
@@ -192,6 +193,7 @@ async function begin(verb: CriuVerb, options: CriuOptions): Promise<{ info: Criu
   if (!options || typeof options.imagesDir !== 'string' || options.imagesDir === '') {
     throw new TreeStateError('EINVAL', `${verb} needs an images directory (imagesDir)`);
   }
+  checkNumbers(options, { timeoutMs: DURATION, verifyTimeoutMs: DURATION });
   options.onProgress?.({ verb, phase: 'locating criu', elapsedMs: 0 });
   const info = await locateCriu(options.criu);
   return { info, started };

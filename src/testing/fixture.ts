@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { TreeStateError, describePids } from '../errors.js';
 import { nativeExecutable } from '../native.js';
+import { DURATION, checkNumbers, wholeNumber, type NumberRule } from '../options.js';
 import { spawnSupervised, type Supervisor } from './supervisor.js';
 
 export interface TreeShape {
@@ -149,7 +150,9 @@ export class TreeFixture {
   }
 
   /** Resolves once every counter has advanced; rejects naming the processes whose counters did not. */
-  async waitProgress({ timeoutMs = 5000 }: { timeoutMs?: number } = {}): Promise<void> {
+  async waitProgress(options: { timeoutMs?: number } = {}): Promise<void> {
+    checkNumbers(options, { timeoutMs: DURATION });
+    const timeoutMs = options.timeoutMs ?? 5000;
     const before = this.heartbeats();
     const deadline = Date.now() + timeoutMs;
     for (;;) {
@@ -164,7 +167,9 @@ export class TreeFixture {
   }
 
   /** Rejects naming any process whose counter advances within `forMs`: the proof that nothing runs. */
-  async assertNoProgress({ forMs = 100 }: { forMs?: number } = {}): Promise<void> {
+  async assertNoProgress(options: { forMs?: number } = {}): Promise<void> {
+    checkNumbers(options, { forMs: DURATION });
+    const forMs = options.forMs ?? 100;
     const before = this.heartbeats();
     await pause(forMs);
     const moved = this.heartbeats().filter((h, i) => h.counter !== before[i]!.counter).map((h) => h.pid);
@@ -185,7 +190,19 @@ export class TreeFixture {
 }
 
 /** Spawns a fixture tree under a reaper and resolves once every process is up and counting. */
+const TREE_NUMBERS: { [K in keyof TreeOptions]: NumberRule } = {
+  depth: wholeNumber(0, 64),
+  fanout: wholeNumber(0, 100_000),
+  threads: wholeNumber(1, 255),
+  uidDepth: wholeNumber(0, 64),
+  uid: wholeNumber(0, 4_294_967_294),
+  memoryMb: wholeNumber(0, 1 << 20),
+  intervalMs: wholeNumber(1, 2_147_483_647),
+  readyTimeoutMs: DURATION,
+};
+
 export async function spawnTree(options: TreeOptions = {}): Promise<TreeFixture> {
+  checkNumbers(options, TREE_NUMBERS);
   const size = treeSize(options);
   const heartbeatFile = heartbeatPath();
   let supervisor: Supervisor;
