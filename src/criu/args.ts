@@ -8,6 +8,11 @@ export type RestoreFinalState = 'running' | 'stopped';
 export interface CriuFlags {
   shellJob?: boolean;
   tcpEstablished?: boolean;
+  /**
+   * Appended to criu's arguments as they are: treestate does not filter them,
+   * and they run with criu's privileges (as root, `--action-script` runs any
+   * program as root). Pass only arguments you would type yourself.
+   */
   extraArgs?: string[];
 }
 
