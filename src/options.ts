@@ -24,8 +24,8 @@ function describeRule(rule: NumberRule): string {
 
 function describeValue(value: unknown): string {
   if (typeof value === 'number') return String(value);
-  const text = typeof value === 'string' ? JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value) : typeof value;
-  return text ?? String(value);
+  if (typeof value === 'string') return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);
+  return value === null ? 'null' : typeof value;
 }
 
 /** Rejects (EINVAL) any option named in `rules` that is given and is not a finite number within its rule. */

@@ -12,8 +12,10 @@ const shared: Record<string, FlagSpec> = {
   '--criu': { value: true },
   '--shell-job': {},
   '--tcp-established': {},
-  '--allow-shared-dir': {},
 };
+
+/** For the verbs that write images: dump and pre-dump. */
+const shareable: Record<string, FlagSpec> = { '--allow-shared-dir': {} };
 
 function imagesDir(args: Parsed, verb: string): string {
   const dir = args.flags.get('--images-dir');
@@ -64,7 +66,7 @@ export const criuCommands: Record<string, Command> = {
   dump: {
     usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--prev DIR] [--allow-shared-dir] [--shell-job] [--tcp-established] [--timeout MS] [--json]',
     summary: 'criu dump, leaving the tree dead (default), running or stopped, verified',
-    flags: { ...shared, '--final-state': { value: true }, '--prev': { value: true } },
+    flags: { ...shared, ...shareable, '--final-state': { value: true }, '--prev': { value: true } },
     async run(args, io) {
       const pid = parsePid(args.positionals, 'dump');
       const finalState = parseChoice('--final-state', args.flags.get('--final-state'), ['dead', 'running', 'stopped'] as const);
@@ -85,7 +87,7 @@ export const criuCommands: Record<string, Command> = {
   predump: {
     usage: 'predump PID -D DIR [--prev DIR] [--allow-shared-dir] [--timeout MS] [--json]',
     summary: 'criu pre-dump (the tree keeps running); needs dirty-memory tracking',
-    flags: { ...shared, '--prev': { value: true } },
+    flags: { ...shared, ...shareable, '--prev': { value: true } },
     async run(args, io) {
       const pid = parsePid(args.positionals, 'predump');
       return report(io, args, preDump(pid, { ...common(args, io, 'predump'), prevImagesDir: args.flags.get('--prev') as string | undefined }));
