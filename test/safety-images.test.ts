@@ -196,14 +196,19 @@ describe('safety: images as root', () => {
     expect(restored.state).to.equal('running');
   });
 
-  it('refuses to restore from a directory of another user, even with images of root in it', async () => {
+  it('refuses to restore from a directory of another user, even with images of root in it, and writes through none of its links', async () => {
     await using tree = await spawnTree({ depth: 0 });
+    const target = victim();
     const imagesDir = tempDir();
     await dump(tree.root, { imagesDir });
     chownSync(imagesDir, NOBODY, NOBODY);
+    for (const name of ['restore.log', 'restore.log.out']) asNobody('ln', ['-s', target.path, join(imagesDir, name)]);
     const run = await cli(['restore', '-D', imagesDir]);
     expect(run.code).to.equal(1);
     expect(run.stderr).to.include(`refusing the images directory ${imagesDir}: ${imagesDir} belongs to uid ${NOBODY}, not to root`);
-    expect(existsSync(join(imagesDir, 'restore.log'))).to.equal(false);
+    const e = await rejection(restore({ imagesDir, runner: tree.supervisor }));
+    expect(e.code).to.equal('EIMAGES');
+    target.check();
+    await expect(tree.root).to.be.a.deadTree;
   });
 });
