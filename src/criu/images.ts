@@ -19,8 +19,9 @@ function onTheWay(): TrustRule {
 
 const IMAGES_ARE_CODE = 'CRIU images are code that criu runs with its privileges: restore only images you wrote';
 
-function refusal(what: string, dir: string, e: unknown): unknown {
-  return e instanceof UntrustedPath ? new TreeStateError('EIMAGES', `refusing ${what} ${dir}: ${e.message}`, { details: { path: e.path }, cause: e }) : e;
+function refusal(what: string, dir: string, e: unknown): TreeStateError {
+  if (e instanceof UntrustedPath) return new TreeStateError('EIMAGES', `refusing ${what} ${dir}: ${e.message}`, { details: { path: e.path }, cause: e });
+  return new TreeStateError('EIMAGES', `cannot check ${what} ${dir}: ${(e as Error).message}`, { cause: e });
 }
 
 /** A directory the caller owns and no one else may write to, open with O_NOFOLLOW so that what is read is what was checked. */

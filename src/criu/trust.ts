@@ -89,7 +89,7 @@ export function walkTrusted(path: string, rule: TrustRule): WalkedPath {
     try {
       stats = lstatSync(next);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      if (!['ENOENT', 'ENOTDIR'].includes((e as NodeJS.ErrnoException).code ?? '')) throw e;
       return { real: join(next, ...pending), stats: undefined };
     }
     if (stats.isSymbolicLink()) {
