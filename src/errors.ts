@@ -10,6 +10,7 @@ export type ErrorCode =
   | 'ETRACED' // threads in ptrace-stop that SIGCONT cannot resume
   | 'EINVAL' // a bad option
   | 'ENOCRIU' // no working criu
+  | 'EUNTRUSTED' // as root, a criu that someone other than root could change
   | 'ECRIU' // criu failed
   | 'EIMAGES' // an images directory that cannot be used
   | 'ENODIRTYTRACK' // pre-dump on a kernel without dirty-memory tracking

@@ -3,6 +3,7 @@
 // signal is one native pass (see native/walk.cc).
 import { TreeStateError, describePids, describeThreads, hasCode, type ThreadRef } from './errors.js';
 import { native, type Identity, type NativeFailure, type NativeWalkResult } from './native.js';
+import { DURATION, checkNumbers, wholeNumber } from './options.js';
 import { checkNotSelf, checkPid, classify, liveThreads, pidsOf, processState, readFailure, toProcessInfo, walkCache, walkTree, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
 
 export interface TransitionOptions extends WalkOptions {
@@ -178,8 +179,11 @@ const KILL_GOES_ON = ['ETIMEDOUT', 'ETRACED', 'ENOTSETTLED', 'ESRCH'] as const;
  * either and SIGKILL takes them when they leave it. Otherwise every failure
  * resumes, as stopTree promises.
  */
+const STOP_NUMBERS = { timeoutMs: DURATION, maxPasses: wholeNumber(1, 1_000_000) };
+
 async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean, tally: Tally): Promise<TransitionResult> {
   const root = checkPid(pid);
+  checkNumbers(options, STOP_NUMBERS);
   const protect = checkNotSelf(root);
   const started = performance.now();
   const deadline = started + (options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
@@ -293,6 +297,7 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
  */
 export async function continueTree(pid: number, options: TransitionOptions = {}): Promise<TransitionResult> {
   const root = checkPid(pid);
+  checkNumbers(options, { timeoutMs: DURATION });
   const protect = checkNotSelf(root);
   const started = performance.now();
   const deadline = started + (options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
@@ -374,6 +379,7 @@ export async function continueTree(pid: number, options: TransitionOptions = {})
  */
 export async function killTree(pid: number, options: StopOptions = {}): Promise<TransitionResult> {
   const root = checkPid(pid);
+  checkNumbers(options, STOP_NUMBERS);
   const protect = checkNotSelf(root);
   const started = performance.now();
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
@@ -461,6 +467,7 @@ export async function waitForState(pid: number, state: TreeState, options: WaitO
   if (!['running', 'stopped', 'dead', 'mixed'].includes(state)) {
     throw new TreeStateError('EINVAL', `unknown state ${JSON.stringify(state)}: expected running, stopped, dead or mixed`);
   }
+  checkNumbers(options, { timeoutMs: DURATION, intervalMs: DURATION });
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const deadline = performance.now() + timeoutMs;
   let rootStartTime: number | undefined;

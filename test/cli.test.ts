@@ -1,8 +1,9 @@
 import { expect } from 'chai';
 import { getTreeState } from '../src/index.js';
 import { main } from '../src/cli/main.js';
-import { spawnTree } from '../src/testing/index.js';
-import { cli, inCI } from './helpers.js';
+import { readFileSync } from 'node:fs';
+import { spawnSupervised, spawnTree } from '../src/testing/index.js';
+import { cli, inCI, waitFor } from './helpers.js';
 
 describe('CLI', () => {
   it('status --json prints root, state and processes with pid, ppid and threads', async () => {
@@ -47,6 +48,25 @@ describe('CLI', () => {
     expect(lines).to.have.length(7);
     expect(lines[0]).to.equal(`${tree.root} treestate-fixtu [running]`);
     expect(lines.slice(1).every((l) => /^[│├└ ─]+\d+ treestate-fixtu \[running\]$/.test(l))).to.equal(true);
+  });
+
+  it('escapes control characters of a process name (comm) in every human-readable line; --json keeps it exact', async () => {
+    // A real process that names itself (15 bytes at most) with a colour escape, a newline and a fake tree line.
+    const name = '\x1b[31m\n└─ 1z';
+    await using sup = await spawnSupervised('sh', ['-c', `printf '\\033[31m\\n\\342\\224\\224\\342\\224\\200 1z' > /proc/self/comm; sleep 1000 & wait`]);
+    await waitFor(() => readFileSync(`/proc/${sup.root}/comm`, 'utf8') === `${name}\n`, 5000, 'the name set');
+    await waitFor(async () => (await getTreeState(sup.root)).processes.length === 2, 5000, 'the child started');
+    for (const scan of [[], ['--scan']]) {
+      const run = await cli(['tree', String(sup.root), ...scan]);
+      expect(run.code).to.equal(0);
+      const lines = run.stdout.trim().split('\n');
+      expect(lines).to.have.length(2);
+      expect(lines[0]).to.equal(`${sup.root} \\x1b[31m\\n└─ 1z [running]`);
+      expect(lines[1]).to.match(/^└─ \d+ sleep \[running\]$/);
+      expect(run.stdout).not.to.include('\x1b');
+    }
+    const json = JSON.parse((await cli(['tree', String(sup.root), '--json'])).stdout);
+    expect(json.processes[0].comm).to.equal(name);
   });
 
   it('colours states on a terminal and not with NO_COLOR or a pipe', async () => {

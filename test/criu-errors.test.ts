@@ -6,7 +6,7 @@ import { TreeStateError, dump, getTreeState, hasDirtyTracking, locateCriu, preDu
 import { childProcessRunner, type CommandRunner } from '../src/criu/runner.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
 import { minCriuVersion } from '../src/criu/locate.js';
-import { cli, requireCriu, tempDirs, rejection } from './helpers.js';
+import { cli, requireCriu, rootOnlyDirs, tempDirs, rejection } from './helpers.js';
 
 /** A stand-in criu: a script that answers --version and check as told, and records any other call. */
 function fakeCriu(dir: string, version: string, checkExit: number): string {
@@ -22,6 +22,7 @@ function fakeCriu(dir: string, version: string, checkExit: number): string {
 describe('criu errors', () => {
   requireCriu();
   const tempDir = tempDirs();
+  const rootOnlyDir = rootOnlyDirs(); // where root may run a (fake) criu
 
   it('a missing criu is ENOCRIU with a way to get one', async () => {
     await using tree = await spawnTree({ depth: 0 });
@@ -32,7 +33,7 @@ describe('criu errors', () => {
 
   it('a criu older than the kernel needs is refused before it runs anything', async () => {
     await using tree = await spawnTree({ depth: 0 });
-    const dir = tempDir();
+    const dir = rootOnlyDir();
     const e = await rejection(dump(tree.root, { imagesDir: tempDir(), criu: fakeCriu(dir, '3.17.1', 0) }));
     expect(e.code).to.equal('ENOCRIU');
     expect(e.message).to.match(/is version 3\.17\.1; this kernel \(\S+\) needs 4\.[12] or newer/);
@@ -44,14 +45,14 @@ describe('criu errors', () => {
 
   it('a criu that fails `criu check` is refused, quoting why', async () => {
     await using tree = await spawnTree({ depth: 0 });
-    const dir = tempDir();
+    const dir = rootOnlyDir();
     const e = await rejection(dump(tree.root, { imagesDir: tempDir(), criu: fakeCriu(dir, '4.2.1', 1) }));
     expect(e.code).to.equal('ENOCRIU');
     expect(e.message).to.include('fails `criu check`: Error (criu/cr-check.c:1): something is missing');
   });
 
   it('TREESTATE_CRIU is honoured before the project-local criu', async () => {
-    const dir = tempDir();
+    const dir = rootOnlyDir();
     const fake = fakeCriu(dir, '3.0', 0);
     const run = await cli(['check'], { env: { TREESTATE_CRIU: fake } });
     expect(run.code).to.equal(1);
@@ -120,7 +121,7 @@ describe('criu errors', () => {
     await using tree = await spawnTree({ depth: 0 });
     const imagesDir = tempDir();
     // Root writes anywhere a mode allows: only a read-only mount stops it.
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'ro,size=1m', 'treestate-ro', imagesDir]);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'ro,size=1m,mode=0700', 'treestate-ro', imagesDir]);
     try {
       const e = await rejection(dump(tree.root, { imagesDir }));
       expect(e.code).to.equal('EIMAGES');
@@ -178,7 +179,7 @@ describe('criu errors', () => {
     await using tree = await spawnTree({ depth: 1, fanout: 2, threads: 2 });
     const pre = tempDir();
     const final = join(tempDir(), 'final');
-    mkdirSync(final);
+    mkdirSync(final, { mode: 0o700 });
     const p = await preDump(tree.root, { imagesDir: pre });
     expect(p.state).to.equal('running');
     await tree.waitProgress();

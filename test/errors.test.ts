@@ -1,10 +1,11 @@
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { TreeStateError, continueTree, getTreeState, killTree, snapshot, stopTree, waitForState } from '../src/index.js';
+import { readdirSync } from 'node:fs';
+import { TreeStateError, continueTree, dump, getTreeState, killTree, preDump, restore, snapshot, stopTree, waitForState } from '../src/index.js';
 import { native } from '../src/native.js';
-import { spawnTree } from '../src/testing/index.js';
-import { cli, cliPath, rejection } from './helpers.js';
+import { assertTreeState, spawnTree } from '../src/testing/index.js';
+import { cli, cliPath, rejection, tempDirs } from './helpers.js';
 
 /** A pid that no process has: the highest free one below pid_max. */
 async function freePid(): Promise<number> {
@@ -14,12 +15,75 @@ async function freePid(): Promise<number> {
 }
 
 describe('bad input and refusals', () => {
+  const tempDir = tempDirs();
   for (const bad of [0, -1, 1.5, Number.NaN, 2 ** 40, '12abc', '', null, undefined]) {
     it(`rejects ${JSON.stringify(bad) ?? String(bad)} as a pid with EINVAL_PID`, async () => {
       const e = await rejection(stopTree(bad as number));
       expect(e.code).to.equal('EINVAL_PID');
     });
   }
+
+  describe('numbers in options: NaN, negative, non-finite or out of range is EINVAL, before anything runs', () => {
+    const bad = [Number.NaN, -5, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, 2 ** 31, '100'];
+
+    it('timeoutMs, maxPasses and intervalMs of the transitions and waitForState', async () => {
+      await using tree = await spawnTree({ depth: 1, fanout: 1 });
+      for (const value of bad) {
+        const cases: Array<[string, Promise<unknown>]> = [
+          ['timeoutMs', stopTree(tree.root, { timeoutMs: value as number })],
+          ['maxPasses', stopTree(tree.root, { maxPasses: value as number })],
+          ['timeoutMs', continueTree(tree.root, { timeoutMs: value as number })],
+          ['timeoutMs', killTree(tree.root, { timeoutMs: value as number })],
+          ['maxPasses', killTree(tree.root, { maxPasses: value as number })],
+          ['timeoutMs', waitForState(tree.root, 'stopped', { timeoutMs: value as number })],
+          ['intervalMs', waitForState(tree.root, 'stopped', { intervalMs: value as number })],
+        ];
+        for (const [name, work] of cases) {
+          const e = await rejection(work);
+          expect(e.code, `${name}: ${String(value)}`).to.equal('EINVAL');
+          expect(e.message).to.match(new RegExp(`^${name} must be a (whole )?number from \\d+ to \\d+, not `));
+        }
+      }
+      expect((await rejection(stopTree(tree.root, { maxPasses: 1.5 }))).code).to.equal('EINVAL');
+      await expect(tree.root).to.be.a.runningTree; // nothing was signalled
+      await tree.waitProgress();
+    });
+
+    it('timeoutMs and verifyTimeoutMs of the CRIU verbs, before criu runs', async () => {
+      await using tree = await spawnTree({ depth: 0 });
+      const imagesDir = tempDir();
+      for (const value of bad) {
+        for (const name of ['timeoutMs', 'verifyTimeoutMs']) {
+          expect((await rejection(dump(tree.root, { imagesDir, [name]: value }))).code).to.equal('EINVAL');
+          expect((await rejection(preDump(tree.root, { imagesDir, [name]: value }))).code).to.equal('EINVAL');
+          expect((await rejection(restore({ imagesDir, [name]: value }))).code).to.equal('EINVAL');
+        }
+      }
+      expect(readdirSync(imagesDir)).to.deep.equal([]);
+      await expect(tree.root).to.be.a.runningTree;
+    });
+
+    it('the testing helpers: spawnTree, waitProgress, assertNoProgress, assertTreeState', async () => {
+      for (const name of ['depth', 'fanout', 'threads', 'intervalMs', 'readyTimeoutMs', 'memoryMb']) {
+        expect((await rejection(spawnTree({ [name]: Number.NaN }))).code, name).to.equal('EINVAL');
+      }
+      expect((await rejection(spawnTree({ threads: 0 }))).code).to.equal('EINVAL');
+      await using tree = await spawnTree({ depth: 0 });
+      expect((await rejection(tree.waitProgress({ timeoutMs: Number.NaN }))).code).to.equal('EINVAL');
+      expect((await rejection(tree.assertNoProgress({ forMs: -1 }))).code).to.equal('EINVAL');
+      expect((await rejection(assertTreeState(tree.root, 'running', { timeoutMs: Number.POSITIVE_INFINITY }))).code).to.equal('EINVAL');
+    });
+
+    it('CLI: --timeout abc, -5, NaN, 1.5 are usage errors (exit 2)', async () => {
+      for (const value of ['abc', '-5', 'NaN', '']) {
+        for (const args of [['stop', '2', '--timeout', value], ['wait', '2', '--state', 'dead', `--timeout=${value}`], ['dump', '2', '-D', '/nonexistent', '--timeout', value]]) {
+          const run = await cli(args);
+          expect(run.code, `${args.join(' ')}`).to.equal(2);
+          expect(run.stderr).to.match(/^treestate: --timeout (takes a whole number of milliseconds|needs a value)/);
+        }
+      }
+    });
+  });
 
   it('refuses pid 1', async () => {
     for (const op of [stopTree, continueTree, killTree, getTreeState, snapshot]) {

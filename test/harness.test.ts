@@ -1,8 +1,8 @@
 import * as chai from 'chai';
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { chownSync, existsSync, lstatSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { TreeStateError, continueTree, getTreeState, killTree, snapshot, stopTree } from '../src/index.js';
-import { native } from '../src/native.js';
+import { native, nativeExecutable } from '../src/native.js';
 import { assertTreeState, checkNoLeaks, spawnStopped, spawnSupervised, spawnTree } from '../src/testing/index.js';
 import { tempDirs, waitFor } from './helpers.js';
 
@@ -34,6 +34,68 @@ describe('treestate/testing', () => {
       expect(stuck).to.equal(`heartbeat did not advance within 50 ms for ${tree.pids().join(', ')}`);
       await continueTree(tree.root);
       await tree.waitProgress();
+    });
+  });
+
+  describe('heartbeat files', () => {
+    it('live 0600 in a private 0700 directory of their own, removed on dispose: a symlink planted at the old predictable name does not matter', async () => {
+      const base = tempDir();
+      const victim = join(tempDir(), 'secret');
+      writeFileSync(victim, 'root only\n', { mode: 0o600 });
+      // What the old names were (treestate-PID-N.heartbeat, N counting trees): all of them, planted.
+      for (let n = 1; n <= 2000; n++) symlinkSync(victim, join(base, `treestate-${process.pid}-${n}.heartbeat`));
+      const saved = process.env.TREESTATE_HEARTBEAT_DIR;
+      process.env.TREESTATE_HEARTBEAT_DIR = base;
+      try {
+        const tree = await spawnTree({ depth: 1, fanout: 1 });
+        const dir = dirname(tree.heartbeatFile);
+        try {
+          expect(dirname(dir)).to.equal(base);
+          expect([statSync(dir).mode & 0o7777, lstatSync(tree.heartbeatFile).mode & 0o7777]).to.deep.equal([0o700, 0o600]);
+          await tree.waitProgress();
+        } finally {
+          await tree.dispose();
+        }
+        expect(existsSync(dir)).to.equal(false);
+      } finally {
+        if (saved === undefined) delete process.env.TREESTATE_HEARTBEAT_DIR;
+        else process.env.TREESTATE_HEARTBEAT_DIR = saved;
+      }
+      expect(readFileSync(victim, 'utf8')).to.equal('root only\n');
+    });
+
+    it('the fixture creates its heartbeat file and never opens one found at the name', async () => {
+      const victim = join(tempDir(), 'secret');
+      writeFileSync(victim, 'root only\n', { mode: 0o600 });
+      const link = join(tempDir(), 'heartbeats');
+      symlinkSync(victim, link);
+      await using sup = await spawnSupervised(nativeExecutable('treestate-fixture'), ['--depth', '0', '--shm', link]);
+      // It exits at once (a fixture that opened the file would run on).
+      const exit = await Promise.race([sup.exited(sup.root), new Promise((r) => setTimeout(() => r('still running'), 5000))]);
+      expect(exit).to.deep.equal({ code: 1, signal: null });
+      expect(readFileSync(victim, 'utf8')).to.equal('root only\n');
+    });
+
+    it('removes the heartbeat directories of dead runs that are ours, and no other', async () => {
+      const base = tempDir();
+      await using gone = await spawnSupervised('true');
+      await gone.exited(gone.root);
+      const dead = join(base, `treestate-heartbeats-${gone.root}-AbC123`);
+      const deadNobodys = join(base, `treestate-heartbeats-${gone.root}-XyZ789`);
+      const live = join(base, `treestate-heartbeats-${process.ppid}-QwE456`);
+      for (const dir of [dead, deadNobodys, live]) mkdirSync(dir, { mode: 0o700 });
+      writeFileSync(join(dead, 'heartbeats'), '');
+      chownSync(deadNobodys, 65534, 65534);
+      const saved = process.env.TREESTATE_HEARTBEAT_DIR;
+      process.env.TREESTATE_HEARTBEAT_DIR = base;
+      try {
+        await using tree = await spawnTree({ depth: 0 });
+        expect([existsSync(dead), existsSync(deadNobodys), existsSync(live)]).to.deep.equal([false, true, true]);
+        expect(dirname(dirname(tree.heartbeatFile))).to.equal(base);
+      } finally {
+        if (saved === undefined) delete process.env.TREESTATE_HEARTBEAT_DIR;
+        else process.env.TREESTATE_HEARTBEAT_DIR = saved;
+      }
     });
   });
 
@@ -104,6 +166,7 @@ describe('treestate/testing', () => {
       expect(failure!.code).to.equal('ELEAK');
       expect(failure!.message).to.equal(`the test left 1 supervised tree(s) running: treestate-fixture (root ${tree.root})`);
       expect(existsSync(`/proc/${tree.root}`)).to.equal(false);
+      await tree.dispose(); // the heartbeat file, which the leak check does not know
     });
   });
 });

@@ -106,6 +106,22 @@ export function tempDirs(): () => string {
   };
 }
 
+/**
+ * Like tempDirs, in a directory only root can change (/run, not the sticky
+ * /tmp): where a program root runs may live (see src/criu/trust.ts).
+ */
+export function rootOnlyDirs(): () => string {
+  const made: string[] = [];
+  afterEach(() => {
+    for (const dir of made.splice(0)) rmSync(dir, { recursive: true, force: true });
+  });
+  return () => {
+    const dir = mkdtempSync(join('/run', 'treestate-test-'));
+    made.push(dir);
+    return dir;
+  };
+}
+
 /** Polls `check` until it holds (for states the kernel reaches a moment later). */
 export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs = 5000, what = 'condition'): Promise<void> {
   const deadline = Date.now() + timeoutMs;

@@ -11,7 +11,7 @@
  * With --fork-from-threads, children are forked by the non-leader threads, so
  * they appear only in those threads' /proc/PID/task/TID/children files.
  *
- * Heartbeats: FILE is a shared mapping of a header and one slot per process,
+ * Heartbeats: FILE (created here, so it must not exist) is a shared mapping of a header and one slot per process,
  * in pre-order. Each process keeps its counter in private memory and copies
  * it into its slot every interval, so after a CRIU restore it goes on from
  * the value in its restored memory, not from whatever the file holds.
@@ -363,7 +363,9 @@ int main(int argc, char **argv) {
   if (shm_path) {
     long count = subtree_size(0);
     size_t size = sizeof(struct header) + (size_t)count * sizeof(struct slot);
-    int fd = open(shm_path, O_RDWR | O_CREAT, 0644);
+    /* A new file, never one found at the name (nor a symlink planted there):
+     * the caller gives a fresh name in a private directory. */
+    int fd = open(shm_path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0 || ftruncate(fd, (off_t)size) < 0) {
       perror("treestate-fixture: shm");
       return 1;

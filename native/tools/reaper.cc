@@ -9,7 +9,7 @@
 // stdout (one line per event):  pid N | spawned ID N | spawn-failed ID ERRNO
 //                                exit N CODE SIGNAL (only for programs it started) | done
 //                                init HOSTPID (with --pid-ns, first)
-// stdin (commands):              spawn ID OUT ARGC, then ARGC lines (one argument each)
+// stdin (commands):              spawn ID OUT ARGC [UMASK], then ARGC lines (one argument each)
 //                                kill  -- or EOF: kill every descendant, reap, exit
 //                                detach  -- stop listening; reap until no child is left, then exit
 // PR_SET_PDEATHSIG makes it clean up the same way if its parent dies.
@@ -39,6 +39,7 @@
 #include <sys/socket.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -60,11 +61,15 @@ void Say(const std::string& line) {
   (void)ignored;
 }
 
-void RedirectStdio(const char* out) {
+// Returns 0, or the errno of opening OUT.
+int RedirectStdio(const char* out) {
   int in = open("/dev/null", O_RDONLY);
+  // Never through a symlink planted at OUT (criu's log.out sits in the images
+  // directory): O_NOFOLLOW makes that an error, as the library's runner does.
   int sink = out && *out && strcmp(out, "-") != 0
-                 ? open(out, O_WRONLY | O_CREAT | O_APPEND, 0644)
+                 ? open(out, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0600)
                  : open("/dev/null", O_WRONLY);
+  if (sink < 0) return errno;
   dup2(in, 0);
   dup2(sink, 1);
   dup2(sink, 2);
@@ -72,9 +77,11 @@ void RedirectStdio(const char* out) {
   // a tree holding an external unix socket. CLOSE_RANGE_CLOEXEC (1 << 2)
   // rather than closing: the exec-error pipe must stay open until execve.
   syscall(SYS_close_range, 3, ~0U, 1U << 2);
+  return 0;
 }
 
-pid_t Start(char* const argv[], bool newSession, bool stopped, const char* out, int* err) {
+// UMASK < 0: the reaper's own.
+pid_t Start(char* const argv[], bool newSession, bool stopped, const char* out, int mask, int* err) {
   int report[2];
   if (pipe2(report, O_CLOEXEC) < 0) {
     *err = errno;
@@ -90,8 +97,9 @@ pid_t Start(char* const argv[], bool newSession, bool stopped, const char* out, 
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
     if (newSession) setsid();
-    RedirectStdio(out);
-    int e = stopped ? treestate::TraceMe() : 0;
+    if (mask >= 0) umask(static_cast<mode_t>(mask));
+    int e = RedirectStdio(out);
+    if (e == 0 && stopped) e = treestate::TraceMe();
     if (e == 0) {
       execvp(argv[0], argv);
       e = errno;
@@ -240,10 +248,12 @@ Command HandleCommands(std::string* buffer) {
     if (nl == std::string::npos) return Command::kContinue;
     char id[64], out[4096];
     int argc = 0;
+    unsigned mask = 0;
     std::string head = buffer->substr(0, nl);
     if (head == "kill") return Command::kKill;
     if (head == "detach") return Command::kDetach;
-    if (sscanf(head.c_str(), "spawn %63s %4095s %d", id, out, &argc) != 3 || argc <= 0) {
+    int fields = sscanf(head.c_str(), "spawn %63s %4095s %d %o", id, out, &argc, &mask);
+    if (fields < 3 || argc <= 0) {
       buffer->erase(0, nl + 1);
       continue;
     }
@@ -265,7 +275,7 @@ Command HandleCommands(std::string* buffer) {
     for (std::string& a : args) argv.push_back(&a[0]);
     argv.push_back(nullptr);
     int err = 0;
-    pid_t pid = Start(argv.data(), false, false, out, &err);
+    pid_t pid = Start(argv.data(), false, false, out, fields == 4 ? static_cast<int>(mask & 0777) : -1, &err);
     if (pid < 0) {
       Say(std::string("spawn-failed ") + id + " " + std::to_string(err));
     } else {
@@ -312,7 +322,7 @@ int main(int argc, char** argv) {
   int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
 
   int err = 0;
-  pid_t pid = Start(argv + i, newSession, stopped, out, &err);
+  pid_t pid = Start(argv + i, newSession, stopped, out, -1, &err);
   if (pid < 0) {
     Say(std::string("error ") + std::to_string(err) + " " + strerror(err));
     return 1;

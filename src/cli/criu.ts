@@ -5,6 +5,7 @@ import { checkSockets } from '../criu/sockets-check.js';
 import { preflight } from '../criu/preflight.js';
 import { UsageError, parseChoice, parseMs, parsePid, type FlagSpec, type Parsed } from './args.js';
 import type { Command, Io } from './main.js';
+import { printable, printableLines } from './render.js';
 
 const shared: Record<string, FlagSpec> = {
   '--images-dir': { value: true, alias: '-D' },
@@ -15,6 +16,9 @@ const shared: Record<string, FlagSpec> = {
   '--tcp-established': {},
   '--network-lock': { value: true },
 };
+
+/** For the verbs that write images: dump and pre-dump. */
+const shareable: Record<string, FlagSpec> = { '--allow-shared-dir': {} };
 
 function imagesDir(args: Parsed, verb: string): string {
   const dir = args.flags.get('--images-dir');
@@ -40,6 +44,7 @@ function common(args: Parsed, io: Io, verb: string) {
     shellJob: args.flags.has('--shell-job'),
     tcpEstablished: args.flags.has('--tcp-established'),
     networkLock: parseChoice('--network-lock', args.flags.get('--network-lock'), ['iptables', 'nftables', 'skip'] as const),
+    allowSharedDir: args.flags.has('--allow-shared-dir'),
     onProgress: progress(io),
   };
 }
@@ -48,10 +53,11 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
   try {
     const r = await work;
     clearProgress(io);
+    for (const warning of r.warnings) io.err(`treestate: warning: ${printable(warning)}`);
     io.out(
       args.flags.has('--json')
         ? JSON.stringify(r, null, 2)
-        : `criu ${r.verb}: the tree of ${r.root} is ${r.state}${r.verified ? `; the images restore (verified: ${r.verified.processes} processes, ${r.verified.threads} threads, in ${r.verified.elapsedMs} ms)` : ''}${r.pidNamespace ? ` (pid ${r.pidNamespace.pid} in a new pid namespace, whose init is ${r.pidNamespace.init})` : ''} (images in ${r.imagesDir}, ${r.elapsedMs} ms, log ${r.logFile})`,
+        : `criu ${r.verb}: the tree of ${r.root} is ${r.state}${r.verified ? `; the images restore (verified: ${r.verified.processes} processes, ${r.verified.threads} threads, in ${r.verified.elapsedMs} ms)` : ''}${r.pidNamespace ? ` (pid ${r.pidNamespace.pid} in a new pid namespace, whose init is ${r.pidNamespace.init})` : ''} (images in ${printable(r.imagesDir)}, ${r.elapsedMs} ms, log ${printable(r.logFile)})`,
     );
     return 0;
   } catch (e) {
@@ -62,9 +68,9 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
 
 export const criuCommands: Record<string, Command> = {
   dump: {
-    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--verify] [--prev DIR] [--shell-job] [--tcp-established [--network-lock iptables|nftables|skip]] [--timeout MS] [--json]',
+    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--verify] [--prev DIR] [--allow-shared-dir] [--shell-job] [--tcp-established [--network-lock iptables|nftables|skip]] [--timeout MS] [--json]',
     summary: 'criu dump, leaving the tree dead (default), running or stopped, verified',
-    flags: { ...shared, '--final-state': { value: true }, '--prev': { value: true }, '--verify': {} },
+    flags: { ...shared, ...shareable, '--final-state': { value: true }, '--prev': { value: true }, '--verify': {} },
     async run(args, io) {
       const pid = parsePid(args.positionals, 'dump');
       const finalState = parseChoice('--final-state', args.flags.get('--final-state'), ['dead', 'running', 'stopped'] as const);
@@ -84,9 +90,9 @@ export const criuCommands: Record<string, Command> = {
     },
   },
   predump: {
-    usage: 'predump PID -D DIR [--prev DIR] [--timeout MS] [--json]',
+    usage: 'predump PID -D DIR [--prev DIR] [--allow-shared-dir] [--timeout MS] [--json]',
     summary: 'criu pre-dump (the tree keeps running); needs dirty-memory tracking',
-    flags: { ...shared, '--prev': { value: true } },
+    flags: { ...shared, ...shareable, '--prev': { value: true } },
     async run(args, io) {
       const pid = parsePid(args.positionals, 'predump');
       return report(io, args, preDump(pid, { ...common(args, io, 'predump'), prevImagesDir: args.flags.get('--prev') as string | undefined }));
@@ -124,10 +130,10 @@ export const criuCommands: Record<string, Command> = {
         args.flags.has('--json')
           ? JSON.stringify(value, null, 2)
           : [
-              `criu: ${info.path} (${info.source})`,
+              `criu: ${printable(info.path)} (${info.source})`,
               `version: ${info.version}`,
-              `criu check: ${info.check}${cached(info.cached)}`,
-              ...sockets.map((c) => `dump of ${c.held}: ${c.ok ? `ok${cached(sockets.cached)}` : `FAILED\n  ${c.error?.split('\n').join('\n  ')}`}`),
+              `criu check: ${printableLines(info.check)}${cached(info.cached)}`,
+              ...sockets.map((c) => `dump of ${c.held}: ${c.ok ? `ok${cached(sockets.cached)}` : `FAILED\n  ${printableLines(c.error ?? '').split('\n').join('\n  ')}`}`),
               `dirty-memory tracking (pre-dump): ${dirtyTracking ? 'yes' : 'no'}`,
             ].join('\n'),
       );

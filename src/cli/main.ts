@@ -7,7 +7,7 @@ import { UsageError, parseArgs, parseChoice, parseMs, parsePid, quote, type Flag
 import { criuCommands } from './criu.js';
 import { demo } from './demo.js';
 import { migrateCommands } from './migrate.js';
-import { drawTree, summary } from './render.js';
+import { drawTree, printableLines, summary } from './render.js';
 
 export interface Io {
   out: (text: string) => void;
@@ -152,11 +152,11 @@ export async function main(argv: string[], io?: Partial<Io>): Promise<number> {
       return 2;
     }
     if (e instanceof TreeStateError) {
-      out.err(`treestate: ${e.message}`);
+      out.err(`treestate: ${printableLines(e.message)}`);
       return e.code === 'EINVAL_PID' ? 2 : 1;
     }
     const detail = process.env.TREESTATE_DEBUG && e instanceof Error ? `\n${e.stack}` : '';
-    out.err(`treestate: unexpected error: ${e instanceof Error ? e.message : String(e)}${detail}`);
+    out.err(`treestate: unexpected error: ${printableLines(e instanceof Error ? e.message : String(e))}${detail}`);
     return 1;
   }
 }

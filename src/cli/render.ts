@@ -9,6 +9,22 @@ const colours: Record<ProcessState, string> = {
   mixed: '\x1b[31m',
 };
 
+const ESCAPES: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t', '\\': '\\\\' };
+
+/**
+ * `text` with control characters escaped (`\n`, `\x1b` …) and backslashes
+ * doubled: a process names itself (comm), and criu logs what it finds, so a
+ * name could otherwise draw on the terminal or fake a line of the output.
+ */
+export function printable(text: string): string {
+  return text.replace(/[\x00-\x1f\x7f-\x9f\\]/g, (c) => ESCAPES[c] ?? `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
+/** Each line of a message made printable, the line breaks kept. */
+export function printableLines(text: string): string {
+  return text.split('\n').map(printable).join('\n');
+}
+
 export function paint(text: string, state: ProcessState, colour: boolean): string {
   return colour ? `${colours[state]}${text}\x1b[0m` : text;
 }
@@ -20,7 +36,7 @@ export function drawTree(status: TreeStatus, colour: boolean): string {
   const label = (p: ProcessInfo) => {
     const threads = p.threads.length > 1 ? `, ${p.threads.length} threads` : '';
     const detail = p.state === 'mixed' || p.state === 'traced' ? ` ${p.threads.map((t) => `${t.tid}:${t.state}${t.tracerPid ? `<${t.tracerPid}` : ''}`).join(' ')}` : '';
-    return `${p.pid} ${p.comm} ${paint(`[${p.state}]`, p.state, colour)}${threads}${detail}`;
+    return `${p.pid} ${printable(p.comm)} ${paint(`[${p.state}]`, p.state, colour)}${threads}${detail}`;
   };
   const visit = (pid: number, prefix: string, last: boolean, top: boolean) => {
     const p = byPid.get(pid);

@@ -13,6 +13,11 @@ export interface CriuFlags {
   tcpEstablished?: boolean;
   /** criu's --network-lock; unset: criu's default (iptables). */
   networkLock?: NetworkLock;
+  /**
+   * Appended to criu's arguments as they are: treestate does not filter them,
+   * and they run with criu's privileges (as root, `--action-script` runs any
+   * program as root). Pass only arguments you would type yourself.
+   */
   extraArgs?: string[];
 }
 

@@ -1,13 +1,15 @@
 // dump, pre-dump and restore through the real criu, ending in the final state
 // the caller chose, and proving it: after criu exits the engine confirms the
 // state (criu detaches with SIGSTOP without waiting, so T can show late).
-import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { TreeStateError, describePids, describeThreads, hasCode } from '../errors.js';
+import { DURATION, checkNumbers } from '../options.js';
 import { checkNotSelf, checkPid, getTreeState, type TreeState } from '../tree.js';
 import { continueTree, killTree, waitForState } from '../transitions.js';
 import { dumpArgs, preDumpArgs, restoreArgs, type CriuFlags, type DumpFinalState, type RestoreFinalState } from './args.js';
+import { checkImagesDir, checkLogFile, prepareDumpDir } from './images.js';
 import { hasDirtyTracking, locateCriu, onPath, type CriuInfo } from './locate.js';
 import { PidNamespaceRunner, type PidNamespaceInfo } from './pidns.js';
 import { pathBoundUnixSockets, verifyImages, type ImageVerification } from './verify.js';
@@ -29,8 +31,14 @@ export interface CriuOptions extends CriuFlags {
   timeoutMs?: number;
   /** How long the tree may take to show the final state after criu exits (default 5 000 ms). */
   verifyTimeoutMs?: number;
-  /** criu's log (default IMAGES_DIR/VERB.log). */
+  /** criu's log (default IMAGES_DIR/VERB.log); its directory must be the caller's, writable by no one else. */
   logFile?: string;
+  /**
+   * Use an existing images directory that group or others can read (a warning
+   * in the result's `warnings`) instead of refusing it: the images hold the
+   * tree's memory.
+   */
+  allowSharedDir?: boolean;
   /** Starts criu; the testing harness passes its reaper so restored trees land there. */
   runner?: CommandRunner;
   onProgress?: (progress: CriuProgress) => void;
@@ -95,46 +103,12 @@ export interface CriuResult {
   networkLocked?: boolean;
   /** `dump({ verify: true })`: what the test restore of the images found. */
   verified?: ImageVerification;
+  /** What the caller allowed that weakens a guarantee (allowSharedDir). */
+  warnings: string[];
 }
 
 const DEFAULT_TIMEOUT_MS = 120_000;
-
-function imagesIn(dir: string): string[] {
-  return readdirSync(dir).filter((f) => f.endsWith('.img'));
-}
-
-/** A directory for new images: created if missing; refused if unwritable or already holding images. */
-function prepareDumpDir(dir: string): void {
-  if (!existsSync(dir)) {
-    try {
-      mkdirSync(dir, { recursive: true });
-    } catch (e) {
-      throw new TreeStateError('EIMAGES', `cannot create the images directory ${dir}: ${(e as Error).message}`, { cause: e });
-    }
-  }
-  if (!statSync(dir).isDirectory()) throw new TreeStateError('EIMAGES', `${dir} is not a directory`);
-  // access(2) says yes to root even on a read-only mount: try a real write.
-  const probe = join(dir, `.treestate-write-test-${process.pid}`);
-  try {
-    accessSync(dir, constants.W_OK);
-    writeFileSync(probe, '');
-    rmSync(probe);
-  } catch (e) {
-    throw new TreeStateError('EIMAGES', `the images directory ${dir} is not writable: ${(e as Error).message}`, { cause: e });
-  }
-  const images = imagesIn(dir);
-  if (images.length > 0) {
-    throw new TreeStateError('EIMAGES', `the images directory ${dir} already holds ${images.length} images (${images.slice(0, 3).join(', ')}…); treestate never overwrites or deletes images: use an empty directory`);
-  }
-}
-
-function checkImagesDir(dir: string, what: string): void {
-  if (!existsSync(dir)) throw new TreeStateError('EIMAGES', `${what} ${dir} does not exist`);
-  if (!statSync(dir).isDirectory()) throw new TreeStateError('EIMAGES', `${what} ${dir} is not a directory`);
-  if (!existsSync(join(dir, 'inventory.img'))) {
-    throw new TreeStateError('EIMAGES', `${what} ${dir} holds no CRIU images (no inventory.img)`);
-  }
-}
+const CRIU_UMASK = 0o077;
 
 /** The error lines criu logged, minus the RLIMIT_NOFILE one it always logs and survives. */
 export function criuErrorLines(text: string, limit = 6): string[] {
@@ -201,7 +175,9 @@ async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFail
   const tick = progress ? setInterval(() => progress({ verb, phase: 'running criu', elapsedMs: performance.now() - run.started }), 250) : undefined;
   try {
     progress?.({ verb, phase: 'running criu', elapsedMs: performance.now() - run.started });
-    const running = await (options.runner ?? childProcessRunner).run(run.info.path, run.argv, { out });
+    // umask 077: criu creates images 0644 and its logs as the umask allows,
+    // and images hold the tree's memory.
+    const running = await (options.runner ?? childProcessRunner).run(run.info.path, run.argv, { out, umask: CRIU_UMASK });
     let killed: Promise<number[]> | undefined;
     const timer = setTimeout(() => {
       killed = killCriu(running.pid);
@@ -254,29 +230,41 @@ async function verify(verb: CriuVerb, root: number, state: TreeState, options: C
   }
 }
 
-async function begin(verb: CriuVerb, options: CriuOptions): Promise<{ info: CriuInfo; started: number; imagesDir: string; logFile: string }> {
+async function begin(verb: CriuVerb, options: CriuOptions): Promise<{ info: CriuInfo; started: number }> {
   const started = performance.now();
   if (!options || typeof options.imagesDir !== 'string' || options.imagesDir === '') {
     throw new TreeStateError('EINVAL', `${verb} needs an images directory (imagesDir)`);
   }
-  const imagesDir = resolve(options.imagesDir);
+  checkNumbers(options, { timeoutMs: DURATION, verifyTimeoutMs: DURATION });
   options.onProgress?.({ verb, phase: 'locating criu', elapsedMs: 0 });
   const info = await locateCriu(options.criu);
-  return { info, started, imagesDir, logFile: resolve(options.logFile ?? join(imagesDir, `${verb}.log`)) };
+  return { info, started };
 }
 
-function result(verb: CriuVerb, root: number, state: TreeState, processes: number[], b: { info: CriuInfo; started: number; imagesDir: string; logFile: string }, argv: string[]): CriuResult {
+interface Placed {
+  /** Real paths, checked (images.ts): what criu is given. */
+  imagesDir: string;
+  logFile: string;
+  warnings: string[];
+}
+
+function place(verb: CriuVerb, options: CriuOptions, images: { dir: string; warnings: string[] }): Placed {
+  return { imagesDir: images.dir, logFile: checkLogFile(options.logFile ?? join(images.dir, `${verb}.log`)), warnings: images.warnings };
+}
+
+function result(verb: CriuVerb, root: number, state: TreeState, processes: number[], b: { info: CriuInfo; started: number }, placed: Placed, argv: string[]): CriuResult {
   return {
     verb,
     root,
     finalState: state,
     state,
     processes,
-    imagesDir: b.imagesDir,
-    logFile: b.logFile,
+    imagesDir: placed.imagesDir,
+    logFile: placed.logFile,
     criu: { path: b.info.path, version: b.info.version },
     argv,
     elapsedMs: Math.round(performance.now() - b.started),
+    warnings: placed.warnings,
   };
 }
 
@@ -293,11 +281,11 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
   const finalState = checkChoice('finalState', options?.finalState, ['dead', 'running', 'stopped'], 'dead');
   const b = await begin('dump', options);
   const before = await getTreeState(root); // ESRCH before criu runs
-  if (options.prevImagesDir) checkImagesDir(resolve(options.prevImagesDir), 'the previous images directory');
-  prepareDumpDir(b.imagesDir);
-  const argv = dumpArgs(root, b.imagesDir, b.logFile, finalState, { ...withNetworkLock(options), prevImagesDir: options.prevImagesDir && resolve(options.prevImagesDir) });
+  const prevImagesDir = options.prevImagesDir ? checkImagesDir(options.prevImagesDir, 'the previous images directory') : undefined;
+  const placed = place('dump', options, prepareDumpDir(options.imagesDir, options.allowSharedDir === true));
+  const argv = dumpArgs(root, placed.imagesDir, placed.logFile, finalState, { ...withNetworkLock(options), prevImagesDir });
   // A failed dump leaves the tree running (criu resumes it): say what we see.
-  await runCriu('dump', options, { info: b.info, argv, logFile: b.logFile, started: b.started }, () => describeTree(root));
+  await runCriu('dump', options, { info: b.info, argv, logFile: placed.logFile, started: b.started }, () => describeTree(root));
   options.onProgress?.({ verb: 'dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
   let continued = false;
   if (finalState === 'running' && before.counts.stopped > 0) {
@@ -316,7 +304,7 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
   }
   const processes = await verify('dump', root, finalState, options);
   const networkLocked = finalState === 'stopped' && Boolean(options.tcpEstablished);
-  const dumped = { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, argv), continued, ...(networkLocked ? { networkLocked } : {}) };
+  const dumped = { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, placed, argv), continued, ...(networkLocked ? { networkLocked } : {}) };
   if (!options.verify) return dumped;
   options.onProgress?.({ verb: 'dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
   if (finalState !== 'dead') {
@@ -329,7 +317,7 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
     }
   }
   // The tree as it was just before the dump is what must come back.
-  const verified = await verifyImages(b.imagesDir, { ...withNetworkLock(options), criu: b.info.path, expected: before });
+  const verified = await verifyImages(placed.imagesDir, { ...withNetworkLock(options), criu: b.info.path, expected: before });
   return { ...dumped, verified, elapsedMs: Math.round(performance.now() - b.started) };
 }
 
@@ -345,12 +333,12 @@ export async function preDump(pid: number, options: PreDumpOptions): Promise<Cri
     );
   }
   await getTreeState(root);
-  if (options.prevImagesDir) checkImagesDir(resolve(options.prevImagesDir), 'the previous images directory');
-  prepareDumpDir(b.imagesDir);
-  const argv = preDumpArgs(root, b.imagesDir, b.logFile, { ...options, prevImagesDir: options.prevImagesDir && resolve(options.prevImagesDir) });
-  await runCriu('pre-dump', options, { info: b.info, argv, logFile: b.logFile, started: b.started }, () => describeTree(root));
+  const prevImagesDir = options.prevImagesDir ? checkImagesDir(options.prevImagesDir, 'the previous images directory') : undefined;
+  const placed = place('pre-dump', options, prepareDumpDir(options.imagesDir, options.allowSharedDir === true));
+  const argv = preDumpArgs(root, placed.imagesDir, placed.logFile, { ...options, prevImagesDir });
+  await runCriu('pre-dump', options, { info: b.info, argv, logFile: placed.logFile, started: b.started }, () => describeTree(root));
   options.onProgress?.({ verb: 'pre-dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
-  return result('pre-dump', root, 'running', await verify('pre-dump', root, 'running', options), b, argv);
+  return result('pre-dump', root, 'running', await verify('pre-dump', root, 'running', options), b, placed, argv);
 }
 
 /** criu restore --restore-detached, leaving the tree running (default) or stopped; resolves with the restored root. */
@@ -359,7 +347,8 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
   const inNewNamespace = checkChoice('pidNamespace', options?.pidNamespace, ['host', 'new'], 'host') === 'new';
   if (inNewNamespace && options.runner) throw new TreeStateError('EINVAL', 'pidNamespace "new" runs criu under its own init: it takes no runner');
   const b = await begin('restore', options);
-  checkImagesDir(b.imagesDir, 'the images directory');
+  // Images are code criu runs: only the caller's own, unchanged by anyone else.
+  const placed = place('restore', options, { dir: checkImagesDir(options.imagesDir, 'the images directory'), warnings: [] });
   const ownNetwork = checkChoice('networkNamespace', options?.networkNamespace, ['host', 'new'], 'host') === 'new';
   if (ownNetwork && !inNewNamespace) throw new TreeStateError('EINVAL', 'networkNamespace "new" goes with pidNamespace "new"');
   const namespace = inNewNamespace ? new PidNamespaceRunner(ownNetwork) : undefined;
@@ -372,16 +361,16 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
     // asked for: criu restores a process that was stopped at dump time
     // stopped (sending SIGSTOP as it detaches, so T shows late), and this way
     // the tree deterministically ends as asked, whatever it was at dump time.
-    const argv = restoreArgs(b.imagesDir, b.logFile, pidFile, 'stopped', withNetworkLock(options));
-    await runCriu('restore', { ...options, runner: namespace ?? options.runner }, { info: b.info, argv, logFile: b.logFile, started: b.started }, async () => 'criu removes what it had restored when it fails');
+    const argv = restoreArgs(placed.imagesDir, placed.logFile, pidFile, 'stopped', withNetworkLock(options));
+    await runCriu('restore', { ...options, runner: namespace ?? options.runner }, { info: b.info, argv, logFile: placed.logFile, started: b.started }, async () => 'criu removes what it had restored when it fails');
     const written = Number(readText(pidFile).trim());
-    if (!Number.isSafeInteger(written) || written <= 0) throw new TreeStateError('ECRIU', `criu restore exited 0 but wrote no root pid to ${pidFile}; log: ${b.logFile}`);
+    if (!Number.isSafeInteger(written) || written <= 0) throw new TreeStateError('ECRIU', `criu restore exited 0 but wrote no root pid to ${pidFile}; log: ${placed.logFile}`);
     const located = namespace?.locate(written);
     const root = located?.host ?? written;
     options.onProgress?.({ verb: 'restore', phase: 'verifying', elapsedMs: performance.now() - b.started });
     await verify('restore', root, 'stopped', options);
     if (finalState === 'running') await continueTree(root);
-    const done = { ...result('restore', root, finalState, await verify('restore', root, finalState, options), b, argv), continued: finalState === 'running' };
+    const done = { ...result('restore', root, finalState, await verify('restore', root, finalState, options), b, placed, argv), continued: finalState === 'running' };
     kept = true;
     return located ? { ...done, pidNamespace: { pid: located.pid, init: located.init } } : done;
   } finally {

@@ -4,9 +4,10 @@
 import { execFile } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import { release } from 'node:os';
-import { delimiter, join } from 'node:path';
+import { delimiter, join, resolve } from 'node:path';
 import { TreeStateError } from '../errors.js';
 import { packageRoot } from '../native.js';
+import { UntrustedPath, walkTrusted } from './trust.js';
 import { readVerdict, writeVerdict } from './verdicts.js';
 
 export interface CriuInfo {
@@ -113,10 +114,44 @@ async function verify(path: string, source: CriuInfo['source']): Promise<CriuInf
   return { path, source, ...verdict, cached: false };
 }
 
+/** A bare name is looked up in PATH as execFile would, so that the file checked is the file run. */
+function commandPath(path: string): string {
+  if (path.includes('/')) return resolve(path);
+  const dirs = (process.env.PATH ?? '').split(delimiter).filter(Boolean);
+  return dirs.map((dir) => resolve(dir, path)).find(executable) ?? path;
+}
+
+/**
+ * As root, criu runs with every privilege: run it only if root alone can
+ * change it, the file and every directory from / to it (symlinks followed,
+ * and the directories holding them checked too). A sticky directory such as
+ * /tmp may be on the way: there no one else can rename or replace root's
+ * entries (a checkout cloned below /tmp), and a link someone else added
+ * there is refused by the walk.
+ */
+function checkTrusted(path: string): void {
+  if ((process.geteuid?.() ?? 0) !== 0) return;
+  let stats;
+  try {
+    stats = walkTrusted(path, { owners: [0], stickyDirs: true, followLast: true }).stats;
+  } catch (e) {
+    if (!(e instanceof UntrustedPath)) throw e;
+    throw new TreeStateError('EUNTRUSTED', `refusing to run criu at ${path} as root: ${e.message}. Root runs only a criu that no one but root can change: fix the path as said, or install criu in root-owned directories (npm run setup:criu in a root-owned checkout)`, {
+      details: { path: e.path },
+      cause: e,
+    });
+  }
+  // A missing file is left to the run, which says ENOCRIU.
+  if (stats && !stats.isFile()) throw new TreeStateError('EUNTRUSTED', `refusing to run criu at ${path} as root: it is not a regular file`);
+}
+
 /** The criu to use, verified (version and `criu check`); cached per path for this process. */
 export async function locateCriu(explicit?: string): Promise<CriuInfo> {
-  const found = criuCandidates(explicit).find((c) => executable(c.path) || c.source === 'option' || c.source === 'env');
-  if (!found) throw new TreeStateError('ENOCRIU', `no criu found (looked at the TREESTATE_CRIU variable, ${join(packageRoot(), '.criu/bin/criu')} and PATH). ${HOW_TO_GET}`);
+  const candidate = criuCandidates(explicit).find((c) => executable(c.path) || c.source === 'option' || c.source === 'env');
+  if (!candidate) throw new TreeStateError('ENOCRIU', `no criu found (looked at the TREESTATE_CRIU variable, ${join(packageRoot(), '.criu/bin/criu')} and PATH). ${HOW_TO_GET}`);
+  const found = { ...candidate, path: commandPath(candidate.path) };
+  // Checked on every call, before the cache: a verified path may since have changed hands.
+  checkTrusted(found.path);
   let pending = verified.get(found.path);
   if (!pending) {
     pending = verify(found.path, found.source);

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { TreeStateError } from '../errors.js';
 import { nativeExecutable } from '../native.js';
-import type { CommandExit, CommandRunner, RunningCommand } from './runner.js';
+import { withUmask, type CommandExit, type CommandRunner, type RunOptions, type RunningCommand } from './runner.js';
 
 /** Where a tree restored into its own pid namespace lives. */
 export interface PidNamespaceInfo {
@@ -37,13 +37,14 @@ export class PidNamespaceRunner implements CommandRunner {
   /** `network`: a network namespace of its own too, with only its loopback (up). */
   constructor(private readonly network = false) {}
 
-  async run(file: string, args: string[], { out }: { out: string }): Promise<RunningCommand> {
+  async run(file: string, args: string[], { out, umask }: RunOptions): Promise<RunningCommand> {
     if (this.child) throw new TreeStateError('EINVAL', 'a PidNamespaceRunner runs one program');
-    const child = spawn(nativeExecutable('treestate-reaper'), ['--pid-ns', ...(this.network ? ['--net-ns'] : []), '--setsid', '--out', out, '--', file, ...args], {
+    // The reaper, and so criu, take the umask: the reaper opens `out` O_NOFOLLOW.
+    const child = withUmask(umask, () => spawn(nativeExecutable('treestate-reaper'), ['--pid-ns', ...(this.network ? ['--net-ns'] : []), '--setsid', '--out', out, '--', file, ...args], {
       // Not even stderr is shared: the init outlives this process, and would
       // hold a caller's pipe open (a shell's $(…) would never end).
       stdio: ['pipe', 'pipe', 'ignore'],
-    });
+    }));
     this.child = child;
     // The init may be gone (killed on a timeout) before we tell it anything.
     child.stdin!.on('error', () => {});

@@ -2,7 +2,7 @@
 // process; the testing harness supplies one that runs it under its reaper, so
 // a tree restored with --restore-detached is re-parented there and reaped at once.
 import { spawn } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, constants, openSync } from 'node:fs';
 
 export interface CommandExit {
   code: number | null;
@@ -14,16 +14,46 @@ export interface RunningCommand {
   exited: Promise<CommandExit>;
 }
 
+export interface RunOptions {
+  /** File for stdout and stderr, appended to; never followed if it is a symlink. */
+  out: string;
+  /** The program's umask (criu's decides its images' modes: treestate asks for 0o077). */
+  umask?: number;
+}
+
 export interface CommandRunner {
   /** Starts `file` with an argument vector (never a shell); stdout and stderr go to `out`. */
-  run(file: string, args: string[], options: { out: string }): Promise<RunningCommand>;
+  run(file: string, args: string[], options: RunOptions): Promise<RunningCommand>;
+}
+
+/** How `out` is opened by every runner: appended to, created 0600, and a symlink planted at its name is an error (ELOOP), not followed. */
+export const OUT_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_APPEND | constants.O_NOFOLLOW;
+
+/**
+ * Node cannot give a child a umask of its own, so the process's is swapped
+ * for the spawn, which is synchronous: no JavaScript runs meanwhile (a file
+ * another thread creates in that instant is only made more private). A worker
+ * thread may not change it; there the child keeps the process's umask.
+ */
+export function withUmask<T>(umask: number | undefined, work: () => T): T {
+  let previous: number | undefined;
+  try {
+    if (umask !== undefined) previous = process.umask(umask);
+  } catch {
+    // ERR_WORKER_UNSUPPORTED_OPERATION
+  }
+  try {
+    return work();
+  } finally {
+    if (previous !== undefined) process.umask(previous);
+  }
 }
 
 export const childProcessRunner: CommandRunner = {
-  async run(file, args, { out }) {
-    const fd = openSync(out, 'a');
+  async run(file, args, { out, umask }) {
+    const fd = openSync(out, OUT_FLAGS, 0o600);
     try {
-      const child = spawn(file, args, { stdio: ['ignore', fd, fd] });
+      const child = withUmask(umask, () => spawn(file, args, { stdio: ['ignore', fd, fd] }));
       const exited = new Promise<CommandExit>((resolve, reject) => {
         child.once('error', reject);
         child.once('exit', (code, signal) => resolve({ code, signal }));

@@ -2,6 +2,7 @@
 import { TreeStateError, describeThreads } from '../errors.js';
 import { getTreeState, liveThreads, threadState, type TreeState, type TreeStatus } from '../tree.js';
 import { waitForState } from '../transitions.js';
+import { DURATION, checkNumbers } from '../options.js';
 
 export interface AssertOptions {
   /** How long the tree may take to get there (CRIU detaches before T shows). Default 2000 ms. */
@@ -23,6 +24,7 @@ function describeStatus(status: TreeStatus, wanted: TreeState): string {
 
 /** Resolves once the tree of `pid` is in `state`; rejects naming the processes and threads that are not. */
 export async function assertTreeState(pid: number, state: TreeState, options: AssertOptions = {}): Promise<TreeStatus> {
+  checkNumbers(options, { timeoutMs: DURATION });
   try {
     return await waitForState(pid, state, { timeoutMs: options.timeoutMs ?? 2000 });
   } catch (e) {

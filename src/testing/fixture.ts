@@ -1,10 +1,11 @@
 // Fixture trees with a heartbeat: the semantic proof of a state. Running
 // means every counter advances; Stopped means none does.
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { TreeStateError, describePids } from '../errors.js';
 import { nativeExecutable } from '../native.js';
+import { DURATION, checkNumbers, wholeNumber, type NumberRule } from '../options.js';
 import { spawnSupervised, type Supervisor } from './supervisor.js';
 
 export interface TreeShape {
@@ -63,7 +64,50 @@ export interface Heartbeat {
 
 const HEADER = 16;
 const SLOT = 16;
-let serial = 0;
+/** Heartbeat files live in `PREFIX<pid>-XXXXXX/`, a private directory per tree. */
+const PREFIX = 'treestate-heartbeats-';
+
+/**
+ * Removes the heartbeat directories that crashed runs left in `base`: only
+ * our own (a directory, not a link, of our uid), of a pid that no longer runs.
+ */
+function removeStaleHeartbeats(base: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(base);
+  } catch {
+    return;
+  }
+  const uid = process.geteuid?.() ?? 0;
+  for (const name of names) {
+    const pid = Number(/^treestate-heartbeats-(\d+)-\w+$/.exec(name)?.[1]);
+    if (!pid || pid === process.pid) continue;
+    try {
+      process.kill(pid, 0);
+      continue; // alive (or another user's: EPERM, below)
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') continue;
+    }
+    const path = join(base, name);
+    try {
+      const st = lstatSync(path);
+      if (st.isDirectory() && st.uid === uid) rmSync(path, { recursive: true, force: true });
+    } catch {
+      // raced with another run's cleanup
+    }
+  }
+}
+
+/**
+ * A fresh heartbeat file path in a directory of its own (mkdtemp: 0700,
+ * created, never reused), so that no one can plant a file or symlink at the
+ * name; the fixture creates the file itself, O_EXCL | O_NOFOLLOW, 0600.
+ */
+function heartbeatPath(): string {
+  const base = process.env.TREESTATE_HEARTBEAT_DIR ?? (process.platform === 'linux' ? '/dev/shm' : tmpdir());
+  removeStaleHeartbeats(base);
+  return join(mkdtempSync(join(base, `${PREFIX}${process.pid}-`)), 'heartbeats');
+}
 
 export function treeSize({ depth = 1, fanout = 2 }: TreeShape): number {
   let size = 0;
@@ -133,7 +177,9 @@ export class TreeFixture {
   }
 
   /** Resolves once every counter has advanced; rejects naming the processes whose counters did not. */
-  async waitProgress({ timeoutMs = 5000 }: { timeoutMs?: number } = {}): Promise<void> {
+  async waitProgress(options: { timeoutMs?: number } = {}): Promise<void> {
+    checkNumbers(options, { timeoutMs: DURATION });
+    const timeoutMs = options.timeoutMs ?? 5000;
     const before = this.heartbeats();
     const deadline = Date.now() + timeoutMs;
     for (;;) {
@@ -148,7 +194,9 @@ export class TreeFixture {
   }
 
   /** Rejects naming any process whose counter advances within `forMs`: the proof that nothing runs. */
-  async assertNoProgress({ forMs = 100 }: { forMs?: number } = {}): Promise<void> {
+  async assertNoProgress(options: { forMs?: number } = {}): Promise<void> {
+    checkNumbers(options, { forMs: DURATION });
+    const forMs = options.forMs ?? 100;
     const before = this.heartbeats();
     await pause(forMs);
     const moved = this.heartbeats().filter((h, i) => h.counter !== before[i]!.counter).map((h) => h.pid);
@@ -157,11 +205,10 @@ export class TreeFixture {
     }
   }
 
-  /** Kills and reaps everything the fixture made, and removes its heartbeat file. */
+  /** Kills and reaps everything the fixture made, and removes its heartbeat file and directory. */
   async dispose(): Promise<void> {
     await this.supervisor.dispose();
-    rmSync(this.heartbeatFile, { force: true });
-    rmSync(socketsFile(this.heartbeatFile), { force: true });
+    rmSync(dirname(this.heartbeatFile), { recursive: true, force: true });
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -170,11 +217,28 @@ export class TreeFixture {
 }
 
 /** Spawns a fixture tree under a reaper and resolves once every process is up and counting. */
+const TREE_NUMBERS: { [K in keyof TreeOptions]: NumberRule } = {
+  depth: wholeNumber(0, 64),
+  fanout: wholeNumber(0, 100_000),
+  threads: wholeNumber(1, 255),
+  uidDepth: wholeNumber(0, 64),
+  uid: wholeNumber(0, 4_294_967_294),
+  memoryMb: wholeNumber(0, 1 << 20),
+  intervalMs: wholeNumber(1, 2_147_483_647),
+  readyTimeoutMs: DURATION,
+};
+
 export async function spawnTree(options: TreeOptions = {}): Promise<TreeFixture> {
+  checkNumbers(options, TREE_NUMBERS);
   const size = treeSize(options);
-  const dir = process.env.TREESTATE_HEARTBEAT_DIR ?? (process.platform === 'linux' ? '/dev/shm' : tmpdir());
-  const heartbeatFile = join(dir, `treestate-${process.pid}-${++serial}.heartbeat`);
-  const supervisor = await spawnSupervised(nativeExecutable('treestate-fixture'), fixtureArgs(options, heartbeatFile));
+  const heartbeatFile = heartbeatPath();
+  let supervisor: Supervisor;
+  try {
+    supervisor = await spawnSupervised(nativeExecutable('treestate-fixture'), fixtureArgs(options, heartbeatFile));
+  } catch (e) {
+    rmSync(dirname(heartbeatFile), { recursive: true, force: true });
+    throw e;
+  }
   const fixture = new TreeFixture(supervisor, heartbeatFile, size);
   const deadline = Date.now() + (options.readyTimeoutMs ?? 20_000);
   for (;;) {

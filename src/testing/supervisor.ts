@@ -3,7 +3,7 @@
 // zombie of pid 1 and a CRIU restore right after a kill finds its pids free.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import type { CommandExit, CommandRunner, RunningCommand } from '../criu/runner.js';
+import type { CommandExit, CommandRunner, RunOptions, RunningCommand } from '../criu/runner.js';
 import { TreeStateError } from '../errors.js';
 import { nativeExecutable } from '../native.js';
 
@@ -90,14 +90,15 @@ export class Supervisor implements CommandRunner {
   }
 
   /** Runs another program as a child of the reaper (criu restore, so the restored tree lands here). */
-  async run(file: string, args: string[], options: { out: string }): Promise<RunningCommand> {
+  async run(file: string, args: string[], options: RunOptions): Promise<RunningCommand> {
     if (args.some((a) => a.includes('\n')) || /\s/.test(options.out)) {
       throw new TreeStateError('EINVAL', 'arguments run under the reaper cannot hold newlines, nor the output path white space');
     }
     const id = String(this.nextId++);
     const pid = await new Promise<number>((resolve, reject) => {
       this.spawns.set(id, { resolve, reject });
-      this.child.stdin!.write(`spawn ${id} ${options.out} ${args.length + 1}\n${[file, ...args].join('\n')}\n`);
+      const umask = options.umask === undefined ? '' : ` ${(options.umask & 0o777).toString(8)}`;
+      this.child.stdin!.write(`spawn ${id} ${options.out} ${args.length + 1}${umask}\n${[file, ...args].join('\n')}\n`);
     });
     this.spawns.delete(id);
     return { pid, exited: this.exited(pid) };
