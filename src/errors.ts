@@ -66,6 +66,11 @@ export function describeThreads(threads: ThreadRef[], limit = 8): string {
   return shown.join(', ') + more;
 }
 
+/** `1 pass`, `2 passes`: a count with its noun. */
+export function plural(count: number, one: string, many = `${one}s`): string {
+  return `${count} ${count === 1 ? one : many}`;
+}
+
 export function describePids(pids: Array<number | string>, limit = 12): string {
   const more = pids.length > limit ? ` and ${pids.length - limit} more` : '';
   return pids.slice(0, limit).join(', ') + more;

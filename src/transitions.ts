@@ -1,7 +1,7 @@
 // Moving a tree between Running, Stopped and Dead. Policy lives here (order,
 // passes, verification, rollback, timeouts); every look at the tree and every
 // signal is one native pass (see native/walk.cc).
-import { TreeStateError, describePids, describeThreads, hasCode, type ThreadRef } from './errors.js';
+import { TreeStateError, describePids, describeThreads, hasCode, plural, type ThreadRef } from './errors.js';
 import { native, type Identity, type NativeFailure, type NativeWalkResult } from './native.js';
 import { checkNotSelf, checkPid, classify, liveThreads, pidsOf, processState, readFailure, toProcessInfo, walkCache, walkTree, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
 
@@ -144,7 +144,7 @@ function rolledBackNote(undone: Rollback | null): string {
   const { resumed, failed } = undone;
   const stuck = failed.length ? `${describePids(failed.map((f) => f.pid))} could not be resumed (${failed[0]!.code}): continue ${failed.length === 1 ? 'it' : 'them'} by hand` : '';
   if (resumed.length === 0) return stuck ? `; ${stuck}` : '; nothing had been stopped';
-  return `; the ${resumed.length} process(es) it had stopped were resumed${stuck ? `, but ${stuck}` : ''}`;
+  return `; the ${plural(resumed.length, 'process', 'processes')} it had stopped ${resumed.length === 1 ? 'was' : 'were'} resumed${stuck ? `, but ${stuck}` : ''}`;
 }
 
 /** Which processes a pass saw, and how many of them were dead. */
@@ -437,7 +437,7 @@ async function settle(verified: TransitionResult, verifying: NativeWalkResult, c
     if (round >= SETTLE_ROUNDS || performance.now() > ctx.deadline) {
       throw new TreeStateError(
         'ETIMEDOUT',
-        `continued the tree of ${root}, but ${describeThreads(stopped)} stopped again each time it was resumed (${round + 1} times): something in the tree keeps stopping it`,
+        `continued the tree of ${root}, but ${describeThreads(stopped)} stopped again each time it was resumed (${plural(round + 1, 'time')}): something in the tree keeps stopping it`,
         { pid: root, threads: stopped, pids: pidsOf(stopped), details: { resumedAgain } },
       );
     }

@@ -37,6 +37,7 @@ function common(args: Parsed, io: Io, verb: string) {
     shellJob: args.flags.has('--shell-job'),
     tcpEstablished: args.flags.has('--tcp-established'),
     onProgress: progress(io),
+    extraArgs: args.extra,
   };
 }
 
@@ -58,9 +59,10 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
 
 export const criuCommands: Record<string, Command> = {
   dump: {
-    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--prev DIR] [--shell-job] [--tcp-established] [--timeout MS] [--json]',
+    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--prev DIR] [--shell-job] [--tcp-established] [--timeout MS] [--criu PATH] [--json] [-- CRIU-ARGS]',
     summary: 'criu dump, leaving the tree dead (default), running or stopped, verified',
     flags: { ...shared, '--final-state': { value: true }, '--prev': { value: true } },
+    extra: true,
     async run(args, io) {
       const pid = parsePid(args.positionals, 'dump');
       const finalState = parseChoice('--final-state', args.flags.get('--final-state'), ['dead', 'running', 'stopped'] as const);
@@ -69,9 +71,10 @@ export const criuCommands: Record<string, Command> = {
     },
   },
   restore: {
-    usage: 'restore -D DIR [--final-state running|stopped] [--shell-job] [--tcp-established] [--timeout MS] [--json]',
+    usage: 'restore -D DIR [--final-state running|stopped] [--shell-job] [--tcp-established] [--timeout MS] [--criu PATH] [--json] [-- CRIU-ARGS]',
     summary: 'criu restore, leaving the tree running (default) or stopped, verified',
     flags: { ...shared, '--final-state': { value: true } },
+    extra: true,
     async run(args, io) {
       if (args.positionals.length) throw new UsageError('restore takes no PID: the images say which processes come back');
       const finalState = parseChoice('--final-state', args.flags.get('--final-state'), ['running', 'stopped'] as const);
@@ -79,9 +82,10 @@ export const criuCommands: Record<string, Command> = {
     },
   },
   predump: {
-    usage: 'predump PID -D DIR [--prev DIR] [--timeout MS] [--json]',
+    usage: 'predump PID -D DIR [--prev DIR] [--shell-job] [--tcp-established] [--timeout MS] [--criu PATH] [--json] [-- CRIU-ARGS]',
     summary: 'criu pre-dump (the tree keeps running); needs dirty-memory tracking',
     flags: { ...shared, '--prev': { value: true } },
+    extra: true,
     async run(args, io) {
       const pid = parsePid(args.positionals, 'predump');
       return report(io, args, preDump(pid, { ...common(args, io, 'predump'), prevImagesDir: args.flags.get('--prev') as string | undefined }));

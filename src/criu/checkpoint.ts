@@ -4,7 +4,7 @@
 import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { TreeStateError, describePids, describeThreads, hasCode } from '../errors.js';
+import { TreeStateError, describePids, describeThreads, hasCode, plural } from '../errors.js';
 import { checkNotSelf, checkPid, getTreeState, type TreeState } from '../tree.js';
 import { continueTree, killTree, waitForState } from '../transitions.js';
 import { dumpArgs, preDumpArgs, restoreArgs, type CriuFlags, type DumpFinalState, type RestoreFinalState } from './args.js';
@@ -174,7 +174,7 @@ async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFail
     const finishedFirst = killed && exit.code === 0 && (await killed).length === 0;
     if (killed && !finishedFirst) {
       const started = await killed;
-      const also = started.length ? ` together with the ${started.length} process(es) it had started (${describePids(started)})` : '';
+      const also = started.length ? ` together with the ${plural(started.length, 'process', 'processes')} it had started (${describePids(started)})` : '';
       throw new TreeStateError('ETIMEDOUT', `criu ${verb} did not finish within ${timeoutMs} ms and was killed${also}; ${await afterFailure()}; log: ${run.logFile}`, {
         details: { logFile: run.logFile, argv: run.argv, killed: started },
       });

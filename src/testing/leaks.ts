@@ -1,7 +1,7 @@
 // Nothing left behind: after each test, every supervisor must be disposed and
 // the test process must have no descendant (running or zombie) that was not
 // there before the test began (a loader's service process, say).
-import { TreeStateError, describePids } from '../errors.js';
+import { TreeStateError, describePids, plural } from '../errors.js';
 import { snapshot } from '../tree.js';
 import { liveSupervisors } from './supervisor.js';
 
@@ -23,7 +23,7 @@ export async function checkNoLeaks(): Promise<void> {
   await Promise.all(left.map((s) => s.dispose()));
   const problems: string[] = [];
   if (left.length > 0) {
-    problems.push(`left ${left.length} supervised tree(s) running: ${left.map((s) => `${s.command[0]?.split('/').pop()} (root ${s.root})`).join(', ')}`);
+    problems.push(`left ${plural(left.length, 'supervised tree')} running: ${left.map((s) => `${s.command[0]?.split('/').pop()} (root ${s.root})`).join(', ')}`);
   }
   const strays = [...(await descendants())].filter(([pid, p]) => baseline.get(pid)?.startTime !== p.startTime);
   if (strays.length > 0) {
