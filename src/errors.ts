@@ -13,7 +13,10 @@ export type ErrorCode =
   | 'ECRIU' // criu failed
   | 'EIMAGES' // an images directory that cannot be used
   | 'ENODIRTYTRACK' // pre-dump on a kernel without dirty-memory tracking
-  | 'EMISMATCH'; // the tree is not in the state criu should have left it in
+  | 'EMISMATCH' // the tree is not in the state criu should have left it in
+  | 'ESPAWN' // treestate/testing: a program could not be started under the reaper
+  | 'ELEAK' // treestate/testing: a test left a process or a supervised tree behind
+  | 'ENOTAWAITED'; // treestate/testing: a test did not await a chai tree assertion
 
 export interface ThreadRef {
   pid: number;
