@@ -263,7 +263,7 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
     }
     if (passes > 1 && fresh > 0 && ++growing > maxPasses) {
       const undone = await undo('ENOTSETTLED');
-      throw new TreeStateError('ENOTSETTLED', `the tree of ${root} kept forking new processes through ${maxPasses} passes${rolledBackNote(undone)}`, { pid: root, pids: pass.processes.map((p) => p.pid) });
+      throw new TreeStateError('ENOTSETTLED', `the tree of ${root} kept forking new processes through ${plural(maxPasses, 'pass', 'passes')}${rolledBackNote(undone)}`, { pid: root, pids: pass.processes.map((p) => p.pid) });
     }
     // A thread in ptrace-stop only reaches group-stop when its tracer lets
     // it: if nothing else is left, say so rather than wait for the timeout.
