@@ -140,6 +140,7 @@ describe('CLI', () => {
     await stopTree(tree.root);
     const again = await cli(['stop', String(tree.root)]);
     expect(again.stdout).to.match(new RegExp(`^stopped the tree of ${tree.root}: 1 process \\(1 pass, [\\d.]+ ms\\)\n$`));
+    expect((await cli(['status', String(tree.root)])).stdout).to.equal(`${tree.root}: stopped (1 process, 1 thread)\n`);
     await using three = await spawnTree({ depth: 1, fanout: 2 });
     const kill = await cli(['kill', String(three.root)]);
     expect(kill.code).to.equal(0);
