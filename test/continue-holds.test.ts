@@ -4,7 +4,7 @@ import { expect } from 'chai';
 import { continueTree, snapshot, stopTree } from '../src/index.js';
 import { nativeExecutable } from '../src/native.js';
 import { spawnSupervised, type Supervisor } from '../src/testing/index.js';
-import { statFields, waitFor } from './helpers.js';
+import { cli, statFields, waitFor } from './helpers.js';
 
 const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -53,6 +53,20 @@ describe('continue holds', () => {
     expect(result.settle?.resumedAgain).to.deep.equal([parent.root]);
     expect(result.state).to.equal('running');
     expect(statFields(parent.root)[0]).to.not.equal('T');
+  });
+
+  it('treestate cont says what it resumed again; --settle 0 does not watch, and the parent stops after it', async () => {
+    await using parent = await spawnSupervised(nativeExecutable('treestate-fixture'), ['--mirror-stop', '2']);
+    const pids = await treeOf(parent, 2);
+    await stopTree(parent.root);
+    const cont = await cli(['cont', String(parent.root)]);
+    expect(cont.stdout).to.match(new RegExp(`^continued the tree of ${parent.root}: 2 processes, 1 process resumed again after stopping itself \\(`));
+    await pause(200);
+    expect(stoppedThreads(pids)).to.deep.equal([]);
+    await stopTree(parent.root);
+    expect((await cli(['cont', String(parent.root), '--settle', '0'])).code).to.equal(0);
+    await waitFor(() => statFields(parent.root)[0] === 'T', 2000, 'the parent stopping itself');
+    await continueTree(parent.root);
   });
 
   it('fails, naming it, on a process that stops itself again every time it is resumed', async () => {

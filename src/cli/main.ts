@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { TreeStateError, plural } from '../errors.js';
 import { packageRoot } from '../native.js';
 import { getTreeState } from '../tree.js';
-import { continueTree, killTree, stopTree, waitForState, type TransitionResult } from '../transitions.js';
+import { continueTree, killTree, stopTree, waitForState, type ContinueOptions, type TransitionResult } from '../transitions.js';
 import { UsageError, optionsPart, parseArgs, parseChoice, parseMs, parsePid, quote, type FlagSpec, type Parsed } from './args.js';
 import { criuCommands } from './criu.js';
 import { demo } from './demo.js';
@@ -45,14 +45,18 @@ function transitionText(verb: string, r: TransitionResult): string {
   return `${verb} the tree of ${r.root}: ${plural(count, 'process', 'processes')}${meanwhile}${again} (${plural(r.passes, 'pass', 'passes')}, ${r.elapsedMs.toFixed(1)} ms)`;
 }
 
-function transition(verb: string, past: string, op: typeof stopTree): Command {
+function transition(verb: string, past: string, op: (pid: number, options: ContinueOptions) => Promise<TransitionResult>, settle = false): Command {
   return {
-    usage: `${verb} PID [--timeout MS] [--json] [--scan]`,
+    usage: `${verb} PID [--timeout MS]${settle ? ' [--settle MS]' : ''} [--json] [--scan]`,
     summary: '',
-    flags: { ...json, ...timeout, ...scan },
+    flags: { ...json, ...timeout, ...scan, ...(settle ? { '--settle': { value: true } } : {}) },
     async run(args, io) {
       const pid = parsePid(args.positionals, verb);
-      const result = await op(pid, { timeoutMs: parseMs('--timeout', args.flags.get('--timeout')), scan: args.flags.has('--scan') });
+      const result = await op(pid, {
+        timeoutMs: parseMs('--timeout', args.flags.get('--timeout')),
+        scan: args.flags.has('--scan'),
+        settleMs: parseMs('--settle', args.flags.get('--settle')),
+      });
       print(io, args, result, () => transitionText(past, result));
       return 0;
     },
@@ -86,7 +90,7 @@ export const commands: Record<string, Command> = {
     },
   },
   stop: { ...transition('stop', 'stopped', stopTree), summary: 'Running → Stopped: SIGSTOP, parents first, until every thread shows T' },
-  cont: { ...transition('cont', 'continued', continueTree), summary: 'Stopped → Running: SIGCONT to every thread, children first' },
+  cont: { ...transition('cont', 'continued', continueTree, true), summary: 'Stopped → Running: SIGCONT to every thread, children first' },
   kill: { ...transition('kill', 'killed', killTree), summary: '→ Dead: stop, then SIGKILL every process, and wait until all are gone' },
   wait: {
     usage: 'wait PID --state running|stopped|dead|mixed [--timeout MS] [--json] [--scan]',
@@ -118,6 +122,7 @@ const optionHelp: Array<[string, string]> = [
   ['--json', 'print the library result as JSON; errors too, as {"error": {"code", "message", …}} on stdout'],
   ['--timeout MS', 'how long the operation may take (default 10000; for dump, restore and predump 120000)'],
   ['--scan', 'walk /proc/*/stat instead of the children files'],
+  ['--settle MS', 'cont: how long to watch for processes that stop themselves again once resumed, and resume them (default 20; 0: no watch)'],
   ['--state STATE', 'wait: running, stopped, dead or mixed'],
   ['-D, --images-dir DIR', 'the CRIU images directory'],
   ['--final-state STATE', 'dump: dead (default), running or stopped; restore: running (default) or stopped'],
