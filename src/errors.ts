@@ -70,7 +70,7 @@ export function describeThreads(threads: ThreadRef[], limit = 8): string {
 }
 
 /** `1 pass`, `2 passes`: a count with its noun. */
-export function plural(count: number, one: string, many = `${one}s`): string {
+export function plural(count: number, one: string, many = /(s|sh|ch|x)$/.test(one) ? `${one}es` : `${one}s`): string {
   return `${count} ${count === 1 ? one : many}`;
 }
 

@@ -144,7 +144,7 @@ function rolledBackNote(undone: Rollback | null): string {
   const { resumed, failed } = undone;
   const stuck = failed.length ? `${describePids(failed.map((f) => f.pid))} could not be resumed (${failed[0]!.code}): continue ${failed.length === 1 ? 'it' : 'them'} by hand` : '';
   if (resumed.length === 0) return stuck ? `; ${stuck}` : '; nothing had been stopped';
-  return `; the ${plural(resumed.length, 'process', 'processes')} it had stopped ${resumed.length === 1 ? 'was' : 'were'} resumed${stuck ? `, but ${stuck}` : ''}`;
+  return `; the ${plural(resumed.length, 'process')} it had stopped ${resumed.length === 1 ? 'was' : 'were'} resumed${stuck ? `, but ${stuck}` : ''}`;
 }
 
 /** Which processes a pass saw, and how many of them were dead. */
@@ -263,7 +263,7 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
     }
     if (passes > 1 && fresh > 0 && ++growing > maxPasses) {
       const undone = await undo('ENOTSETTLED');
-      throw new TreeStateError('ENOTSETTLED', `the tree of ${root} kept forking new processes through ${plural(maxPasses, 'pass', 'passes')}${rolledBackNote(undone)}`, { pid: root, pids: pass.processes.map((p) => p.pid) });
+      throw new TreeStateError('ENOTSETTLED', `the tree of ${root} kept forking new processes through ${plural(maxPasses, 'pass')}${rolledBackNote(undone)}`, { pid: root, pids: pass.processes.map((p) => p.pid) });
     }
     // A thread in ptrace-stop only reaches group-stop when its tracer lets
     // it: if nothing else is left, say so rather than wait for the timeout.

@@ -41,8 +41,8 @@ function transitionText(verb: string, r: TransitionResult): string {
   const exited = killed ? r.exited.filter((pid) => !killed.has(pid)) : r.exited;
   const count = killed ? r.signalled.length : r.processes.length || r.signalled.length;
   const meanwhile = exited.length ? `, ${exited.length} exited meanwhile` : '';
-  const again = r.settle?.resumedAgain.length ? `, ${plural(r.settle.resumedAgain.length, 'process', 'processes')} resumed again after stopping itself` : '';
-  return `${verb} the tree of ${r.root}: ${plural(count, 'process', 'processes')}${meanwhile}${again} (${plural(r.passes, 'pass', 'passes')}, ${r.elapsedMs.toFixed(1)} ms)`;
+  const again = r.settle?.resumedAgain.length ? `, ${plural(r.settle.resumedAgain.length, 'process')} resumed again after stopping itself` : '';
+  return `${verb} the tree of ${r.root}: ${plural(count, 'process')}${meanwhile}${again} (${plural(r.passes, 'pass')}, ${r.elapsedMs.toFixed(1)} ms)`;
 }
 
 function transition(verb: string, past: string, op: (pid: number, options: ContinueOptions) => Promise<TransitionResult>, settle = false): Command {

@@ -37,5 +37,5 @@ export function drawTree(status: TreeStatus, colour: boolean): string {
 
 export function summary(status: TreeStatus, colour: boolean): string {
   const threads = status.processes.reduce((n, p) => n + p.threads.length, 0);
-  return `${status.root}: ${paint(status.state, status.state, colour)} (${plural(status.processes.length, 'process', 'processes')}, ${plural(threads, 'thread')})`;
+  return `${status.root}: ${paint(status.state, status.state, colour)} (${plural(status.processes.length, 'process')}, ${plural(threads, 'thread')})`;
 }

@@ -174,7 +174,7 @@ async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFail
     const finishedFirst = killed && exit.code === 0 && (await killed).length === 0;
     if (killed && !finishedFirst) {
       const started = await killed;
-      const also = started.length ? ` together with the ${plural(started.length, 'process', 'processes')} it had started (${describePids(started)})` : '';
+      const also = started.length ? ` together with the ${plural(started.length, 'process')} it had started (${describePids(started)})` : '';
       throw new TreeStateError('ETIMEDOUT', `criu ${verb} did not finish within ${timeoutMs} ms and was killed${also}; ${await afterFailure()}; log: ${run.logFile}`, {
         details: { logFile: run.logFile, argv: run.argv, killed: started },
       });
