@@ -47,6 +47,8 @@ const DEFAULT_TIMEOUT_MS = 10_000;
 const DEFAULT_SETTLE_MS = 20;
 /** Rounds of "resumed, stopped itself again" before a continue gives up on a process. */
 const SETTLE_ROUNDS = 5;
+/** A watch goes on past `settleMs`, up to this many times it, while a parent it resumed is still runnable. */
+const SETTLE_LATE_FACTOR = 5;
 
 /** No pause at all for 0 ms: the next pass is itself asynchronous, so the event loop still turns. */
 async function pause(ms: number): Promise<void> {
@@ -396,8 +398,9 @@ interface SettleContext {
  * kill(getpid(), SIGSTOP)) may have seen the child stop before our SIGSTOP
  * reached it, and carries out that reaction only once resumed — after the
  * verifying pass, as soon as the scheduler runs it. So the tree is watched
- * for `settleMs` (looks at 1, 4, 16 … ms), and a process this call saw
- * running that shows T again is resumed, and the watch starts over. A
+ * for `settleMs` (looks at 1, 4, 16 … ms), longer (up to SETTLE_LATE_FACTOR
+ * times) while a parent it resumed is still runnable, and a process this
+ * call saw running that shows T again is resumed, and the watch starts over. A
  * process that stops itself again every time is not resumed forever: after
  * SETTLE_ROUNDS rounds the continue fails (ETIMEDOUT) naming it.
  */
@@ -410,13 +413,17 @@ async function settle(verified: TransitionResult, verifying: NativeWalkResult, c
   const resumedAgain: number[] = [];
   let looks = 0;
   let last = verifying;
+  // Only a parent can mirror its child's stop; one still runnable (R) may
+  // not have had the CPU since its SIGCONT, or be on its way to the reaction.
+  const reacting = (pass: NativeWalkResult) => pass.processes.some((p) => resumed.get(p.pid) === p.startTime && p.children.length > 0 && p.threads[0]?.state === 'R');
   for (let round = 0; ; round++) {
     const windowEnd = performance.now() + settleMs;
+    const lateEnd = windowEnd + settleMs * (SETTLE_LATE_FACTOR - 1);
     let again: NativeWalkResult['processes'] = [];
     for (let wait = 1; again.length === 0; wait *= 4) {
-      const left = windowEnd - performance.now();
-      if (left <= 0) break;
-      await pause(Math.min(wait, left));
+      const now = performance.now();
+      if (now >= windowEnd && (now >= lateEnd || !reacting(last))) break;
+      await pause(now < windowEnd ? Math.min(wait, windowEnd - now) : Math.min(4, lateEnd - now));
       try {
         last = await walkTree({ root, rootStartTime, scan: options.scan, cache });
       } catch (e) {

@@ -45,6 +45,14 @@ describe('continue holds', () => {
     await cycles(parent.root, pids, 100, 200);
   });
 
+  it('waits past its window while a parent it resumed has not yet come off the CPU', async () => {
+    // Busy (R) for 40 ms once resumed, then stops itself: longer than the
+    // 20 ms window, as a parent on a loaded host gets to its reaction late.
+    await using parent = await spawnSupervised(nativeExecutable('treestate-fixture'), ['--mirror-stop-spin', '40']);
+    const pids = await treeOf(parent, 2);
+    await cycles(parent.root, pids, 5, 200);
+  });
+
   it('reports what it had to resume again', async () => {
     await using parent = await spawnSupervised(nativeExecutable('treestate-fixture'), ['--mirror-stop', '2']);
     await treeOf(parent, 2);
