@@ -1,4 +1,7 @@
 {
+  "variables": {
+    "treestate_bench%": 0
+  },
   "targets": [
     {
       "target_name": "treestate",
@@ -27,12 +30,18 @@
       "sources": ["native/tools/fixture.c"],
       "cflags": ["-O2", "-Wall", "-pthread"],
       "ldflags": ["-pthread"]
-    },
-    {
-      "target_name": "treestate-c-floor",
-      "type": "executable",
-      "sources": ["scripts/bench/c-floor.c"],
-      "cflags": ["-O2", "-Wall", "-Wextra"]
     }
+  ],
+  "conditions": [
+    ["treestate_bench==1", {
+      "targets": [
+        {
+          "target_name": "treestate-c-floor",
+          "type": "executable",
+          "sources": ["scripts/bench/c-floor.c"],
+          "cflags": ["-O2", "-Wall", "-Wextra"]
+        }
+      ]
+    }]
   ]
 }

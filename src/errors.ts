@@ -16,7 +16,10 @@ export type ErrorCode =
   | 'ENODIRTYTRACK' // pre-dump on a kernel without dirty-memory tracking
   | 'EMISMATCH' // the tree is not in the state criu should have left it in
   | 'EVERIFY' // images that do not restore (dump --verify, verifyImages)
-  | 'EMIGRATE'; // a migration that failed (the phase is named; the source runs on)
+  | 'EMIGRATE' // a migration that failed (the phase is named; the source runs on)
+  | 'ESPAWN' // treestate/testing: a program could not be started under the reaper
+  | 'ELEAK' // treestate/testing: a test left a process or a supervised tree behind
+  | 'ENOTAWAITED'; // treestate/testing: a test did not await a chai tree assertion
 
 export interface ThreadRef {
   pid: number;
@@ -67,6 +70,11 @@ export function describeThreads(threads: ThreadRef[], limit = 8): string {
   });
   const more = threads.length > limit ? ` and ${threads.length - limit} more` : '';
   return shown.join(', ') + more;
+}
+
+/** `1 pass`, `2 passes`: a count with its noun. */
+export function plural(count: number, one: string, many = /(s|sh|ch|x)$/.test(one) ? `${one}es` : `${one}s`): string {
+  return `${count} ${count === 1 ? one : many}`;
 }
 
 export function describePids(pids: Array<number | string>, limit = 12): string {

@@ -17,6 +17,7 @@ export {
   continueTree,
   killTree,
   waitForState,
+  type ContinueOptions,
   type StopOptions,
   type TransitionOptions,
   type TransitionResult,

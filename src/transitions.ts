@@ -1,7 +1,7 @@
 // Moving a tree between Running, Stopped and Dead. Policy lives here (order,
 // passes, verification, rollback, timeouts); every look at the tree and every
 // signal is one native pass (see native/walk.cc).
-import { TreeStateError, describePids, describeThreads, hasCode, type ThreadRef } from './errors.js';
+import { TreeStateError, describePids, describeThreads, hasCode, plural, type ThreadRef } from './errors.js';
 import { native, type Identity, type NativeFailure, type NativeWalkResult } from './native.js';
 import { DURATION, checkNumbers, wholeNumber } from './options.js';
 import { checkNotSelf, checkPid, classify, liveThreads, pidsOf, processState, readFailure, toProcessInfo, walkCache, walkTree, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
@@ -31,9 +31,25 @@ export interface TransitionResult {
   walk: 'children' | 'scan';
   /** With the root pid, the identity of the tree's root (clock ticks after boot). */
   rootStartTime: number;
+  /** Continue only: the settle looks after the verified resume, and the processes that stopped again meanwhile and were resumed once more. */
+  settle?: { looks: number; resumedAgain: number[] };
+}
+
+export interface ContinueOptions extends TransitionOptions {
+  /**
+   * After the tree is verified running, how long it is watched for processes
+   * that stop themselves in reaction to the stop being undone (a parent such
+   * as su mirroring its child's stop); 0 skips it. Default 20 ms.
+   */
+  settleMs?: number;
 }
 
 const DEFAULT_TIMEOUT_MS = 10_000;
+const DEFAULT_SETTLE_MS = 20;
+/** Rounds of "resumed, stopped itself again" before a continue gives up on a process. */
+const SETTLE_ROUNDS = 5;
+/** A watch goes on past `settleMs`, up to this many times it, while a parent it resumed is still runnable. */
+const SETTLE_LATE_FACTOR = 5;
 
 /** No pause at all for 0 ms: the next pass is itself asynchronous, so the event loop still turns. */
 async function pause(ms: number): Promise<void> {
@@ -131,7 +147,7 @@ function rolledBackNote(undone: Rollback | null): string {
   const { resumed, failed } = undone;
   const stuck = failed.length ? `${describePids(failed.map((f) => f.pid))} could not be resumed (${failed[0]!.code}): continue ${failed.length === 1 ? 'it' : 'them'} by hand` : '';
   if (resumed.length === 0) return stuck ? `; ${stuck}` : '; nothing had been stopped';
-  return `; the ${resumed.length} process(es) it had stopped were resumed${stuck ? `, but ${stuck}` : ''}`;
+  return `; the ${plural(resumed.length, 'process')} it had stopped ${resumed.length === 1 ? 'was' : 'were'} resumed${stuck ? `, but ${stuck}` : ''}`;
 }
 
 /** Which processes a pass saw, and how many of them were dead. */
@@ -253,7 +269,7 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
     }
     if (passes > 1 && fresh > 0 && ++growing > maxPasses) {
       const undone = await undo('ENOTSETTLED');
-      throw new TreeStateError('ENOTSETTLED', `the tree of ${root} kept forking new processes through ${maxPasses} passes${rolledBackNote(undone)}`, { pid: root, pids: pass.processes.map((p) => p.pid) });
+      throw new TreeStateError('ENOTSETTLED', `the tree of ${root} kept forking new processes through ${plural(maxPasses, 'pass')}${rolledBackNote(undone)}`, { pid: root, pids: pass.processes.map((p) => p.pid) });
     }
     // A thread in ptrace-stop only reaches group-stop when its tracer lets
     // it: if nothing else is left, say so rather than wait for the timeout.
@@ -295,7 +311,7 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
  * group-stop. Threads in ptrace-stop cannot be resumed by SIGCONT: they are
  * reported (ETRACED, with their tracer) instead of claiming success.
  */
-export async function continueTree(pid: number, options: TransitionOptions = {}): Promise<TransitionResult> {
+export async function continueTree(pid: number, options: ContinueOptions = {}): Promise<TransitionResult> {
   const root = checkPid(pid);
   checkNumbers(options, { timeoutMs: DURATION });
   const protect = checkNotSelf(root);
@@ -355,7 +371,8 @@ export async function continueTree(pid: number, options: TransitionOptions = {})
           details: { result },
         });
       }
-      return result;
+      if ((options.settleMs ?? DEFAULT_SETTLE_MS) <= 0) return result;
+      return await settle(result, pass, { root, rootStartTime, protect, options, deadline, cache: cache.handle, tally, started, passes });
     }
     if (performance.now() > deadline) {
       throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not resume within ${options.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms: ${describeThreads(stopped)} still stopped`, {
@@ -365,6 +382,80 @@ export async function continueTree(pid: number, options: TransitionOptions = {})
       });
     }
     await pause(backoff(passes - 1));
+  }
+}
+
+interface SettleContext {
+  root: number;
+  rootStartTime: number;
+  protect: number[];
+  options: ContinueOptions;
+  deadline: number;
+  cache: ReturnType<typeof walkCache>['handle'];
+  tally: Tally;
+  started: number;
+  passes: number;
+}
+
+/**
+ * A continue is not over when every thread has left T: a parent that
+ * mirrors its child's stop (su, runuser: waitpid(WUNTRACED), then
+ * kill(getpid(), SIGSTOP)) may have seen the child stop before our SIGSTOP
+ * reached it, and carries out that reaction only once resumed — after the
+ * verifying pass, as soon as the scheduler runs it. So the tree is watched
+ * for `settleMs` (looks at 1, 4, 16 … ms), longer (up to SETTLE_LATE_FACTOR
+ * times) while a parent it resumed is still runnable, and a process this
+ * call saw running that shows T again is resumed, and the watch starts over. A
+ * process that stops itself again every time is not resumed forever: after
+ * SETTLE_ROUNDS rounds the continue fails (ETIMEDOUT) naming it.
+ */
+async function settle(verified: TransitionResult, verifying: NativeWalkResult, ctx: SettleContext): Promise<TransitionResult> {
+  const { root, rootStartTime, protect, options, cache, tally } = ctx;
+  const settleMs = options.settleMs ?? DEFAULT_SETTLE_MS;
+  const { SIGCONT } = native().signals;
+  // Processes this call saw running; those it has not seen are not its to resume.
+  const resumed = new Map(verifying.processes.filter((p) => processState(p.threads) !== 'dead').map((p) => [p.pid, p.startTime]));
+  const resumedAgain: number[] = [];
+  let looks = 0;
+  let last = verifying;
+  // Only a parent can mirror its child's stop; one still runnable (R) may
+  // not have had the CPU since its SIGCONT, or be on its way to the reaction.
+  const reacting = (pass: NativeWalkResult) => pass.processes.some((p) => resumed.get(p.pid) === p.startTime && p.children.length > 0 && p.threads[0]?.state === 'R');
+  for (let round = 0; ; round++) {
+    const windowEnd = performance.now() + settleMs;
+    const lateEnd = windowEnd + settleMs * (SETTLE_LATE_FACTOR - 1);
+    let again: NativeWalkResult['processes'] = [];
+    for (let wait = 1; again.length === 0; wait *= 4) {
+      const now = performance.now();
+      if (now >= windowEnd && (now >= lateEnd || !reacting(last))) break;
+      await pause(now < windowEnd ? Math.min(wait, windowEnd - now) : Math.min(4, lateEnd - now));
+      try {
+        last = await walkTree({ root, rootStartTime, scan: options.scan, cache });
+      } catch (e) {
+        // The root exited after the tree was verified running: nothing left to watch.
+        if (hasCode(e, 'ESRCH')) return { ...verified, settle: { looks, resumedAgain } };
+        throw e;
+      }
+      looks++;
+      tally.add(last);
+      if (last.failures.length > 0) throw failureError(last.failures, 'continue', '');
+      again = last.processes.filter((p) => resumed.get(p.pid) === p.startTime && p.threads.some((t) => t.state === 'T'));
+    }
+    if (again.length === 0) {
+      const result = tally.result(root, 'running', last, ctx.passes, ctx.started, rootStartTime);
+      return { ...result, signalled: verified.signalled, settle: { looks, resumedAgain } };
+    }
+    const stopped = liveThreads(again, (s) => s === 'T');
+    if (round >= SETTLE_ROUNDS || performance.now() > ctx.deadline) {
+      throw new TreeStateError(
+        'ETIMEDOUT',
+        `continued the tree of ${root}, but ${describeThreads(stopped)} stopped again each time it was resumed (${plural(round + 1, 'time')}): something in the tree keeps stopping it`,
+        { pid: root, threads: stopped, pids: pidsOf(stopped), details: { resumedAgain } },
+      );
+    }
+    const sent = await native().signalList(again.map((p) => ({ pid: p.pid, startTime: p.startTime })), SIGCONT, true, protect);
+    if (sent.failures.length > 0) throw failureError(sent.failures, 'continue', '');
+    for (const pid of sent.signalled) if (!resumedAgain.includes(pid)) resumedAgain.push(pid);
   }
 }
 

@@ -1,9 +1,10 @@
-import { expect } from 'chai';
-import { getTreeState } from '../src/index.js';
-import { main } from '../src/cli/main.js';
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { expect } from 'chai';
+import { getTreeState, stopTree } from '../src/index.js';
+import { commands, main } from '../src/cli/main.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
-import { cli, inCI, waitFor } from './helpers.js';
+import { cli, inCI, requireCriu, tempDirs, waitFor } from './helpers.js';
 
 describe('CLI', () => {
   it('status --json prints root, state and processes with pid, ppid and threads', async () => {
@@ -115,5 +116,92 @@ describe('CLI', () => {
     if (inCI || !run.stdout.includes('(no checkpoint part')) {
       expect(run.stdout).to.match(/== continued: the heartbeat goes on from where it was dumped: (\d+) → (\d+)/);
     }
+  });
+
+  it('--version prints the package version', async () => {
+    const { version } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8'));
+    for (const flag of ['--version', '-V']) {
+      const run = await cli([flag]);
+      expect(run.code).to.equal(0);
+      expect(run.stdout).to.equal(`${version}\n`);
+    }
+  });
+
+  it('--help fits 80 columns and names every option the parser accepts, each command its own', async () => {
+    const help = await cli(['--help']);
+    expect(help.code).to.equal(0);
+    const long = help.stdout.split('\n').filter((line) => [...line].length > 80);
+    expect(long, 'lines over 80 columns').to.deep.equal([]);
+    for (const [name, command] of Object.entries(commands)) {
+      const own = (await cli([name, '--help'])).stdout;
+      expect(own.split('\n').filter((line) => [...line].length > 80), `${name} --help`).to.deep.equal([]);
+      for (const [flag, spec] of Object.entries(command.flags)) {
+        expect(help.stdout, `${name} accepts ${flag}`).to.include(flag);
+        if (spec.alias) expect(help.stdout, `${name} accepts ${spec.alias}`).to.include(`${spec.alias}, ${flag}`);
+        expect(own, `${name}'s usage names ${flag}`).to.satisfy((text: string) => text.includes(flag) || (spec.alias !== undefined && text.includes(`${spec.alias} `)));
+      }
+      if (command.extra) expect(own).to.include('[-- CRIU-ARGS]');
+    }
+    for (const flag of ['-V, --version', '-h, --help', '-- CRIU-ARGS']) expect(help.stdout).to.include(flag);
+    expect((await cli(['wait', '--help'])).stdout).to.include('--state running|stopped|dead|mixed');
+    // Not 10000 for everything: criu commands have their own default.
+    expect(help.stdout).to.match(/default 10000; for\s+dump, restore\s+and\s+predump\s+120000/);
+  });
+
+  it('with --json, errors are JSON on stdout too, and the exit codes stay', async () => {
+    const reaped = spawnSync('true').pid!;
+    const gone = await cli(['status', String(reaped), '--json']);
+    expect(gone.code).to.equal(1);
+    expect(gone.stderr).to.equal('');
+    expect(JSON.parse(gone.stdout).error).to.include({ code: 'ESRCH', pid: reaped }).and.to.have.property('message').that.matches(/no such process/);
+    const usage = await cli(['stop', 'abc', '--json']);
+    expect(usage.code).to.equal(2);
+    expect(JSON.parse(usage.stdout)).to.deep.equal({ error: { code: 'EUSAGE', message: 'not a process id: "abc"' } });
+    const option = await cli(['stop', '1', '--json', '--bogus']);
+    expect(option.code).to.equal(2);
+    expect(JSON.parse(option.stdout).error.code).to.equal('EUSAGE');
+    // Without --json: one line on stderr, nothing on stdout.
+    const plain = await cli(['status', String(reaped)]);
+    expect(plain).to.include({ code: 1, stdout: '' });
+    expect(plain.stderr).to.match(/^treestate: no such process/);
+  });
+
+  it('says "1 process (1 pass", and a kill does not call what it killed "exited meanwhile"', async () => {
+    await using tree = await spawnTree({ depth: 0 });
+    await stopTree(tree.root);
+    const again = await cli(['stop', String(tree.root)]);
+    expect(again.stdout).to.match(new RegExp(`^stopped the tree of ${tree.root}: 1 process \\(1 pass, [\\d.]+ ms\\)\n$`));
+    expect((await cli(['status', String(tree.root)])).stdout).to.equal(`${tree.root}: stopped (1 process, 1 thread)\n`);
+    await using three = await spawnTree({ depth: 1, fanout: 2 });
+    const kill = await cli(['kill', String(three.root)]);
+    expect(kill.code).to.equal(0);
+    expect(kill.stdout).to.match(new RegExp(`^killed the tree of ${three.root}: 3 processes \\(\\d+ pass(es)?, [\\d.]+ ms\\)\n$`));
+  });
+
+  it('refuses arguments after -- where nothing takes them', async () => {
+    const run = await cli(['status', '1', '--', '--ext-unix-sk']);
+    expect(run.code).to.equal(2);
+    expect(run.stderr).to.match(/^treestate: status takes nothing after --/);
+  });
+
+  describe('with criu', () => {
+    requireCriu();
+    const tempDir = tempDirs();
+
+    it('hands the arguments after -- to criu', async () => {
+      await using tree = await spawnTree({ depth: 1, fanout: 1 });
+      const dumped = await cli(['dump', String(tree.root), '-D', tempDir(), '--json', '--', '--ext-unix-sk']);
+      expect(dumped.code, dumped.stderr).to.equal(0);
+      const result = JSON.parse(dumped.stdout);
+      expect(result.argv.at(-1)).to.equal('--ext-unix-sk');
+      expect(result.state).to.equal('dead');
+      // criu itself reads them: one it does not know fails the dump, and --json says so as JSON.
+      await using other = await spawnTree({ depth: 0 });
+      const bad = await cli(['dump', String(other.root), '-D', tempDir(), '--json', '--', '--no-such-criu-option']);
+      expect(bad.code).to.equal(1);
+      const { error } = JSON.parse(bad.stdout);
+      expect(error.code).to.equal('ECRIU');
+      expect(error.details.argv.at(-1)).to.equal('--no-such-criu-option');
+    });
   });
 });

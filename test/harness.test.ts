@@ -3,8 +3,9 @@ import { chownSync, existsSync, lstatSync, mkdirSync, readFileSync, statSync, sy
 import { dirname, join } from 'node:path';
 import { TreeStateError, continueTree, getTreeState, killTree, snapshot, stopTree } from '../src/index.js';
 import { native, nativeExecutable } from '../src/native.js';
-import { assertTreeState, checkNoLeaks, spawnStopped, spawnSupervised, spawnTree } from '../src/testing/index.js';
-import { tempDirs, waitFor } from './helpers.js';
+import { spawn } from 'node:child_process';
+import { assertTreeState, checkAssertionsAwaited, checkNoLeaks, recordBaseline, spawnStopped, spawnSupervised, spawnTree } from '../src/testing/index.js';
+import { hasExited, tempDirs, waitFor } from './helpers.js';
 
 const { expect } = chai;
 
@@ -164,9 +165,53 @@ describe('treestate/testing', () => {
       const failure = await checkNoLeaks().then(() => undefined, (e: TreeStateError) => e);
       expect(failure).to.be.instanceOf(TreeStateError);
       expect(failure!.code).to.equal('ELEAK');
-      expect(failure!.message).to.equal(`the test left 1 supervised tree(s) running: treestate-fixture (root ${tree.root})`);
+      expect(failure!.message).to.equal(`the test left 1 supervised tree running: treestate-fixture (root ${tree.root})`);
       expect(existsSync(`/proc/${tree.root}`)).to.equal(false);
       await tree.dispose(); // the heartbeat file, which the leak check does not know
+    });
+
+    it('kills and reaps the processes it reports, a whole subtree', async () => {
+      await recordBaseline();
+      // A child the test spawned and forgot, with a child of its own.
+      const shell = spawn('sh', ['-c', 'sleep 1000 & exec sleep 1001'], { stdio: 'ignore' });
+      let grandchild = 0;
+      await waitFor(async () => {
+        const tree = await snapshot(shell.pid!);
+        grandchild = tree.processes.find((p) => p.pid !== shell.pid)?.pid ?? 0;
+        return grandchild > 0 && tree.processes[0]!.comm === 'sleep';
+      });
+      const failure = await checkNoLeaks().then(() => undefined, (e: TreeStateError) => e);
+      expect(failure?.code).to.equal('ELEAK');
+      expect(failure!.pids).to.have.members([shell.pid, grandchild]);
+      expect(failure!.message).to.match(/left processes behind: .* \(killed and reaped\)$/);
+      // Gone: the child reaped by Node, the grandchild dead (its parent died first or after: init's to reap).
+      expect(existsSync(`/proc/${shell.pid}`)).to.equal(false);
+      expect(hasExited(grandchild)).to.equal(true);
+      expect((await snapshot(process.pid)).processes.map((p) => p.pid)).to.not.include.members([shell.pid, grandchild]);
+    });
+  });
+
+  describe('un-awaited assertions', () => {
+    it('fails a test that did not await a chai tree assertion, naming it', async () => {
+      await using tree = await spawnTree({ depth: 0 });
+      // Running, so this would have passed silently whatever it said.
+      void expect(tree.root).to.be.a.stoppedTree;
+      void expect(tree.root).not.to.be.a.runningTree;
+      const failure = await checkAssertionsAwaited().then(() => undefined, (e: TreeStateError) => e);
+      expect(failure?.code).to.equal('ENOTAWAITED');
+      expect(failure!.message).to.match(new RegExp(`^the test did not await 2 tree assertions, which therefore proved nothing: expect\\(${tree.root}\\)\\.to\\.be\\.a\\.stoppedTree\n`));
+      expect(failure!.message).to.include(`expect(${tree.root}).not.to.be.a.runningTree`);
+      expect(failure!.message).to.include('harness.test.ts');
+      // Reported once: the next check starts afresh.
+      await checkAssertionsAwaited();
+    });
+
+    it('lets awaited ones through, whether they pass or fail', async () => {
+      await using tree = await spawnTree({ depth: 0 });
+      await expect(tree.root).to.be.a.runningTree;
+      await expect(tree.root).not.to.be.a.stoppedTree;
+      await expect(tree.root).to.be.a.stoppedTree.catch(() => 'caught');
+      await checkAssertionsAwaited();
     });
   });
 });

@@ -245,6 +245,16 @@ function countSignals(addon: NativeAddon): { counters: Counters; restore: () => 
 function checkAnswer(argv: string[], code: number, out: string, err: string): void {
   const shown = JSON.stringify(argv.map((a) => (a.length > 80 ? `${a.slice(0, 80)}…(${a.length})` : a)));
   expect(code, `${shown}\n${err.slice(0, 400)}`).to.be.oneOf([1, 2]);
+  // After a command, --json (before any --) asks for the error as JSON on stdout.
+  const options = argv.slice(1);
+  const json = argv.length > 0 && (options.includes('--') ? options.slice(0, options.indexOf('--')) : options).includes('--json');
+  if (json) {
+    const { error } = JSON.parse(out) as { error: { code: string; message: string } };
+    expect(error.code, shown).to.match(/^E[A-Z_]+$/);
+    expect(error.message, shown).to.match(/^\S/);
+    expect(err, shown).to.equal('');
+    return;
+  }
   // An error line, or (no command at all) the usage text; nothing on stdout.
   expect(err, shown).to.match(argv.length === 0 ? /^usage: treestate / : /^treestate: \S/);
   expect(out, shown).to.equal('');

@@ -78,7 +78,7 @@ describe('safety: permissions', function () {
     for (const child of children) expect(run.stderr).to.include(String(child));
     expect(run.stderr).to.not.include(`pid ${tree.root} `);
     // The stop did stop the root before it met EPERM, and undid that.
-    expect(run.stderr).to.match(/the 1 process\(es\) it had stopped were resumed/);
+    expect(run.stderr).to.match(/the 1 process it had stopped was resumed/);
     expectNoStack(run.stderr);
     await expect(tree.root).to.be.a.runningTree;
     await tree.waitProgress();

@@ -6,6 +6,8 @@
  *                     [--vfork-hold] [--sockets FILE] [--tcp-pair]
  *   treestate-fixture --trace PID      (ptrace-stop PID and hold it until killed)
  *   treestate-fixture --swallow-stops PID  (trace PID and discard every stop signal it gets)
+ *   treestate-fixture --mirror-stop MS  (a parent that stops itself MS ms after its child stopped, like su)
+ *   treestate-fixture --mirror-stop-spin MS  (the same, busy on a core (R) for those MS ms)
  *
  * Levels 0..D, F children per process, T threads per process (main included).
  * With --fork-from-threads, children are forked by the non-leader threads, so
@@ -329,6 +331,50 @@ static int swallow_stops(pid_t pid) {
   }
 }
 
+/* What su and runuser do (util-linux su-common.c): waitpid(WUNTRACED) on
+ * their child and, when it was stopped, stop themselves, then SIGCONT the
+ * child once resumed. When a tree stop reaches that parent after the child's
+ * stop became visible to it, the reaction is already on its way when the tree
+ * is continued. This parent loses that race every time: it learns of the
+ * child's stop from a blocked SIGCHLD (still queued while the parent itself
+ * is stopped), and reacts MS ms after it is resumed: asleep meanwhile, or
+ * with `spin`, running (R), as a parent slow to get to its reaction is. */
+static void spin_ms(long ms) {
+  struct timespec start, now;
+  clock_gettime(CLOCK_MONOTONIC, &start);
+  do clock_gettime(CLOCK_MONOTONIC, &now);
+  while ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 < ms);
+}
+
+static int mirror_stop(long delay_ms, int spin) {
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &chld, NULL);
+  pid_t child = fork();
+  if (child < 0) {
+    perror("treestate-fixture: fork");
+    return 1;
+  }
+  if (child == 0) {
+    sigprocmask(SIG_UNBLOCK, &chld, NULL);
+    for (;;) pause();
+  }
+  for (;;) {
+    siginfo_t info;
+    if (sigwaitinfo(&chld, &info) < 0) continue;
+    if (info.si_code == CLD_STOPPED) {
+      if (spin) spin_ms(delay_ms);
+      else sleep_ms(delay_ms);
+      kill(getpid(), SIGSTOP);
+      kill(child, SIGCONT);
+    } else if (info.si_code == CLD_EXITED || info.si_code == CLD_KILLED || info.si_code == CLD_DUMPED) {
+      waitpid(child, NULL, 0);
+      return 0;
+    }
+  }
+}
+
 int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -351,6 +397,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--tcp-pair")) tcp_pair = 1;
     else if (!strcmp(a, "--trace") && v) return trace((pid_t)atoi(argv[++i]));
     else if (!strcmp(a, "--swallow-stops") && v) return swallow_stops((pid_t)atoi(argv[++i]));
+    else if (!strcmp(a, "--mirror-stop") && v) return mirror_stop(atol(argv[++i]), 0);
+    else if (!strcmp(a, "--mirror-stop-spin") && v) return mirror_stop(atol(argv[++i]), 1);
     else {
       fprintf(stderr, "treestate-fixture: unknown argument %s\n", a);
       return 2;

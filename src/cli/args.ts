@@ -19,16 +19,19 @@ export interface FlagSpec {
 export interface Parsed {
   positionals: string[];
   flags: Map<string, string | true>;
+  /** What came after `--`: passed on untouched (criu's own arguments). */
+  extra: string[];
 }
 
 export function parseArgs(argv: string[], spec: Record<string, FlagSpec>): Parsed {
   const positionals: string[] = [];
   const flags = new Map<string, string | true>();
+  const extra: string[] = [];
   const byAlias = new Map(Object.entries(spec).flatMap(([name, s]) => (s.alias ? [[s.alias, name] as const] : [])));
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === '--') {
-      positionals.push(...argv.slice(i + 1));
+      extra.push(...argv.slice(i + 1));
       break;
     }
     if (!arg.startsWith('-') || arg === '-' || /^-\d/.test(arg)) {
@@ -51,7 +54,13 @@ export function parseArgs(argv: string[], spec: Record<string, FlagSpec>): Parse
       flags.set(name, true);
     }
   }
-  return { positionals, flags };
+  return { positionals, flags, extra };
+}
+
+/** The options part of argv: what comes before `--`. */
+export function optionsPart(argv: string[]): string[] {
+  const end = argv.indexOf('--');
+  return end < 0 ? argv : argv.slice(0, end);
 }
 
 /** Every value of a `repeat` flag, in order. */

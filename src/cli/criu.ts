@@ -46,6 +46,7 @@ function common(args: Parsed, io: Io, verb: string) {
     networkLock: parseChoice('--network-lock', args.flags.get('--network-lock'), ['iptables', 'nftables', 'skip'] as const),
     allowSharedDir: args.flags.has('--allow-shared-dir'),
     onProgress: progress(io),
+    extraArgs: args.extra,
   };
 }
 
@@ -68,9 +69,10 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
 
 export const criuCommands: Record<string, Command> = {
   dump: {
-    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--verify] [--prev DIR] [--allow-shared-dir] [--shell-job] [--tcp-established [--network-lock iptables|nftables|skip]] [--timeout MS] [--json]',
+    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--verify] [--prev DIR] [--allow-shared-dir] [--shell-job] [--tcp-established] [--network-lock M] [--timeout MS] [--criu PATH] [--json] [-- CRIU-ARGS]',
     summary: 'criu dump, leaving the tree dead (default), running or stopped, verified',
     flags: { ...shared, ...shareable, '--final-state': { value: true }, '--prev': { value: true }, '--verify': {} },
+    extra: true,
     async run(args, io) {
       const pid = parsePid(args.positionals, 'dump');
       const finalState = parseChoice('--final-state', args.flags.get('--final-state'), ['dead', 'running', 'stopped'] as const);
@@ -79,9 +81,10 @@ export const criuCommands: Record<string, Command> = {
     },
   },
   restore: {
-    usage: 'restore -D DIR [--final-state running|stopped] [--pid-ns new] [--shell-job] [--tcp-established [--network-lock iptables|nftables|skip]] [--timeout MS] [--json]',
+    usage: 'restore -D DIR [--final-state running|stopped] [--pid-ns new] [--shell-job] [--tcp-established] [--network-lock M] [--timeout MS] [--criu PATH] [--json] [-- CRIU-ARGS]',
     summary: 'criu restore, leaving the tree running (default) or stopped, verified',
     flags: { ...shared, '--final-state': { value: true }, '--pid-ns': { value: true } },
+    extra: true,
     async run(args, io) {
       if (args.positionals.length) throw new UsageError('restore takes no PID: the images say which processes come back');
       const finalState = parseChoice('--final-state', args.flags.get('--final-state'), ['running', 'stopped'] as const);
@@ -90,9 +93,10 @@ export const criuCommands: Record<string, Command> = {
     },
   },
   predump: {
-    usage: 'predump PID -D DIR [--prev DIR] [--allow-shared-dir] [--timeout MS] [--json]',
+    usage: 'predump PID -D DIR [--prev DIR] [--allow-shared-dir] [--shell-job] [--tcp-established] [--network-lock M] [--timeout MS] [--criu PATH] [--json] [-- CRIU-ARGS]',
     summary: 'criu pre-dump (the tree keeps running); needs dirty-memory tracking',
     flags: { ...shared, ...shareable, '--prev': { value: true } },
+    extra: true,
     async run(args, io) {
       const pid = parsePid(args.positionals, 'predump');
       return report(io, args, preDump(pid, { ...common(args, io, 'predump'), prevImagesDir: args.flags.get('--prev') as string | undefined }));

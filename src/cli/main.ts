@@ -1,9 +1,12 @@
 // The treestate command: a thin shell over the library. Every command is one
 // library call plus printing; --json prints exactly what the library returned.
-import { TreeStateError } from '../errors.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { TreeStateError, plural } from '../errors.js';
+import { packageRoot } from '../native.js';
 import { getTreeState } from '../tree.js';
-import { continueTree, killTree, stopTree, waitForState, type TransitionResult } from '../transitions.js';
-import { UsageError, parseArgs, parseChoice, parseMs, parsePid, quote, type FlagSpec, type Parsed } from './args.js';
+import { continueTree, killTree, stopTree, waitForState, type ContinueOptions, type TransitionResult } from '../transitions.js';
+import { UsageError, optionsPart, parseArgs, parseChoice, parseMs, parsePid, quote, type FlagSpec, type Parsed } from './args.js';
 import { criuCommands } from './criu.js';
 import { demo } from './demo.js';
 import { migrateCommands } from './migrate.js';
@@ -20,6 +23,8 @@ export interface Command {
   usage: string;
   summary: string;
   flags: Record<string, FlagSpec>;
+  /** Takes arguments after `--` (handed to criu). */
+  extra?: boolean;
   run(args: Parsed, io: Io): Promise<number>;
 }
 
@@ -32,18 +37,27 @@ function print(io: Io, args: Parsed, value: unknown, text: () => string): void {
 }
 
 function transitionText(verb: string, r: TransitionResult): string {
-  const exited = r.exited.length ? `, ${r.exited.length} exited meanwhile` : '';
-  return `${verb} the tree of ${r.root}: ${r.processes.length || r.signalled.length} processes${exited} (${r.passes} passes, ${r.elapsedMs.toFixed(1)} ms)`;
+  // A kill reports every process it killed as exited too: only the others exited on their own.
+  const killed = verb === 'killed' ? new Set(r.signalled) : undefined;
+  const exited = killed ? r.exited.filter((pid) => !killed.has(pid)) : r.exited;
+  const count = killed ? r.signalled.length : r.processes.length || r.signalled.length;
+  const meanwhile = exited.length ? `, ${exited.length} exited meanwhile` : '';
+  const again = r.settle?.resumedAgain.length ? `, ${plural(r.settle.resumedAgain.length, 'process')} resumed again after stopping itself` : '';
+  return `${verb} the tree of ${r.root}: ${plural(count, 'process')}${meanwhile}${again} (${plural(r.passes, 'pass')}, ${r.elapsedMs.toFixed(1)} ms)`;
 }
 
-function transition(verb: string, past: string, op: typeof stopTree): Command {
+function transition(verb: string, past: string, op: (pid: number, options: ContinueOptions) => Promise<TransitionResult>, settle = false): Command {
   return {
-    usage: `${verb} PID [--timeout MS] [--json] [--scan]`,
+    usage: `${verb} PID [--timeout MS]${settle ? ' [--settle MS]' : ''} [--json] [--scan]`,
     summary: '',
-    flags: { ...json, ...timeout, ...scan },
+    flags: { ...json, ...timeout, ...scan, ...(settle ? { '--settle': { value: true } } : {}) },
     async run(args, io) {
       const pid = parsePid(args.positionals, verb);
-      const result = await op(pid, { timeoutMs: parseMs('--timeout', args.flags.get('--timeout')), scan: args.flags.has('--scan') });
+      const result = await op(pid, {
+        timeoutMs: parseMs('--timeout', args.flags.get('--timeout')),
+        scan: args.flags.has('--scan'),
+        settleMs: parseMs('--settle', args.flags.get('--settle')),
+      });
       print(io, args, result, () => transitionText(past, result));
       return 0;
     },
@@ -77,16 +91,16 @@ export const commands: Record<string, Command> = {
     },
   },
   stop: { ...transition('stop', 'stopped', stopTree), summary: 'Running → Stopped: SIGSTOP, parents first, until every thread shows T' },
-  cont: { ...transition('cont', 'continued', continueTree), summary: 'Stopped → Running: SIGCONT to every thread, children first' },
+  cont: { ...transition('cont', 'continued', continueTree, true), summary: 'Stopped → Running: SIGCONT to every thread, children first' },
   kill: { ...transition('kill', 'killed', killTree), summary: '→ Dead: stop, then SIGKILL every process, and wait until all are gone' },
   wait: {
-    usage: 'wait PID --state running|stopped|dead [--timeout MS] [--json]',
+    usage: 'wait PID --state running|stopped|dead|mixed [--timeout MS] [--json] [--scan]',
     summary: 'wait until the tree is in a state',
     flags: { ...json, ...timeout, ...scan, '--state': { value: true } },
     async run(args, io) {
       const pid = parsePid(args.positionals, 'wait');
       const state = parseChoice('--state', args.flags.get('--state'), ['running', 'stopped', 'dead', 'mixed'] as const);
-      if (!state) throw new UsageError('wait needs --state running|stopped|dead');
+      if (!state) throw new UsageError('wait needs --state running|stopped|dead|mixed');
       const status = await waitForState(pid, state, { timeoutMs: parseMs('--timeout', args.flags.get('--timeout')), scan: args.flags.has('--scan') });
       print(io, args, status, () => summary(status, io.tty));
       return 0;
@@ -105,25 +119,85 @@ export const commands: Record<string, Command> = {
   },
 };
 
+/** Options as --help explains them: every flag a command accepts must be here. */
+const optionHelp: Array<[string, string]> = [
+  ['--json', 'print the library result as JSON; errors too, as {"error": {"code", "message", …}} on stdout'],
+  ['--timeout MS', 'how long the operation may take (default 10000; for dump, restore and predump 120000)'],
+  ['--scan', 'walk /proc/*/stat instead of the children files'],
+  ['--settle MS', 'cont: how long to watch for processes that stop themselves again once resumed, and resume them (default 20; 0: no watch)'],
+  ['--state STATE', 'wait: running, stopped, dead or mixed'],
+  ['-D, --images-dir DIR', 'the CRIU images directory'],
+  ['--final-state STATE', 'dump: dead (default), running or stopped; restore, migrate: running (default) or stopped'],
+  ['--prev DIR', 'the images of an earlier pre-dump (iterative dump)'],
+  ['--shell-job', "criu --shell-job: the tree shares a terminal or session with others"],
+  ['--tcp-established', 'criu --tcp-established: checkpoint established TCP connections'],
+  ['--verify', 'dump: restore the images once in throwaway namespaces, left stopped, to prove they restore'],
+  ['--allow-shared-dir', 'dump, predump: use an images directory others can read (a warning; images hold memory)'],
+  ['--network-lock M', 'with --tcp-established: iptables (criu\'s default), nftables (picked when iptables is missing) or skip'],
+  ['--pid-ns new', 'restore, migrate: into a new pid namespace, where the images\' pids are free'],
+  ['--to URL', 'migrate: the destination, ssh://[USER@]HOST[:PORT]'],
+  ['-i KEY', 'migrate: ssh identity file'],
+  ['-o OPT', 'migrate: an ssh -o option (repeatable)'],
+  ['--remote-treestate CMD', 'migrate: how to run treestate on the destination (default: npx treestate)'],
+  ['--address ADDR', 'receive: the page server\'s address (default: the one ssh reached)'],
+  ['--criu PATH', 'the criu executable to use'],
+  ['-- CRIU-ARGS', 'dump, restore, predump: more arguments, handed to criu as they are'],
+  ['-V, --version', "treestate's version"],
+  ['-h, --help', 'this help; COMMAND --help: that command'],
+];
+
+const WIDTH = 80;
+
+/** Words wrapped to WIDTH columns, each line after the first indented by `indent`; a usage's `[…]` groups stay whole. */
+function wrap(text: string, first: string, indent: string): string[] {
+  const lines: string[] = [];
+  let line = first;
+  for (const word of text.match(/\[[^\]]*\]|\S+/g) ?? []) {
+    const bare = line === first || line === indent;
+    if (!bare && line.length + 1 + word.length > WIDTH) {
+      lines.push(line);
+      line = indent + word;
+    } else {
+      line += bare ? word : ` ${word}`;
+    }
+  }
+  lines.push(line);
+  return lines;
+}
+
 function help(): string {
-  const width = Math.max(...Object.values(commands).map((c) => c.usage.length));
+  const name = Math.max(...optionHelp.map(([n]) => n.length));
   return [
     'usage: treestate <command> [options]',
     '',
-    'Moves a whole Linux process tree between Running, Stopped and Dead, and drives CRIU',
-    'so that a tree ends in the state you chose.',
+    ...wrap('Moves a whole Linux process tree between Running, Stopped and Dead, and drives CRIU so that a tree ends in the state you chose.', '', ''),
     '',
     'commands:',
-    ...Object.values(commands).map((c) => `  ${c.usage.padEnd(width)}  ${c.summary}`),
+    ...Object.values(commands).flatMap((c) => [...wrap(c.usage, '  ', '      '), ...wrap(c.summary, '      ', '      ')]),
     '',
     'options:',
-    '  --json        print the library result as JSON',
-    '  --timeout MS  how long the tree may take (default 10000)',
-    '  --scan        walk /proc/*/stat instead of the children files',
-    '  -h, --help    this help',
+    ...optionHelp.flatMap(([n, text]) => wrap(text, `  ${n.padEnd(name)}  `, ' '.repeat(name + 4))),
     '',
-    'exit status: 0 success, 1 the operation failed or timed out, 2 usage error',
+    ...wrap('exit status: 0 success, 1 the operation failed or timed out, 2 usage error', '', '  '),
   ].join('\n');
+}
+
+export function version(): string {
+  return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
+}
+
+/** An error as `--json` prints it: the code, the message and whatever else the error carries. */
+function errorJson(e: unknown): string {
+  let error: Record<string, unknown>;
+  if (e instanceof UsageError) error = { code: 'EUSAGE', message: e.message };
+  else if (e instanceof TreeStateError) {
+    const { code, message, pid, pids, threads, errno, syscall, details } = e;
+    error = { code, message, pid, pids, threads, errno, syscall, details };
+  } else {
+    const code = typeof (e as { code?: unknown })?.code === 'string' ? (e as { code: string }).code : 'EUNEXPECTED';
+    error = { code, message: e instanceof Error ? e.message : String(e) };
+  }
+  return JSON.stringify({ error }, null, 2);
 }
 
 export async function main(argv: string[], io?: Partial<Io>): Promise<number> {
@@ -138,25 +212,35 @@ export async function main(argv: string[], io?: Partial<Io>): Promise<number> {
     (name === undefined ? out.err : out.out)(help());
     return name === undefined ? 2 : 0;
   }
+  if (name === '-V' || name === '--version') {
+    out.out(version());
+    return 0;
+  }
   const command = Object.hasOwn(commands, name) ? commands[name] : undefined;
+  const options = optionsPart(rest);
+  const json = options.includes('--json');
+  const fail = (e: unknown, text: string, code: number): number => {
+    if (json) out.out(errorJson(e));
+    else out.err(text);
+    return code;
+  };
   try {
     if (!command) throw new UsageError(`unknown command ${quote(name)}`);
-    if (rest.includes('-h') || rest.includes('--help')) {
-      out.out(`usage: treestate ${command.usage}\n\n${command.summary}`);
+    if (options.includes('-h') || options.includes('--help')) {
+      out.out([...wrap(command.usage, 'usage: treestate ', '    '), '', ...wrap(command.summary, '', '')].join('\n'));
       return 0;
     }
-    return await command.run(parseArgs(rest, command.flags), out);
+    const args = parseArgs(rest, command.flags);
+    if (args.extra.length > 0 && !command.extra) throw new UsageError(`${name} takes nothing after --`);
+    return await command.run(args, out);
   } catch (e) {
     if (e instanceof UsageError) {
-      out.err(`treestate: ${e.message}\nusage: treestate ${command?.usage ?? '<command> [options]'} (see treestate --help)`);
-      return 2;
+      return fail(e, `treestate: ${e.message}\nusage: treestate ${command?.usage ?? '<command> [options]'} (see treestate --help)`, 2);
     }
     if (e instanceof TreeStateError) {
-      out.err(`treestate: ${printableLines(e.message)}`);
-      return e.code === 'EINVAL_PID' ? 2 : 1;
+      return fail(e, `treestate: ${printableLines(e.message)}`, e.code === 'EINVAL_PID' ? 2 : 1);
     }
     const detail = process.env.TREESTATE_DEBUG && e instanceof Error ? `\n${e.stack}` : '';
-    out.err(`treestate: unexpected error: ${printableLines(e instanceof Error ? e.message : String(e))}${detail}`);
-    return 1;
+    return fail(e, `treestate: unexpected error: ${printableLines(e instanceof Error ? e.message : String(e))}${detail}`, 1);
   }
 }

@@ -15,7 +15,7 @@ function text(r: MigrateResult): string {
 
 export const migrateCommands: Record<string, Command> = {
   migrate: {
-    usage: 'migrate PID --to ssh://[USER@]HOST[:PORT] [-i KEY] [-o OPT]… [--final-state running|stopped] [--pid-ns new] [--tcp-established] [--shell-job] [--remote-treestate CMD] [--timeout MS] [--json]',
+    usage: 'migrate PID --to ssh://[USER@]HOST[:PORT] [-i KEY] [-o OPT]… [--final-state running|stopped] [--pid-ns new] [--tcp-established] [--shell-job] [--remote-treestate CMD] [--criu PATH] [--timeout MS] [--json]',
     summary: 'move a tree to another host (criu page server, ssh); the source dies only once the copy runs',
     flags: {
       '--to': { value: true },

@@ -1,4 +1,5 @@
 // How trees and results look in a terminal.
+import { plural } from '../errors.js';
 import type { ProcessInfo, ProcessState, TreeStatus } from '../tree.js';
 
 const colours: Record<ProcessState, string> = {
@@ -52,5 +53,5 @@ export function drawTree(status: TreeStatus, colour: boolean): string {
 
 export function summary(status: TreeStatus, colour: boolean): string {
   const threads = status.processes.reduce((n, p) => n + p.threads.length, 0);
-  return `${status.root}: ${paint(status.state, status.state, colour)} (${status.processes.length} processes, ${threads} threads)`;
+  return `${status.root}: ${paint(status.state, status.state, colour)} (${plural(status.processes.length, 'process')}, ${plural(threads, 'thread')})`;
 }

@@ -4,7 +4,7 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { TreeStateError, describePids, describeThreads, hasCode } from '../errors.js';
+import { TreeStateError, describePids, describeThreads, hasCode, plural } from '../errors.js';
 import { DURATION, checkNumbers } from '../options.js';
 import { checkNotSelf, checkPid, getTreeState, type TreeState } from '../tree.js';
 import { continueTree, killTree, waitForState } from '../transitions.js';
@@ -190,7 +190,7 @@ async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFail
     const finishedFirst = killed && exit.code === 0 && (await killed).length === 0;
     if (killed && !finishedFirst) {
       const started = await killed;
-      const also = started.length ? ` together with the ${started.length} process(es) it had started (${describePids(started)})` : '';
+      const also = started.length ? ` together with the ${plural(started.length, 'process')} it had started (${describePids(started)})` : '';
       throw new TreeStateError('ETIMEDOUT', `criu ${verb} did not finish within ${timeoutMs} ms and was killed${also}; ${await afterFailure()}; log: ${run.logFile}`, {
         details: { logFile: run.logFile, argv: run.argv, killed: started },
       });

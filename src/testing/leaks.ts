@@ -1,13 +1,23 @@
 // Nothing left behind: after each test, every supervisor must be disposed and
 // the test process must have no descendant (running or zombie) that was not
-// there before the test began (a loader's service process, say).
-import { TreeStateError, describePids } from '../errors.js';
+// there before the test began (a loader's service process, say). What is
+// left is killed and reaped, then reported.
+import { TreeStateError, describePids, hasCode, plural } from '../errors.js';
+import { killTree } from '../transitions.js';
 import { snapshot } from '../tree.js';
+import { checkAssertionsAwaited } from './assertions.js';
 import { liveSupervisors } from './supervisor.js';
 
-async function descendants(): Promise<Map<number, { comm: string; startTime: number; zombie: boolean }>> {
+interface Descendant {
+  ppid: number;
+  comm: string;
+  startTime: number;
+  zombie: boolean;
+}
+
+async function descendants(): Promise<Map<number, Descendant>> {
   const own = await snapshot(process.pid);
-  return new Map(own.processes.filter((p) => p.pid !== process.pid).map((p) => [p.pid, { comm: p.comm, startTime: p.startTime, zombie: p.state === 'dead' }]));
+  return new Map(own.processes.filter((p) => p.pid !== process.pid).map((p) => [p.pid, { ppid: p.ppid, comm: p.comm, startTime: p.startTime, zombie: p.state === 'dead' }]));
 }
 
 let baseline = new Map<number, { startTime: number }>();
@@ -17,27 +27,66 @@ export async function recordBaseline(): Promise<void> {
   baseline = await descendants();
 }
 
-/** Disposes what a test left behind and rejects naming it; resolves if nothing was left. */
+async function strays(): Promise<Array<[number, Descendant]>> {
+  return [...(await descendants())].filter(([pid, p]) => baseline.get(pid)?.startTime !== p.startTime);
+}
+
+/**
+ * Kills what a test left (each stray subtree whole, so nothing forks away
+ * meanwhile) and waits until it is reaped: by the test process for its own
+ * children (Node reaps what it spawned), by init or a subreaper for the
+ * others once their parent is dead. Returns what is still there after
+ * `timeoutMs`.
+ */
+async function killAndReap(left: Array<[number, Descendant]>, timeoutMs = 5000): Promise<number[]> {
+  const pids = new Set(left.map(([pid]) => pid));
+  for (const [pid, p] of left) {
+    if (pids.has(p.ppid) || p.zombie) continue; // killed with its parent's subtree, or dead already
+    try {
+      await killTree(pid, { timeoutMs });
+    } catch (e) {
+      if (!hasCode(e, 'ESRCH')) throw e;
+    }
+  }
+  const identity = new Map(left.map(([pid, p]) => [pid, p.startTime]));
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const still = [...(await descendants())].filter(([pid, p]) => identity.get(pid) === p.startTime).map(([pid]) => pid);
+    if (still.length === 0 || Date.now() > deadline) return still;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** Disposes and kills what a test left behind, reaps it, and rejects naming it; resolves if nothing was left. */
 export async function checkNoLeaks(): Promise<void> {
   const left = liveSupervisors();
   await Promise.all(left.map((s) => s.dispose()));
   const problems: string[] = [];
   if (left.length > 0) {
-    problems.push(`left ${left.length} supervised tree(s) running: ${left.map((s) => `${s.command[0]?.split('/').pop()} (root ${s.root})`).join(', ')}`);
+    problems.push(`left ${plural(left.length, 'supervised tree')} running: ${left.map((s) => `${s.command[0]?.split('/').pop()} (root ${s.root})`).join(', ')}`);
   }
-  const strays = [...(await descendants())].filter(([pid, p]) => baseline.get(pid)?.startTime !== p.startTime);
-  if (strays.length > 0) {
-    problems.push(`left processes behind: ${describePids(strays.map(([pid, p]) => `${pid} ${p.comm}${p.zombie ? ' (zombie)' : ''}`))}`);
+  const found = await strays();
+  if (found.length > 0) {
+    const unreaped = await killAndReap(found);
+    const note = unreaped.length ? `; ${describePids(unreaped)} could not be reaped (a zombie child of the test process that Node did not spawn?)` : ' (killed and reaped)';
+    problems.push(`left processes behind: ${describePids(found.map(([pid, p]) => `${pid} ${p.comm}${p.zombie ? ' (zombie)' : ''}`))}${note}`);
   }
-  if (problems.length > 0) throw new TreeStateError('ELEAK', `the test ${problems.join('; ')}`, { pids: strays.map(([pid]) => pid) });
+  if (problems.length > 0) throw new TreeStateError('ELEAK', `the test ${problems.join('; ')}`, { pids: found.map(([pid]) => pid) });
 }
 
-/** A mocha root hook plugin: `--require treestate/testing` (or list it in .mocharc) fails a test that leaks. */
+/**
+ * A mocha root hook plugin: `--require treestate/testing` (or list it in
+ * .mocharc) fails a test that leaks a process (and kills and reaps it), or
+ * that did not await a chai tree assertion.
+ */
 export const mochaHooks = {
   async beforeEach(): Promise<void> {
     await recordBaseline();
   },
   async afterEach(): Promise<void> {
-    await checkNoLeaks();
+    const results = await Promise.allSettled([checkNoLeaks(), checkAssertionsAwaited()]);
+    const failures = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as Error] : []));
+    if (failures.length === 1) throw failures[0];
+    if (failures.length > 1) throw new TreeStateError((failures[0] as TreeStateError).code, failures.map((f) => f.message).join('; and '), { cause: failures });
   },
 };
