@@ -13,7 +13,11 @@ export type ErrorCode =
   | 'ECRIU' // criu failed
   | 'EIMAGES' // an images directory that cannot be used
   | 'ENODIRTYTRACK' // pre-dump on a kernel without dirty-memory tracking
-  | 'EMISMATCH'; // the tree is not in the state criu should have left it in
+  | 'EMISMATCH' // the tree is not in the state criu should have left it in
+  | 'ECGROUP' // no writable cgroup v2 hierarchy, or a cgroup file that cannot be written
+  | 'ENOCGROUP' // the tree does not own a cgroup (freeze, thaw: only for `run` trees)
+  | 'EFROZEN' // stop or continue of a frozen tree: thaw it first
+  | 'ESPAWN'; // a program that could not be started
 
 export interface ThreadRef {
   pid: number;

@@ -26,3 +26,5 @@ export { dump, preDump, restore, type CriuOptions, type CriuProgress, type CriuR
 export type { DumpFinalState, RestoreFinalState } from './criu/args.js';
 export { locateCriu, hasDirtyTracking, type CriuInfo } from './criu/locate.js';
 export type { CommandRunner, RunningCommand, CommandExit } from './criu/runner.js';
+export { run, type RunOptions, type RunTree, type ForegroundRun, type RunExit } from './cgroup/run.js';
+export { freezeTree, thawTree, type FreezeOptions, type FreezeResult } from './cgroup/tree.js';

@@ -106,6 +106,10 @@ export interface NativeAddon {
   /** Resolves to the targets still alive when all others exited or the timeout passed. */
   waitExit(targets: Identity[], timeoutMs: number): Promise<number[]>;
   selfAndAncestors(): number[];
+  /** The first cgroup2 mount of /proc/self/mountinfo (`root`: the hierarchy path mounted there), or null. */
+  cgroup2Mount(): { path: string; root: string } | null;
+  /** The process's cgroup v2 path relative to the hierarchy's root, null without a v2 line; throws ESRCH when it is gone. */
+  cgroupOf(pid: number): string | null;
   childrenFilesSupported(): boolean;
   signals: { SIGSTOP: number; SIGCONT: number; SIGKILL: number };
 }

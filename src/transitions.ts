@@ -2,6 +2,8 @@
 // passes, verification, rollback, timeouts); every look at the tree and every
 // signal is one native pass (see native/walk.cc).
 import { TreeStateError, describePids, describeThreads, hasCode, type ThreadRef } from './errors.js';
+import { refuseFrozen } from './cgroup/frozen.js';
+import { killOwnedTree, ownedCgroup } from './cgroup/tree.js';
 import { native, type Identity, type NativeFailure, type NativeWalkResult } from './native.js';
 import { checkNotSelf, checkPid, classify, liveThreads, pidsOf, processState, readFailure, toProcessInfo, walkCache, walkTree, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
 
@@ -159,7 +161,8 @@ function sameShape(a: TreeShape, b: TreeShape): boolean {
  * processes fork while we walk. On any failure the processes this call
  * stopped are resumed, so no half-stopped tree is left behind.
  */
-export function stopTree(pid: number, options: StopOptions = {}): Promise<TransitionResult> {
+export async function stopTree(pid: number, options: StopOptions = {}): Promise<TransitionResult> {
+  refuseFrozen(checkPid(pid), 'stop');
   return stopPasses(pid, options, false, new Tally());
 }
 
@@ -294,6 +297,7 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
 export async function continueTree(pid: number, options: TransitionOptions = {}): Promise<TransitionResult> {
   const root = checkPid(pid);
   const protect = checkNotSelf(root);
+  refuseFrozen(root, 'continue');
   const started = performance.now();
   const deadline = started + (options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
   const { SIGCONT } = native().signals;
@@ -375,6 +379,10 @@ export async function continueTree(pid: number, options: TransitionOptions = {})
 export async function killTree(pid: number, options: StopOptions = {}): Promise<TransitionResult> {
   const root = checkPid(pid);
   const protect = checkNotSelf(root);
+  // A tree that owns its cgroup dies through cgroup.kill: in one step, and
+  // with the processes that left its parent links (src/cgroup/tree.ts).
+  const owned = await ownedCgroup(root);
+  if (owned && !owned.members.includes(process.pid)) return killOwnedTree(owned, options);
   const started = performance.now();
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const deadline = started + timeoutMs;

@@ -4,6 +4,7 @@ import { TreeStateError } from '../errors.js';
 import { getTreeState } from '../tree.js';
 import { continueTree, killTree, stopTree, waitForState, type TransitionResult } from '../transitions.js';
 import { UsageError, parseArgs, parseChoice, parseMs, parsePid, quote, type FlagSpec, type Parsed } from './args.js';
+import { cgroupCommands } from './cgroup.js';
 import { criuCommands } from './criu.js';
 import { demo } from './demo.js';
 import { drawTree, summary } from './render.js';
@@ -91,6 +92,7 @@ export const commands: Record<string, Command> = {
       return 0;
     },
   },
+  ...cgroupCommands,
   ...criuCommands,
   demo: {
     usage: 'demo',

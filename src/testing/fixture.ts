@@ -5,7 +5,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { TreeStateError, describePids } from '../errors.js';
 import { nativeExecutable } from '../native.js';
-import { spawnSupervised, type Supervisor } from './supervisor.js';
+import { writeControl } from '../cgroup/hierarchy.js';
+import { run } from '../cgroup/run.js';
+import { Supervisor, spawnSupervised } from './supervisor.js';
 
 export interface TreeShape {
   /** Levels below the root (0: the root alone). Default 1. */
@@ -45,6 +47,34 @@ export interface TreeOptions extends TreeShape {
   intervalMs?: number;
   /** How long the tree may take to come up (default 20 000 ms). */
   readyTimeoutMs?: number;
+  /** Start the tree with treestate's `run`, in a cgroup of its own (freezeTree, thawTree, kill through cgroup.kill). */
+  cgroup?: boolean;
+}
+
+/** What a fixture tree runs under: a Supervisor, or `run`'s subreaper. */
+export interface TreeOwner {
+  readonly root: number;
+  /** Kills and reaps everything the tree holds. */
+  dispose(): Promise<void>;
+}
+
+/** A fixture started by `run`: its own cgroup, emptied through cgroup.kill on dispose. */
+async function runOwner(file: string, args: string[]): Promise<TreeOwner & { cgroup: string }> {
+  const tree = await run(file, args, { stdio: 'ignore', setsid: true });
+  let disposed: Promise<void> | undefined;
+  return {
+    root: tree.root,
+    cgroup: tree.cgroup,
+    dispose: () =>
+      (disposed ??= (async () => {
+        try {
+          writeControl(tree.cgroup, 'cgroup.kill', '1');
+        } catch {
+          // removed: the tree ended by itself
+        }
+        await tree.exited;
+      })()),
+  };
 }
 
 /** Where a `sockets` fixture root listens. */
@@ -102,12 +132,23 @@ export class TreeFixture {
   readonly size: number;
 
   constructor(
-    readonly supervisor: Supervisor,
+    readonly owner: TreeOwner,
     readonly heartbeatFile: string,
     size: number,
   ) {
-    this.root = supervisor.root;
+    this.root = owner.root;
     this.size = size;
+  }
+
+  /** The reaper of a tree spawned without `cgroup` (criu restore runs under it too). */
+  get supervisor(): Supervisor {
+    if (!(this.owner instanceof Supervisor)) throw new TreeStateError('EINVAL', 'this fixture runs under treestate run, not a supervisor');
+    return this.owner;
+  }
+
+  /** The tree's own cgroup, for a fixture spawned with `cgroup`. */
+  get cgroup(): string | undefined {
+    return (this.owner as { cgroup?: string }).cgroup;
   }
 
   /** One counter per process, read from the shared heartbeat file. */
@@ -159,7 +200,7 @@ export class TreeFixture {
 
   /** Kills and reaps everything the fixture made, and removes its heartbeat file. */
   async dispose(): Promise<void> {
-    await this.supervisor.dispose();
+    await this.owner.dispose();
     rmSync(this.heartbeatFile, { force: true });
     rmSync(socketsFile(this.heartbeatFile), { force: true });
   }
@@ -174,8 +215,10 @@ export async function spawnTree(options: TreeOptions = {}): Promise<TreeFixture>
   const size = treeSize(options);
   const dir = process.env.TREESTATE_HEARTBEAT_DIR ?? (process.platform === 'linux' ? '/dev/shm' : tmpdir());
   const heartbeatFile = join(dir, `treestate-${process.pid}-${++serial}.heartbeat`);
-  const supervisor = await spawnSupervised(nativeExecutable('treestate-fixture'), fixtureArgs(options, heartbeatFile));
-  const fixture = new TreeFixture(supervisor, heartbeatFile, size);
+  const file = nativeExecutable('treestate-fixture');
+  const args = fixtureArgs(options, heartbeatFile);
+  const owner = options.cgroup ? await runOwner(file, args) : await spawnSupervised(file, args);
+  const fixture = new TreeFixture(owner, heartbeatFile, size);
   const deadline = Date.now() + (options.readyTimeoutMs ?? 20_000);
   for (;;) {
     let beats: Heartbeat[] = [];

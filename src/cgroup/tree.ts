@@ -1,0 +1,167 @@
+// Frozen, the fourth state, and a kill nothing escapes: both act on the
+// cgroup of a `run` tree, and only on one that holds nothing but the tree.
+import { TreeStateError, describePids, hasCode } from '../errors.js';
+import { checkNotSelf, checkPid, snapshot } from '../tree.js';
+import type { TransitionResult } from '../transitions.js';
+import { cgroupMembers, cgroupOfPid, runCgroupOf, waitEvent, writeControl } from './hierarchy.js';
+
+/** A tree that owns its cgroup: everything in `cgroup` belongs to the tree of `root`. */
+export interface OwnedTree {
+  root: number;
+  cgroup: string;
+  /** The processes in the cgroup when it was checked. */
+  members: number[];
+  /** The root's start time (clock ticks after boot). */
+  rootStartTime: number;
+}
+
+export interface FreezeResult {
+  root: number;
+  cgroup: string;
+  /** `frozen` after freezeTree, `running` after thawTree (cgroup.events says so). */
+  state: 'frozen' | 'running';
+  /** The processes in the cgroup. */
+  processes: number[];
+  elapsedMs: number;
+}
+
+export interface FreezeOptions {
+  /** How long the cgroup may take to report the state (default 10 000 ms). */
+  timeoutMs?: number;
+}
+
+const DEFAULT_TIMEOUT_MS = 10_000;
+
+/**
+ * Whether `pid` is the root of a tree that owns its cgroup, and why not.
+ * The tree of a `run` root is every process of its cgroup, and those are:
+ * its descendants, the orphans re-parented to its parent (the run's
+ * subreaper, or init), and their descendants. A cgroup that holds anything
+ * else, or a pid that is not the root (its parent is in the cgroup too),
+ * is not the tree's own.
+ */
+export async function inspectOwnership(pid: number): Promise<{ owned: OwnedTree } | { reason: string }> {
+  const cgroup = runCgroupOf(pid);
+  if (!cgroup) return { reason: `the tree of ${pid} has no cgroup of its own: it was not started by treestate run` };
+  const snap = await snapshot(pid);
+  const top = snap.processes[0]!;
+  let parentCgroup: string | null = null;
+  try {
+    parentCgroup = cgroupOfPid(top.ppid);
+  } catch (e) {
+    if (!hasCode(e, 'ESRCH')) throw e;
+  }
+  if (parentCgroup === cgroup) return { reason: `pid ${pid} is not the root of the run tree in ${cgroup}: its parent ${top.ppid} is in it too` };
+  const members = cgroupMembers(cgroup);
+  const tree = new Set(snap.processes.map((p) => p.pid));
+  let others = members.filter((m) => !tree.has(m));
+  // Orphans come to the run's subreaper; their descendants come with them.
+  for (let progress = true; others.length > 0 && progress; ) {
+    progress = false;
+    for (const m of others) {
+      if (tree.has(m)) continue;
+      let sub;
+      try {
+        sub = await snapshot(m);
+      } catch (e) {
+        if (!hasCode(e, 'ESRCH')) throw e;
+        tree.add(m); // exited meanwhile
+        progress = true;
+        continue;
+      }
+      if (sub.processes[0]!.ppid === top.ppid) {
+        for (const p of sub.processes) tree.add(p.pid);
+        progress = true;
+      }
+    }
+    others = others.filter((m) => !tree.has(m));
+  }
+  if (others.length > 0) return { reason: `the cgroup ${cgroup} also holds processes outside the tree of ${pid}: ${describePids(others)}` };
+  return { owned: { root: pid, cgroup, members, rootStartTime: top.startTime } };
+}
+
+/** The tree's own cgroup, or undefined when it has none (the signal path is then the only one). */
+export async function ownedCgroup(pid: number): Promise<OwnedTree | undefined> {
+  const r = await inspectOwnership(pid);
+  return 'owned' in r ? r.owned : undefined;
+}
+
+async function requireOwned(pid: number, verb: string): Promise<OwnedTree> {
+  const root = checkPid(pid);
+  checkNotSelf(root);
+  const r = await inspectOwnership(root);
+  if ('reason' in r) throw new TreeStateError('ENOCGROUP', `cannot ${verb} ${root}: ${r.reason}`, { pid: root });
+  if (r.owned.members.includes(process.pid)) {
+    throw new TreeStateError('EREFUSED', `refusing to ${verb} ${root}: its cgroup holds treestate itself`, { pid: root });
+  }
+  return r.owned;
+}
+
+/**
+ * Running → Frozen through the cgroup freezer: one write holds every
+ * process of the cgroup, forks included (a child is born into its parent's
+ * cgroup, frozen). Verified through cgroup.events (`frozen 1`), since frozen
+ * threads show S or D, not T. Only for a tree that owns its cgroup (ENOCGROUP).
+ */
+export async function freezeTree(pid: number, options: FreezeOptions = {}): Promise<FreezeResult> {
+  return setFrozen(await requireOwned(pid, 'freeze'), true, options);
+}
+
+/** Frozen → Running: the cgroup freezer lets go; verified through cgroup.events (`frozen 0`). */
+export async function thawTree(pid: number, options: FreezeOptions = {}): Promise<FreezeResult> {
+  return setFrozen(await requireOwned(pid, 'thaw'), false, options);
+}
+
+async function setFrozen(tree: OwnedTree, frozen: boolean, options: FreezeOptions): Promise<FreezeResult> {
+  const started = performance.now();
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const verb = frozen ? 'freeze' : 'thaw';
+  writeControl(tree.cgroup, 'cgroup.freeze', frozen ? '1' : '0');
+  if (!(await waitEvent(tree.cgroup, 'frozen', frozen ? 1 : 0, timeoutMs))) {
+    // A freeze that did not complete is undone: no half-frozen tree is left behind.
+    if (frozen) writeControl(tree.cgroup, 'cgroup.freeze', '0');
+    throw new TreeStateError('ETIMEDOUT', `the cgroup ${tree.cgroup} of ${tree.root} did not report ${frozen ? 'frozen' : 'thawed'} within ${timeoutMs} ms${frozen ? '; it was thawed again' : ''}`, { pid: tree.root });
+  }
+  if (frozen) {
+    // What joined the cgroup between the check and the freeze (someone
+    // moving a process in) is checked now that nothing in it can change.
+    const again = await inspectOwnership(tree.root);
+    if ('reason' in again) {
+      writeControl(tree.cgroup, 'cgroup.freeze', '0');
+      throw new TreeStateError('ENOCGROUP', `cannot ${verb} ${tree.root}: ${again.reason}; it was thawed again`, { pid: tree.root });
+    }
+  }
+  return { root: tree.root, cgroup: tree.cgroup, state: frozen ? 'frozen' : 'running', processes: cgroupMembers(tree.cgroup), elapsedMs: performance.now() - started };
+}
+
+/**
+ * → Dead through cgroup.kill: the kernel sends SIGKILL to every process of
+ * the cgroup in one step, frozen ones and double-forked ones included, and
+ * new forks are refused meanwhile (kernel/cgroup/cgroup.c, cgroup_kill).
+ * Resolves once the cgroup is empty (`populated 0`).
+ */
+export async function killOwnedTree(tree: OwnedTree, options: { timeoutMs?: number } = {}): Promise<TransitionResult> {
+  const started = performance.now();
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  writeControl(tree.cgroup, 'cgroup.kill', '1');
+  if (!(await waitEvent(tree.cgroup, 'populated', 0, timeoutMs))) {
+    let alive: number[] = [];
+    try {
+      alive = cgroupMembers(tree.cgroup);
+    } catch {
+      // removed meanwhile: empty after all
+    }
+    if (alive.length > 0) throw new TreeStateError('ETIMEDOUT', `the tree of ${tree.root} did not die within ${timeoutMs} ms: ${describePids(alive)} still in ${tree.cgroup}`, { pid: tree.root, pids: alive });
+  }
+  return {
+    root: tree.root,
+    state: 'dead',
+    processes: [],
+    signalled: tree.members,
+    exited: tree.members,
+    passes: 1,
+    elapsedMs: performance.now() - started,
+    walk: 'children',
+    rootStartTime: tree.rootStartTime,
+  };
+}
