@@ -43,6 +43,10 @@ const DEFAULT_TIMEOUT_MS = 10_000;
 export async function inspectOwnership(pid: number): Promise<{ owned: OwnedTree } | { reason: string }> {
   const cgroup = runCgroupOf(pid);
   if (!cgroup) return { reason: `the tree of ${pid} has no cgroup of its own: it was not started by treestate run` };
+  // Members first, the tree after: a member forked meanwhile is then found
+  // in the tree, and one that moved (its parent exited) hangs below a
+  // process already seen.
+  const members = cgroupMembers(cgroup);
   const snap = await snapshot(pid);
   const top = snap.processes[0]!;
   let parentCgroup: string | null = null;
@@ -52,10 +56,9 @@ export async function inspectOwnership(pid: number): Promise<{ owned: OwnedTree 
     if (!hasCode(e, 'ESRCH')) throw e;
   }
   if (parentCgroup === cgroup) return { reason: `pid ${pid} is not the root of the run tree in ${cgroup}: its parent ${top.ppid} is in it too` };
-  const members = cgroupMembers(cgroup);
   const tree = new Set(snap.processes.map((p) => p.pid));
   let others = members.filter((m) => !tree.has(m));
-  // Orphans come to the run's subreaper; their descendants come with them.
+  // Orphans come to the run's subreaper (the root's parent); their descendants come with them.
   for (let progress = true; others.length > 0 && progress; ) {
     progress = false;
     for (const m of others) {
@@ -69,7 +72,8 @@ export async function inspectOwnership(pid: number): Promise<{ owned: OwnedTree 
         progress = true;
         continue;
       }
-      if (sub.processes[0]!.ppid === top.ppid) {
+      const ppid = sub.processes[0]!.ppid;
+      if (ppid === top.ppid || tree.has(ppid)) {
         for (const p of sub.processes) tree.add(p.pid);
         progress = true;
       }
