@@ -1,6 +1,6 @@
 // treestate-run: starts a program in a cgroup of its own and stays its parent.
 //
-//   treestate-run --cgroup DIR [--report-fd N] [--setsid] [--detached] -- PROGRAM [ARG...]
+//   treestate-run --cgroup DIR [--report-fd N] [--setsid] [--detached] [--adopt-pidfile FILE] -- PROGRAM [ARG...]
 //
 // DIR is an empty cgroup v2 directory that the caller made (src/cgroup/run.ts).
 // The child writes its own pid into DIR/cgroup.procs before it execs, so the
@@ -14,7 +14,14 @@
 // cgroup.kill, and once the cgroup is empty it is removed. SIGINT, SIGTERM,
 // SIGHUP and SIGQUIT sent to treestate-run go to the root.
 //
-// Report lines on fd N (default 3):  pid PID | error cgroup|exec ERRNO | exit CODE SIGNAL
+// --adopt-pidfile: PROGRAM only brings the tree (`criu restore
+// --restore-detached --pidfile FILE`, run in the cgroup so that everything it
+// restores is born there): when it exits 0, the pid it wrote to FILE, which
+// came to us as an orphan, becomes the root. PROGRAM's own end is reported
+// as "program-exit CODE SIGNAL"; if it fails, so does the run.
+//
+// Report lines on fd N (default 3):  pid PID | error cgroup|exec ERRNO |
+//                                    program-exit CODE SIGNAL | adopted PID | exit CODE SIGNAL
 // Exit status: the root's exit code, 128+signal when a signal killed it, 127
 // when it could not be started.
 #include <errno.h>
@@ -32,6 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <map>
 #include <string>
 
 namespace {
@@ -70,6 +78,7 @@ struct Failure {
 
 int main(int argc, char** argv) {
   const char* cgroup = nullptr;
+  const char* adoptPidfile = nullptr;
   bool newSession = false, detached = false;
   int i = 1;
   for (; i < argc; i++) {
@@ -77,6 +86,7 @@ int main(int argc, char** argv) {
     else if (strcmp(argv[i], "--report-fd") == 0 && i + 1 < argc) reportFd = atoi(argv[++i]);
     else if (strcmp(argv[i], "--setsid") == 0) newSession = true;
     else if (strcmp(argv[i], "--detached") == 0) detached = true;
+    else if (strcmp(argv[i], "--adopt-pidfile") == 0 && i + 1 < argc) adoptPidfile = argv[++i];
     else if (strcmp(argv[i], "--") == 0) { i++; break; }
     else break;
   }
@@ -150,6 +160,8 @@ int main(int argc, char** argv) {
 
   int status = 0;
   bool rootDone = false;
+  bool adopting = adoptPidfile != nullptr;
+  std::map<pid_t, int> reaped;  // while adopting: the new root may exit before we know its pid
   for (;;) {
     struct pollfd fds[2] = {{sfd, POLLIN, 0}, {eventsFd, POLLPRI, 0}};
     // cgroup.events wakes poll with POLLPRI when it changes (kernfs_notify);
@@ -166,12 +178,33 @@ int main(int argc, char** argv) {
       int st;
       pid_t pid = waitpid(-1, &st, WNOHANG | __WALL);
       if (pid <= 0) break;
-      if (pid == root) {
-        status = st;
-        rootDone = true;
-        // The rest of the tree dies with its root, wherever it forked to.
-        WriteFile(dir + "/cgroup.kill", "1");
+      if (adopting && pid != root) reaped[pid] = st;
+      if (pid != root) continue;
+      if (adopting) {
+        adopting = false;
+        Report("program-exit " + std::to_string(WIFEXITED(st) ? WEXITSTATUS(st) : -1) + " " +
+               std::to_string(WIFSIGNALED(st) ? WTERMSIG(st) : 0));
+        pid_t next = 0;
+        if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
+          FILE* f = fopen(adoptPidfile, "r");
+          if (f) {
+            if (fscanf(f, "%d", &next) != 1) next = 0;
+            fclose(f);
+          }
+        }
+        if (next > 0) {
+          Report("adopted " + std::to_string(next));
+          root = next;
+          auto early = reaped.find(next);
+          if (early == reaped.end()) continue;
+          st = early->second;
+        }
+        reaped.clear();
       }
+      status = st;
+      rootDone = true;
+      // The rest of the tree dies with its root, wherever it forked to.
+      WriteFile(dir + "/cgroup.kill", "1");
     }
     if (rootDone && !Populated(eventsFd)) break;
   }

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { getSystemErrorName } from 'node:util';
 import { TreeStateError, hasCode } from '../errors.js';
+import type { CommandExit, CommandRunner } from '../criu/runner.js';
 import { nativeExecutable } from '../native.js';
 import { ensureRunDir, requireHierarchy } from './hierarchy.js';
 
@@ -70,11 +71,24 @@ function startError(file: string, stage: string, errno: number, cgroup: string):
   return new TreeStateError('ESPAWN', `cannot start ${file} (${name})`, { errno: -errno, syscall: 'execve' });
 }
 
-export function run(file: string, args: string[], options: RunOptions & { detach: true }): Promise<RunTree>;
-export function run(file: string, args?: string[], options?: RunOptions & { detach?: false }): Promise<ForegroundRun>;
-export function run(file: string, args?: string[], options?: RunOptions): Promise<RunTree | ForegroundRun>;
-/** Starts `file` in a new cgroup of its own; see RunOptions for the foreground and detached forms. */
-export async function run(file: string, args: string[] = [], options: RunOptions = {}): Promise<RunTree | ForegroundRun> {
+interface HelperOptions extends RunOptions {
+  /** See treestate-run's --adopt-pidfile: the program (criu restore) brings the tree, whose root it writes here. */
+  adoptPidfile?: string;
+}
+
+interface Helper {
+  cgroup: string;
+  child: ChildProcess;
+  /** The program's pid. */
+  pid: number;
+  /** Report lines after the first ("program-exit …", "adopted …", "exit …"); ends when the helper closes its end. */
+  lines: AsyncIterator<string>;
+  /** The helper's own exit code. */
+  exit: Promise<number | null>;
+}
+
+/** Makes the run cgroup and starts treestate-run in it; resolves once the program has exec'd. */
+async function startHelper(file: string, args: string[], options: HelperOptions): Promise<Helper> {
   const name = cgroupName(options.name);
   const hierarchy = requireHierarchy();
   const cgroup = join(ensureRunDir(hierarchy), name);
@@ -91,7 +105,15 @@ export async function run(file: string, args: string[] = [], options: RunOptions
   let child: ChildProcess;
   try {
     if (options.out) out = openSync(options.out, 'a', 0o644);
-    const flags = ['--cgroup', cgroup, '--report-fd', '3', ...(detach || options.setsid ? ['--setsid'] : []), ...(detach ? ['--detached'] : [])];
+    const flags = [
+      '--cgroup',
+      cgroup,
+      '--report-fd',
+      '3',
+      ...(detach || options.setsid ? ['--setsid'] : []),
+      ...(detach ? ['--detached'] : []),
+      ...(options.adoptPidfile ? ['--adopt-pidfile', options.adoptPidfile] : []),
+    ];
     child = spawn(nativeExecutable('treestate-run'), [...flags, '--', file, ...args], {
       stdio: [quiet ? 'ignore' : 'inherit', out, out, 'pipe'],
       detached: detach,
@@ -117,25 +139,42 @@ export async function run(file: string, args: string[] = [], options: RunOptions
     if (failed) throw startError(file, failed[1]!, Number(failed[2]), cgroup);
     throw new TreeStateError('ESPAWN', `cannot start ${file}: treestate-run exited without starting it`);
   }
-  const root = Number(started[1]);
-  if (detach) {
-    (child.stdio[3] as NodeJS.ReadableStream & { destroy(): void }).destroy();
-    child.unref();
+  return { cgroup, child, pid: Number(started[1]), lines, exit };
+}
+
+/** "exit CODE SIGNAL" and "program-exit CODE SIGNAL" as a RunExit. */
+function exitOf(code: string, signal: string): RunExit {
+  const c = Number(code) >= 0 ? Number(code) : null;
+  const s = Number(signal) > 0 ? Number(signal) : null;
+  return { code: c, signal: s, status: c ?? 128 + s! };
+}
+
+/** Lets the helper go on alone: it no longer holds our event loop, nor we its report pipe. */
+function release(helper: Helper): void {
+  (helper.child.stdio[3] as NodeJS.ReadableStream & { destroy(): void }).destroy();
+  helper.child.unref();
+}
+
+export function run(file: string, args: string[], options: RunOptions & { detach: true }): Promise<RunTree>;
+export function run(file: string, args?: string[], options?: RunOptions & { detach?: false }): Promise<ForegroundRun>;
+export function run(file: string, args?: string[], options?: RunOptions): Promise<RunTree | ForegroundRun>;
+/** Starts `file` in a new cgroup of its own; see RunOptions for the foreground and detached forms. */
+export async function run(file: string, args: string[] = [], options: RunOptions = {}): Promise<RunTree | ForegroundRun> {
+  const helper = await startHelper(file, args, options);
+  const { cgroup, child, pid: root } = helper;
+  if (options.detach) {
+    release(helper);
     return { root, cgroup };
   }
   const exited = (async () => {
     let report: RunExit | undefined;
     for (;;) {
-      const next = await lines.next();
+      const next = await helper.lines.next();
       if (next.done) break;
       const m = /^exit (-?\d+) (\d+)$/.exec(next.value);
-      if (m) {
-        const code = Number(m[1]) >= 0 ? Number(m[1]) : null;
-        const signal = Number(m[2]) > 0 ? Number(m[2]) : null;
-        report = { code, signal, status: code ?? 128 + signal! };
-      }
+      if (m) report = exitOf(m[1]!, m[2]!);
     }
-    const status = await exit;
+    const status = await helper.exit;
     return report ?? { code: status, signal: null, status: status ?? 1 };
   })();
   return {
@@ -147,4 +186,37 @@ export async function run(file: string, args: string[] = [], options: RunOptions
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
     },
   };
+}
+
+/**
+ * A CommandRunner (src/criu/runner.ts) for `criu restore --restore-detached
+ * --pidfile FILE`: criu runs in a new run cgroup, so every process it
+ * restores is born there, and the restored root, orphaned when criu exits,
+ * comes to treestate-run, which keeps it as a `run` tree's root (lifetime,
+ * cleanup) from then on. `exited` is criu's end.
+ */
+export function cgroupRestoreRunner(pidFile: string, options: { name?: string } = {}): CommandRunner & { cgroup?: string } {
+  const runner: CommandRunner & { cgroup?: string } = {
+    async run(file, args, { out }) {
+      const helper = await startHelper(file, args, { name: options.name, detach: true, out, adoptPidfile: pidFile });
+      runner.cgroup = helper.cgroup;
+      const exited = (async (): Promise<CommandExit> => {
+        for (;;) {
+          const next = await helper.lines.next();
+          if (next.done) break;
+          const m = /^program-exit (-?\d+) (\d+)$/.exec(next.value);
+          if (m) {
+            const e = exitOf(m[1]!, m[2]!);
+            // Wait for the adoption line (or the end) before letting go.
+            if (e.code === 0) await helper.lines.next();
+            release(helper);
+            return { code: e.code, signal: e.signal };
+          }
+        }
+        return { code: await helper.exit, signal: null };
+      })();
+      return { pid: helper.pid, exited };
+    },
+  };
+  return runner;
 }

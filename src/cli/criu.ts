@@ -50,7 +50,7 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
     io.out(
       args.flags.has('--json')
         ? JSON.stringify(r, null, 2)
-        : `criu ${r.verb}: the tree of ${r.root} is ${r.state} (images in ${r.imagesDir}, ${r.elapsedMs} ms, log ${r.logFile})`,
+        : `criu ${r.verb}: the tree of ${r.root} is ${r.state}${r.cgroup ? ` in ${r.cgroup}` : ''} (images in ${r.imagesDir}, ${r.elapsedMs} ms, log ${r.logFile})`,
     );
     return 0;
   } catch (e) {
@@ -72,13 +72,16 @@ export const criuCommands: Record<string, Command> = {
     },
   },
   restore: {
-    usage: 'restore -D DIR [--final-state running|stopped] [--shell-job] [--tcp-established [--network-lock iptables|nftables|skip]] [--timeout MS] [--json]',
-    summary: 'criu restore, leaving the tree running (default) or stopped, verified',
-    flags: { ...shared, '--final-state': { value: true } },
+    usage: 'restore -D DIR [--final-state running|stopped] [--cgroup [--name N]] [--shell-job] [--tcp-established [--network-lock iptables|nftables|skip]] [--timeout MS] [--json]',
+    summary: 'criu restore, leaving the tree running (default) or stopped, verified; --cgroup: into a cgroup of its own, as a run tree',
+    flags: { ...shared, '--final-state': { value: true }, '--cgroup': {}, '--name': { value: true } },
     async run(args, io) {
       if (args.positionals.length) throw new UsageError('restore takes no PID: the images say which processes come back');
       const finalState = parseChoice('--final-state', args.flags.get('--final-state'), ['running', 'stopped'] as const);
-      return report(io, args, restore({ ...common(args, io, 'restore'), finalState }));
+      const name = args.flags.get('--name');
+      if (name !== undefined && !args.flags.has('--cgroup')) throw new UsageError('--name goes with --cgroup');
+      const cgroup = typeof name === 'string' ? name : args.flags.has('--cgroup');
+      return report(io, args, restore({ ...common(args, io, 'restore'), finalState, cgroup }));
     },
   },
   predump: {

@@ -7,6 +7,8 @@ import { join, resolve } from 'node:path';
 import { TreeStateError, describePids, describeThreads, hasCode } from '../errors.js';
 import { checkNotSelf, checkPid, getTreeState, type TreeState } from '../tree.js';
 import { continueTree, killTree, waitForState } from '../transitions.js';
+import { cgroupRestoreRunner } from '../cgroup/run.js';
+import { ownedCgroup } from '../cgroup/tree.js';
 import { dumpArgs, preDumpArgs, restoreArgs, type CriuFlags, type DumpFinalState, type RestoreFinalState } from './args.js';
 import { hasDirtyTracking, locateCriu, onPath, type CriuInfo } from './locate.js';
 import { childProcessRunner, type CommandRunner } from './runner.js';
@@ -44,6 +46,13 @@ export interface DumpOptions extends CriuOptions {
 export interface RestoreOptions extends CriuOptions {
   /** Default `running`, as criu's. */
   finalState?: RestoreFinalState;
+  /**
+   * Restore into a new cgroup of its own (`true`, or the cgroup's name), as
+   * a `run` tree: criu runs under treestate-run in that cgroup, which then
+   * keeps the restored root (freeze, thaw, kill through cgroup.kill). Not
+   * with `runner`.
+   */
+  cgroup?: boolean | string;
 }
 
 export interface PreDumpOptions extends CriuOptions {
@@ -66,6 +75,8 @@ export interface CriuResult {
   /** criu's argument vector. */
   argv: string[];
   elapsedMs: number;
+  /** The tree's own cgroup: a dump that froze it to seize the tree (--freeze-cgroup), a restore into one (`cgroup`). */
+  cgroup?: string;
   /** Whether treestate continued the tree after criu to reach Running (see restore, and dump of a tree that was stopped). */
   continued?: boolean;
   /**
@@ -275,7 +286,9 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
   const before = await getTreeState(root); // ESRCH before criu runs
   if (options.prevImagesDir) checkImagesDir(resolve(options.prevImagesDir), 'the previous images directory');
   prepareDumpDir(b.imagesDir);
-  const argv = dumpArgs(root, b.imagesDir, b.logFile, finalState, { ...withNetworkLock(options), prevImagesDir: options.prevImagesDir && resolve(options.prevImagesDir) });
+  // A tree that owns its cgroup is seized by freezing it: one step, forks included.
+  const freezeCgroup = (await ownedCgroup(root))?.cgroup;
+  const argv = dumpArgs(root, b.imagesDir, b.logFile, finalState, { ...withNetworkLock(options), prevImagesDir: options.prevImagesDir && resolve(options.prevImagesDir), freezeCgroup });
   // A failed dump leaves the tree running (criu resumes it): say what we see.
   await runCriu('dump', options, { info: b.info, argv, logFile: b.logFile, started: b.started }, () => describeTree(root));
   options.onProgress?.({ verb: 'dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
@@ -296,7 +309,7 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
   }
   const processes = await verify('dump', root, finalState, options);
   const networkLocked = finalState === 'stopped' && Boolean(options.tcpEstablished);
-  return { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, argv), continued, ...(networkLocked ? { networkLocked } : {}) };
+  return { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, argv), continued, ...(networkLocked ? { networkLocked } : {}), ...(freezeCgroup ? { cgroup: freezeCgroup } : {}) };
 }
 
 /** criu pre-dump: the tree keeps running. Refused before criu runs where the kernel has no dirty-memory tracking. */
@@ -322,6 +335,7 @@ export async function preDump(pid: number, options: PreDumpOptions): Promise<Cri
 /** criu restore --restore-detached, leaving the tree running (default) or stopped; resolves with the restored root. */
 export async function restore(options: RestoreOptions): Promise<CriuResult> {
   const finalState = checkChoice('finalState', options?.finalState, ['running', 'stopped'], 'running');
+  if (options?.cgroup && options.runner) throw new TreeStateError('EINVAL', 'restore takes cgroup or runner, not both: a restore into a cgroup runs criu under treestate-run');
   const b = await begin('restore', options);
   checkImagesDir(b.imagesDir, 'the images directory');
   // criu refuses to overwrite a pid file: give it a fresh one.
@@ -332,14 +346,17 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
     // asked for: criu restores a process that was stopped at dump time
     // stopped (sending SIGSTOP as it detaches, so T shows late), and this way
     // the tree deterministically ends as asked, whatever it was at dump time.
-    const argv = restoreArgs(b.imagesDir, b.logFile, pidFile, 'stopped', withNetworkLock(options));
-    await runCriu('restore', options, { info: b.info, argv, logFile: b.logFile, started: b.started }, async () => 'criu removes what it had restored when it fails');
+    const inOwnCgroup = Boolean(options.cgroup);
+    const runner = inOwnCgroup ? cgroupRestoreRunner(pidFile, { name: typeof options.cgroup === 'string' ? options.cgroup : undefined }) : options.runner;
+    const argv = restoreArgs(b.imagesDir, b.logFile, pidFile, 'stopped', { ...withNetworkLock(options), inOwnCgroup });
+    await runCriu('restore', { ...options, runner }, { info: b.info, argv, logFile: b.logFile, started: b.started }, async () => 'criu removes what it had restored when it fails');
     const root = Number(readText(pidFile).trim());
     if (!Number.isSafeInteger(root) || root <= 0) throw new TreeStateError('ECRIU', `criu restore exited 0 but wrote no root pid to ${pidFile}; log: ${b.logFile}`);
     options.onProgress?.({ verb: 'restore', phase: 'verifying', elapsedMs: performance.now() - b.started });
     await verify('restore', root, 'stopped', options);
     if (finalState === 'running') await continueTree(root);
-    return { ...result('restore', root, finalState, await verify('restore', root, finalState, options), b, argv), continued: finalState === 'running' };
+    const cgroup = (runner as { cgroup?: string } | undefined)?.cgroup;
+    return { ...result('restore', root, finalState, await verify('restore', root, finalState, options), b, argv), continued: finalState === 'running', ...(inOwnCgroup && cgroup ? { cgroup } : {}) };
   } finally {
     rmSync(pidDir, { recursive: true, force: true });
   }
