@@ -5,7 +5,7 @@ import { TreeStateError, describePids, describeThreads, hasCode, type ThreadRef 
 import { refuseFrozen } from './cgroup/frozen.js';
 import { killOwnedTree, ownedCgroup } from './cgroup/tree.js';
 import { native, type Identity, type NativeFailure, type NativeWalkResult } from './native.js';
-import { checkNotSelf, checkPid, classify, liveThreads, pidsOf, processState, readFailure, toProcessInfo, walkCache, walkTree, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
+import { checkNotSelf, checkPid, classify, liveThreads, pidsOf, processState, readFailure, toProcessInfo, walkCache, walkTree, withFrozen, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
 
 export interface TransitionOptions extends WalkOptions {
   /** How long the tree may take to reach the state (default 10 000 ms). */
@@ -466,8 +466,8 @@ export interface WaitOptions extends WalkOptions {
  */
 export async function waitForState(pid: number, state: TreeState, options: WaitOptions = {}): Promise<TreeStatus> {
   const root = checkPid(pid);
-  if (!['running', 'stopped', 'dead', 'mixed'].includes(state)) {
-    throw new TreeStateError('EINVAL', `unknown state ${JSON.stringify(state)}: expected running, stopped, dead or mixed`);
+  if (!['running', 'stopped', 'dead', 'mixed', 'frozen'].includes(state)) {
+    throw new TreeStateError('EINVAL', `unknown state ${JSON.stringify(state)}: expected running, stopped, dead, mixed or frozen`);
   }
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const deadline = performance.now() + timeoutMs;
@@ -478,7 +478,7 @@ export async function waitForState(pid: number, state: TreeState, options: WaitO
     try {
       const pass = await walkTree({ root, rootStartTime, scan: options.scan, cache: cache.handle });
       rootStartTime ??= pass.processes[0]!.startTime;
-      status = classify({ root, walk: pass.walk, processes: pass.processes.map(toProcessInfo) });
+      status = withFrozen(classify({ root, walk: pass.walk, processes: pass.processes.map(toProcessInfo) }));
     } catch (e) {
       if (!hasCode(e, 'ESRCH') || !(e instanceof TreeStateError)) throw e;
       if (state === 'dead') {

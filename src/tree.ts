@@ -208,8 +208,11 @@ export function classify(snap: TreeSnapshot): TreeStatus {
 
 /** The tree's state now. A process that does not exist is an ESRCH error, not `dead`. */
 export async function getTreeState(pid: number, options: WalkOptions = {}): Promise<TreeStatus> {
-  const status = classify(await snapshot(pid, options));
-  // Frozen threads show S or D, like running ones: only the cgroup knows.
+  return withFrozen(classify(await snapshot(pid, options)));
+}
+
+/** `frozen` for a run tree its cgroup's freezer holds: frozen threads show S or D, like running ones, so only the cgroup knows. */
+export function withFrozen(status: TreeStatus): TreeStatus {
   const frozen = status.state === 'dead' ? null : frozenCgroupOf(status.root);
   return frozen ? { ...status, state: 'frozen', differing: [], cgroup: frozen } : status;
 }

@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { continueTree, freezeTree, getTreeState, killTree, stopTree, thawTree } from '../src/index.js';
+import { continueTree, freezeTree, getTreeState, killTree, stopTree, thawTree, waitForState } from '../src/index.js';
 import { readEvents } from '../src/cgroup/hierarchy.js';
 import { spawnTree } from '../src/testing/index.js';
 import { cli, hasExited, rejection, waitFor } from './helpers.js';
@@ -21,6 +21,8 @@ describe('cgroup: Frozen', () => {
     const status = await getTreeState(tree.root);
     expect(status.state).to.equal('frozen');
     expect(status.cgroup).to.equal(tree.cgroup);
+    expect((await waitForState(tree.root, 'frozen', { timeoutMs: 1000 })).state).to.equal('frozen');
+    expect((await rejection(waitForState(tree.root, 'running', { timeoutMs: 100 }))).code).to.equal('ETIMEDOUT');
     const thawed = await thawTree(tree.root);
     expect(thawed.state).to.equal('running');
     await tree.waitProgress();

@@ -80,13 +80,13 @@ export const commands: Record<string, Command> = {
   cont: { ...transition('cont', 'continued', continueTree), summary: 'Stopped → Running: SIGCONT to every thread, children first' },
   kill: { ...transition('kill', 'killed', killTree), summary: '→ Dead: stop, then SIGKILL every process, and wait until all are gone' },
   wait: {
-    usage: 'wait PID --state running|stopped|dead [--timeout MS] [--json]',
+    usage: 'wait PID --state running|stopped|dead|frozen [--timeout MS] [--json]',
     summary: 'wait until the tree is in a state',
     flags: { ...json, ...timeout, ...scan, '--state': { value: true } },
     async run(args, io) {
       const pid = parsePid(args.positionals, 'wait');
-      const state = parseChoice('--state', args.flags.get('--state'), ['running', 'stopped', 'dead', 'mixed'] as const);
-      if (!state) throw new UsageError('wait needs --state running|stopped|dead');
+      const state = parseChoice('--state', args.flags.get('--state'), ['running', 'stopped', 'dead', 'mixed', 'frozen'] as const);
+      if (!state) throw new UsageError('wait needs --state running|stopped|dead|frozen');
       const status = await waitForState(pid, state, { timeoutMs: parseMs('--timeout', args.flags.get('--timeout')), scan: args.flags.has('--scan') });
       print(io, args, status, () => summary(status, io.tty));
       return 0;
