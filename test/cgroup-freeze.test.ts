@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { continueTree, freezeTree, getTreeState, killTree, stopTree, thawTree, waitForState } from '../src/index.js';
 import { readEvents } from '../src/cgroup/hierarchy.js';
 import { spawnTree } from '../src/testing/index.js';
-import { cli, hasExited, rejection, waitFor } from './helpers.js';
+import { betweenNativePasses, cli, hasExited, rejection, waitFor } from './helpers.js';
 import { leaveNoCgroups, procsOf, threadLetters } from './cgroup-support.js';
 
 describe('cgroup: Frozen', () => {
@@ -83,6 +83,28 @@ describe('cgroup: Frozen', () => {
       // Then the run's subreaper sees its root gone and empties the cgroup:
       // what is moved into a run tree's cgroup lives and dies with it (docs/safety.md).
       await waitFor(() => hasExited(stranger.pid!), 5000, 'the stranger to die with the run');
+    } finally {
+      stranger.kill('SIGKILL');
+      await gone;
+    }
+  });
+
+  it('thaws again and refuses when a process from outside joins between the check and the freeze', async () => {
+    await using tree = await spawnTree({ cgroup: true, depth: 1, fanout: 1 });
+    const stranger = spawn('sleep', ['1000'], { stdio: 'ignore' });
+    const gone = new Promise((resolve) => stranger.once('exit', resolve));
+    try {
+      // The check reads the members, then walks the tree: the stranger moves in during that walk.
+      const e = await betweenNativePasses(
+        (index) => {
+          if (index === 0) writeFileSync(join(tree.cgroup!, 'cgroup.procs'), String(stranger.pid));
+        },
+        () => rejection(freezeTree(tree.root)),
+      );
+      expect(e.code).to.equal('ENOCGROUP');
+      expect(e.message).to.include(`${stranger.pid}; it was thawed again`);
+      expect(readEvents(tree.cgroup!).frozen).to.equal(0);
+      await tree.waitProgress();
     } finally {
       stranger.kill('SIGKILL');
       await gone;

@@ -13,6 +13,10 @@ export interface OwnedTree {
   members: number[];
   /** The root's start time (clock ticks after boot). */
   rootStartTime: number;
+  /** The root's parent: the run's subreaper (or init), where the tree's orphans go. */
+  subreaper: number;
+  /** Every process found to belong to the tree. */
+  known: Set<number>;
 }
 
 export interface FreezeResult {
@@ -56,32 +60,41 @@ export async function inspectOwnership(pid: number): Promise<{ owned: OwnedTree 
     if (!hasCode(e, 'ESRCH')) throw e;
   }
   if (parentCgroup === cgroup) return { reason: `pid ${pid} is not the root of the run tree in ${cgroup}: its parent ${top.ppid} is in it too` };
-  const tree = new Set(snap.processes.map((p) => p.pid));
-  let others = members.filter((m) => !tree.has(m));
-  // Orphans come to the run's subreaper (the root's parent); their descendants come with them.
+  const known = new Set(snap.processes.map((p) => p.pid));
+  const others = await adoptMembers(members, known, top.ppid);
+  if (others.length > 0) return { reason: `the cgroup ${cgroup} also holds processes outside the tree of ${pid}: ${describePids(others)}` };
+  return { owned: { root: pid, cgroup, members, rootStartTime: top.startTime, subreaper: top.ppid, known } };
+}
+
+/**
+ * Adds to `known` the members that belong to the tree: orphans that came to
+ * the run's subreaper, processes whose parent is known, their descendants.
+ * Returns the members that do not belong.
+ */
+async function adoptMembers(members: number[], known: Set<number>, subreaper: number): Promise<number[]> {
+  let others = members.filter((m) => !known.has(m));
   for (let progress = true; others.length > 0 && progress; ) {
     progress = false;
     for (const m of others) {
-      if (tree.has(m)) continue;
+      if (known.has(m)) continue;
       let sub;
       try {
         sub = await snapshot(m);
       } catch (e) {
         if (!hasCode(e, 'ESRCH')) throw e;
-        tree.add(m); // exited meanwhile
+        known.add(m); // exited meanwhile
         progress = true;
         continue;
       }
       const ppid = sub.processes[0]!.ppid;
-      if (ppid === top.ppid || tree.has(ppid)) {
-        for (const p of sub.processes) tree.add(p.pid);
+      if (ppid === subreaper || known.has(ppid)) {
+        for (const p of sub.processes) known.add(p.pid);
         progress = true;
       }
     }
-    others = others.filter((m) => !tree.has(m));
+    others = others.filter((m) => !known.has(m));
   }
-  if (others.length > 0) return { reason: `the cgroup ${cgroup} also holds processes outside the tree of ${pid}: ${describePids(others)}` };
-  return { owned: { root: pid, cgroup, members, rootStartTime: top.startTime } };
+  return others;
 }
 
 /** The tree's own cgroup, or undefined when it has none (the signal path is then the only one). */
@@ -126,16 +139,18 @@ async function setFrozen(tree: OwnedTree, frozen: boolean, options: FreezeOption
     if (frozen) writeControl(tree.cgroup, 'cgroup.freeze', '0');
     throw new TreeStateError('ETIMEDOUT', `the cgroup ${tree.cgroup} of ${tree.root} did not report ${frozen ? 'frozen' : 'thawed'} within ${timeoutMs} ms${frozen ? '; it was thawed again' : ''}`, { pid: tree.root });
   }
+  const processes = cgroupMembers(tree.cgroup);
   if (frozen) {
-    // What joined the cgroup between the check and the freeze (someone
-    // moving a process in) is checked now that nothing in it can change.
-    const again = await inspectOwnership(tree.root);
-    if ('reason' in again) {
+    // What joined the cgroup between the check and the freeze (a fork, or
+    // someone moving a process in) is checked now that nothing in it can
+    // change: only the processes the first check did not see.
+    const strangers = await adoptMembers(processes, tree.known, tree.subreaper);
+    if (strangers.length > 0) {
       writeControl(tree.cgroup, 'cgroup.freeze', '0');
-      throw new TreeStateError('ENOCGROUP', `cannot ${verb} ${tree.root}: ${again.reason}; it was thawed again`, { pid: tree.root });
+      throw new TreeStateError('ENOCGROUP', `cannot ${verb} ${tree.root}: the cgroup ${tree.cgroup} also holds processes outside the tree of ${tree.root}: ${describePids(strangers)}; it was thawed again`, { pid: tree.root });
     }
   }
-  return { root: tree.root, cgroup: tree.cgroup, state: frozen ? 'frozen' : 'running', processes: cgroupMembers(tree.cgroup), elapsedMs: performance.now() - started };
+  return { root: tree.root, cgroup: tree.cgroup, state: frozen ? 'frozen' : 'running', processes, elapsedMs: performance.now() - started };
 }
 
 /**
