@@ -7,6 +7,7 @@
       "target_name": "treestate",
       "sources": [
         "native/addon.cc",
+        "native/cgroup.cc",
         "native/errors.cc",
         "native/inspect.cc",
         "native/proc.cc",
@@ -22,6 +23,12 @@
       "target_name": "treestate-reaper",
       "type": "executable",
       "sources": ["native/tools/reaper.cc", "native/proc.cc", "native/ptrace.cc"],
+      "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra"]
+    },
+    {
+      "target_name": "treestate-run",
+      "type": "executable",
+      "sources": ["native/tools/run.cc"],
       "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra"]
     },
     {

@@ -1,8 +1,11 @@
 // Registration only: each operation lives in workers.cc, Linux knowledge in
 // proc.cc, signal.cc and walk.cc.
 #include <napi.h>
+#include <errno.h>
 #include <signal.h>
 
+#include "cgroup.h"
+#include "errors.h"
 #include "inspect.h"
 #include "proc.h"
 #include "workers.h"
@@ -20,6 +23,35 @@ Napi::Value ChildrenFilesSupported(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), treestate::ChildrenFilesSupported());
 }
 
+// null when no cgroup2 hierarchy is mounted.
+Napi::Value Cgroup2MountOf(const Napi::CallbackInfo& info) {
+  treestate::Cgroup2Mount mount;
+  int e = treestate::FindCgroup2Mount(&mount);
+  if (e == ENOENT) return info.Env().Null();
+  if (e) {
+    treestate::MakeError(info.Env(), {e, nullptr, "open", 0}, "cannot read /proc/self/mountinfo").ThrowAsJavaScriptException();
+    return info.Env().Undefined();
+  }
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("path", mount.path);
+  o.Set("root", mount.root);
+  return o;
+}
+
+// null when the process has no cgroup v2 line (a v1-only system).
+Napi::Value CgroupOf(const Napi::CallbackInfo& info) {
+  pid_t pid = info[0].As<Napi::Number>().Int32Value();
+  std::string path;
+  int e = treestate::CgroupOf(pid, &path);
+  if (e == ENOENT) return info.Env().Null();
+  if (e) {
+    treestate::MakeError(info.Env(), {e, nullptr, "open", pid}, "cannot read the cgroup of pid " + std::to_string(pid))
+        .ThrowAsJavaScriptException();
+    return info.Env().Undefined();
+  }
+  return Napi::String::New(info.Env(), path);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("walk", Napi::Function::New(env, treestate::WalkAsync, "walk"));
   exports.Set("createWalkCache", Napi::Function::New(env, treestate::CreateWalkCache, "createWalkCache"));
@@ -31,6 +63,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("selfAndAncestors", Napi::Function::New(env, SelfAndAncestors, "selfAndAncestors"));
   exports.Set("childrenFilesSupported",
               Napi::Function::New(env, ChildrenFilesSupported, "childrenFilesSupported"));
+  exports.Set("cgroup2Mount", Napi::Function::New(env, Cgroup2MountOf, "cgroup2Mount"));
+  exports.Set("cgroupOf", Napi::Function::New(env, CgroupOf, "cgroupOf"));
   Napi::Object signals = Napi::Object::New(env);
   signals.Set("SIGSTOP", SIGSTOP);
   signals.Set("SIGCONT", SIGCONT);

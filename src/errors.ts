@@ -17,7 +17,10 @@ export type ErrorCode =
   | 'EMISMATCH' // the tree is not in the state criu should have left it in
   | 'EVERIFY' // images that do not restore (dump --verify, verifyImages)
   | 'EMIGRATE' // a migration that failed (the phase is named; the source runs on)
-  | 'ESPAWN' // treestate/testing: a program could not be started under the reaper
+  | 'ECGROUP' // no writable cgroup v2 hierarchy, or a cgroup file that cannot be written
+  | 'ENOCGROUP' // the tree does not own a cgroup (freeze, thaw: only for `run` trees)
+  | 'EFROZEN' // stop or continue of a frozen tree: thaw it first
+  | 'ESPAWN' // a program that could not be started (treestate/testing's reaper, run)
   | 'ELEAK' // treestate/testing: a test left a process or a supervised tree behind
   | 'ENOTAWAITED'; // treestate/testing: a test did not await a chai tree assertion
 

@@ -32,3 +32,5 @@ export { verifyImages, type ImageVerification, type VerifyOptions } from './criu
 export type { PidNamespaceInfo } from './criu/pidns.js';
 export { locateCriu, hasDirtyTracking, type CriuInfo } from './criu/locate.js';
 export type { CommandRunner, RunningCommand, CommandExit } from './criu/runner.js';
+export { run, type RunOptions, type RunTree, type ForegroundRun, type RunExit } from './cgroup/run.js';
+export { freezeTree, thawTree, type FreezeOptions, type FreezeResult } from './cgroup/tree.js';

@@ -131,6 +131,10 @@ export interface NativeAddon {
   /** Every process holding one of these socket inodes. */
   socketHolders(inodes: number[]): Promise<Array<{ inode: number; pid: number }>>;
   selfAndAncestors(): number[];
+  /** The first cgroup2 mount of /proc/self/mountinfo (`root`: the hierarchy path mounted there), or null. */
+  cgroup2Mount(): { path: string; root: string } | null;
+  /** The process's cgroup v2 path relative to the hierarchy's root, null without a v2 line; throws ESRCH when it is gone. */
+  cgroupOf(pid: number): string | null;
   childrenFilesSupported(): boolean;
   signals: { SIGSTOP: number; SIGCONT: number; SIGKILL: number };
 }

@@ -2,9 +2,11 @@
 // passes, verification, rollback, timeouts); every look at the tree and every
 // signal is one native pass (see native/walk.cc).
 import { TreeStateError, describePids, describeThreads, hasCode, plural, type ThreadRef } from './errors.js';
+import { refuseFrozen } from './cgroup/frozen.js';
+import { killOwnedTree, ownedCgroup } from './cgroup/tree.js';
 import { native, type Identity, type NativeFailure, type NativeWalkResult } from './native.js';
 import { DURATION, checkNumbers, wholeNumber } from './options.js';
-import { checkNotSelf, checkPid, classify, liveThreads, pidsOf, processState, readFailure, toProcessInfo, walkCache, walkTree, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
+import { checkNotSelf, checkPid, classify, liveThreads, pidsOf, processState, readFailure, toProcessInfo, walkCache, walkTree, withFrozen, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
 
 export interface TransitionOptions extends WalkOptions {
   /** How long the tree may take to reach the state (default 10 000 ms). */
@@ -176,7 +178,8 @@ function sameShape(a: TreeShape, b: TreeShape): boolean {
  * processes fork while we walk. On any failure the processes this call
  * stopped are resumed, so no half-stopped tree is left behind.
  */
-export function stopTree(pid: number, options: StopOptions = {}): Promise<TransitionResult> {
+export async function stopTree(pid: number, options: StopOptions = {}): Promise<TransitionResult> {
+  refuseFrozen(checkPid(pid), 'stop');
   return stopPasses(pid, options, false, new Tally());
 }
 
@@ -315,6 +318,7 @@ export async function continueTree(pid: number, options: ContinueOptions = {}): 
   const root = checkPid(pid);
   checkNumbers(options, { timeoutMs: DURATION });
   const protect = checkNotSelf(root);
+  refuseFrozen(root, 'continue');
   const started = performance.now();
   const deadline = started + (options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
   const { SIGCONT } = native().signals;
@@ -472,6 +476,10 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
   const root = checkPid(pid);
   checkNumbers(options, STOP_NUMBERS);
   const protect = checkNotSelf(root);
+  // A tree that owns its cgroup dies through cgroup.kill: in one step, and
+  // with the processes that left its parent links (src/cgroup/tree.ts).
+  const owned = await ownedCgroup(root);
+  if (owned && !owned.members.includes(process.pid)) return killOwnedTree(owned, options);
   const started = performance.now();
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const deadline = started + timeoutMs;
@@ -555,8 +563,8 @@ export interface WaitOptions extends WalkOptions {
  */
 export async function waitForState(pid: number, state: TreeState, options: WaitOptions = {}): Promise<TreeStatus> {
   const root = checkPid(pid);
-  if (!['running', 'stopped', 'dead', 'mixed'].includes(state)) {
-    throw new TreeStateError('EINVAL', `unknown state ${JSON.stringify(state)}: expected running, stopped, dead or mixed`);
+  if (!['running', 'stopped', 'dead', 'mixed', 'frozen'].includes(state)) {
+    throw new TreeStateError('EINVAL', `unknown state ${JSON.stringify(state)}: expected running, stopped, dead, mixed or frozen`);
   }
   checkNumbers(options, { timeoutMs: DURATION, intervalMs: DURATION });
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
@@ -568,7 +576,7 @@ export async function waitForState(pid: number, state: TreeState, options: WaitO
     try {
       const pass = await walkTree({ root, rootStartTime, scan: options.scan, cache: cache.handle });
       rootStartTime ??= pass.processes[0]!.startTime;
-      status = classify({ root, walk: pass.walk, processes: pass.processes.map(toProcessInfo) });
+      status = withFrozen(classify({ root, walk: pass.walk, processes: pass.processes.map(toProcessInfo) }));
     } catch (e) {
       if (!hasCode(e, 'ESRCH') || !(e instanceof TreeStateError)) throw e;
       if (state === 'dead') {

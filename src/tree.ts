@@ -1,9 +1,13 @@
 // The tree as treestate sees it: a snapshot, and what state it is in.
+import { frozenCgroupOf } from './cgroup/frozen.js';
 import { TreeStateError, describePids, hasCode, type ThreadRef } from './errors.js';
 import { native, type NativeFailure, type NativeProcess, type NativeWalkCache, type NativeWalkOptions, type NativeWalkResult } from './native.js';
 
-/** The three final states CRIU defines, plus `mixed` for a tree that is in none of them. */
-export type TreeState = 'running' | 'stopped' | 'dead' | 'mixed';
+/**
+ * The three final states CRIU defines, `frozen` (a `run` tree held by its
+ * cgroup's freezer, see src/cgroup/), and `mixed` for a tree that is in none of them.
+ */
+export type TreeState = 'running' | 'stopped' | 'dead' | 'mixed' | 'frozen';
 /** How one thread or process stands. `traced` is ptrace-stop ('t'): SIGCONT cannot resume it. */
 export type ProcessState = 'running' | 'stopped' | 'traced' | 'dead' | 'mixed';
 
@@ -37,6 +41,8 @@ export interface TreeStatus extends TreeSnapshot {
   /** For `mixed`: the threads not in the tree's most common state. */
   differing: ThreadRef[];
   counts: Record<Exclude<ProcessState, 'mixed'>, number>;
+  /** Only for a frozen `run` tree: its cgroup. */
+  cgroup?: string;
 }
 
 export interface WalkOptions {
@@ -202,7 +208,13 @@ export function classify(snap: TreeSnapshot): TreeStatus {
 
 /** The tree's state now. A process that does not exist is an ESRCH error, not `dead`. */
 export async function getTreeState(pid: number, options: WalkOptions = {}): Promise<TreeStatus> {
-  return classify(await snapshot(pid, options));
+  return withFrozen(classify(await snapshot(pid, options)));
+}
+
+/** `frozen` for a run tree its cgroup's freezer holds: frozen threads show S or D, like running ones, so only the cgroup knows. */
+export function withFrozen(status: TreeStatus): TreeStatus {
+  const frozen = status.state === 'dead' ? null : frozenCgroupOf(status.root);
+  return frozen ? { ...status, state: 'frozen', differing: [], cgroup: frozen } : status;
 }
 
 /** Live threads of a pass, as references for error messages. */

@@ -140,7 +140,7 @@ describe('CLI', () => {
         if (spec.alias) expect(help.stdout, `${name} accepts ${spec.alias}`).to.include(`${spec.alias}, ${flag}`);
         expect(own, `${name}'s usage names ${flag}`).to.satisfy((text: string) => text.includes(flag) || (spec.alias !== undefined && text.includes(`${spec.alias} `)));
       }
-      if (command.extra) expect(own).to.include('[-- CRIU-ARGS]');
+      if (command.extra) expect(own).to.include(name === 'run' ? '-- CMD [ARGS…]' : '[-- CRIU-ARGS]');
     }
     for (const flag of ['-V, --version', '-h, --help', '-- CRIU-ARGS']) expect(help.stdout).to.include(flag);
     expect((await cli(['wait', '--help'])).stdout).to.include('--state running|stopped|dead|mixed');

@@ -32,7 +32,7 @@ function ticks(lo: number, hi: number): number[] {
 const label = (v: number) => (v >= 1000 ? `${v / 1000}k` : v >= 1 ? String(v) : String(Number(v.toPrecision(2))));
 
 export function drawChart(report: BenchReport): string {
-  const ops = ['snapshot', 'status', 'stop', 'cont'].filter((op) => report.cases.some((c) => c.op === op));
+  const ops = ['snapshot', 'status', 'stop', 'cont', 'freeze', 'thaw'].filter((op) => report.cases.some((c) => c.op === op));
   const tools = Object.keys(report.tools).filter((t) => report.cases.some((c) => c.tool === t));
   const W = 460;
   const H = 320;

@@ -7,15 +7,16 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
 import pidtree from 'pidtree';
-import { continueTree, getTreeState, snapshot, stopTree, waitForState, type TreeState } from '../../src/index.ts';
+import { continueTree, freezeTree, getTreeState, snapshot, stopTree, thawTree, waitForState, type TreeState } from '../../src/index.ts';
 import { nativeExecutable, packageRoot } from '../../src/native.ts';
 
 const require = createRequire(import.meta.url);
 const psTree = require('ps-tree') as (pid: number, cb: (err: Error | null, children: { PID: string; PPID: string; STAT: string }[]) => void) => void;
 const treeKill = require('tree-kill') as (pid: number, signal: string, cb: (err?: Error) => void) => void;
 
-export type Op = 'snapshot' | 'status' | 'stop' | 'cont';
-export const OPS: Op[] = ['snapshot', 'status', 'stop', 'cont'];
+export type Op = 'snapshot' | 'status' | 'stop' | 'cont' | 'freeze' | 'thaw';
+/** freeze and thaw: treestate's only (the tree is a `run` tree, in a cgroup of its own). */
+export const OPS: Op[] = ['snapshot', 'status', 'stop', 'cont', 'freeze', 'thaw'];
 
 export interface Tool {
   name: string;
@@ -115,22 +116,26 @@ export function tools(): Tool[] {
     },
     {
       name: 'treestate-lib',
-      how: 'library in this process; stopTree/continueTree verify themselves',
+      how: 'library in this process; stopTree/continueTree verify themselves, freezeTree/thawTree wait for cgroup.events',
       ops: {
         snapshot: (root) => timed(() => snapshot(root)),
         status: (root) => timed(() => getTreeState(root)),
         stop: (root) => timed(() => stopTree(root)),
         cont: (root) => timed(() => continueTree(root)),
+        freeze: (root) => timed(() => freezeTree(root)),
+        thaw: (root) => timed(() => thawTree(root)),
       },
     },
     {
       name: 'treestate-cli',
-      how: 'whole process: node bin/treestate.cjs tree|status|stop|cont PID --json; stop/cont verify themselves',
+      how: 'whole process: node bin/treestate.cjs tree|status|stop|cont|freeze|thaw PID --json; stop/cont/freeze/thaw verify themselves',
       ops: {
         snapshot: (root) => timed(() => mustRun(node, [cli, 'tree', String(root), '--json'])),
         status: (root) => timed(() => mustRun(node, [cli, 'status', String(root), '--json'], (c) => c !== null && c <= 1)),
         stop: (root) => timed(() => mustRun(node, [cli, 'stop', String(root), '--json'])),
         cont: (root) => timed(() => mustRun(node, [cli, 'cont', String(root), '--json'])),
+        freeze: (root) => timed(() => mustRun(node, [cli, 'freeze', String(root), '--json'])),
+        thaw: (root) => timed(() => mustRun(node, [cli, 'thaw', String(root), '--json'])),
       },
     },
     {

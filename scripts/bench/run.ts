@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
-import { continueTree, getTreeState } from '../../src/index.ts';
+import { continueTree, getTreeState, thawTree } from '../../src/index.ts';
 import { packageRoot } from '../../src/native.ts';
 import { spawnTree, type TreeFixture } from '../../src/testing/index.ts';
 import { drawChart } from './chart.ts';
@@ -109,7 +109,9 @@ function pause(ms: number): Promise<void> {
 /** Time for a tree that was just continued (every thread runnable at once) to calm down before the next timed call. */
 const settleMs = (processes: number) => 20 + Math.round(processes / 20);
 
-async function expect(root: number, state: 'running' | 'stopped', who: string): Promise<void> {
+const after: Partial<Record<Op, 'stopped' | 'frozen'>> = { stop: 'stopped', freeze: 'frozen' };
+
+async function expect(root: number, state: 'running' | 'stopped' | 'frozen', who: string): Promise<void> {
   const s = await getTreeState(root);
   if (s.state !== state) throw new Error(`${who}: the tree is ${s.state}, expected ${state}`);
 }
@@ -122,7 +124,8 @@ async function measureShape(shape: Shape, all: Tool[]): Promise<Case[]> {
       log(`  starting an idle background tree (depth ${shape.background.depth}, fanout ${shape.background.fanout})`);
       background = await spawnTree({ ...shape.background, threads: 1, intervalMs: 1000, readyTimeoutMs: 120_000 });
     }
-    tree = await spawnTree({ depth: shape.depth, fanout: shape.fanout, threads: THREADS, intervalMs: HEARTBEAT_MS, readyTimeoutMs: 120_000 });
+    // A run tree (a cgroup of its own), so that freeze and thaw can be measured beside stop and cont.
+    tree = await spawnTree({ depth: shape.depth, fanout: shape.fanout, threads: THREADS, intervalMs: HEARTBEAT_MS, readyTimeoutMs: 120_000, cgroup: true });
     const root = tree.root;
     const processes = tree.size;
     const host = hostProcesses();
@@ -142,12 +145,13 @@ async function measureShape(shape: Shape, all: Tool[]): Promise<Case[]> {
           let ms: number;
           try {
             ms = await fn(root);
-            await expect(root, op === 'stop' ? 'stopped' : 'running', `${tool.name} ${op}`);
+            await expect(root, after[op] ?? 'running', `${tool.name} ${op}`);
           } catch (e) {
             const error = (e instanceof Error ? e.message : String(e)).slice(0, 300);
             failed.set(tool.name, { op, error });
             log(`  ${tool.name} ${op} FAILED: ${error}`);
             // Leave the tree running for the next tool.
+            if ((await getTreeState(root)).state === 'frozen') await thawTree(root);
             await continueTree(root);
             await pause(settleMs(processes));
             break;

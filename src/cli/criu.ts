@@ -58,7 +58,7 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
     io.out(
       args.flags.has('--json')
         ? JSON.stringify(r, null, 2)
-        : `criu ${r.verb}: the tree of ${r.root} is ${r.state}${r.verified ? `; the images restore (verified: ${r.verified.processes} processes, ${r.verified.threads} threads, in ${r.verified.elapsedMs} ms)` : ''}${r.pidNamespace ? ` (pid ${r.pidNamespace.pid} in a new pid namespace, whose init is ${r.pidNamespace.init})` : ''} (images in ${printable(r.imagesDir)}, ${r.elapsedMs} ms, log ${printable(r.logFile)})`,
+        : `criu ${r.verb}: the tree of ${r.root} is ${r.state}${r.verified ? `; the images restore (verified: ${r.verified.processes} processes, ${r.verified.threads} threads, in ${r.verified.elapsedMs} ms)` : ''}${r.cgroup ? ` in ${printable(r.cgroup)}` : ''}${r.pidNamespace ? ` (pid ${r.pidNamespace.pid} in a new pid namespace, whose init is ${r.pidNamespace.init})` : ''} (images in ${printable(r.imagesDir)}, ${r.elapsedMs} ms, log ${printable(r.logFile)})`,
     );
     return 0;
   } catch (e) {
@@ -81,15 +81,18 @@ export const criuCommands: Record<string, Command> = {
     },
   },
   restore: {
-    usage: 'restore -D DIR [--final-state running|stopped] [--pid-ns new] [--shell-job] [--tcp-established] [--network-lock M] [--timeout MS] [--criu PATH] [--json] [-- CRIU-ARGS]',
-    summary: 'criu restore, leaving the tree running (default) or stopped, verified',
-    flags: { ...shared, '--final-state': { value: true }, '--pid-ns': { value: true } },
+    usage: 'restore -D DIR [--final-state running|stopped] [--pid-ns new] [--cgroup [--name N]] [--shell-job] [--tcp-established] [--network-lock M] [--timeout MS] [--criu PATH] [--json] [-- CRIU-ARGS]',
+    summary: 'criu restore, leaving the tree running (default) or stopped, verified; --cgroup: into a cgroup of its own, as a run tree',
+    flags: { ...shared, '--final-state': { value: true }, '--pid-ns': { value: true }, '--cgroup': {}, '--name': { value: true } },
     extra: true,
     async run(args, io) {
       if (args.positionals.length) throw new UsageError('restore takes no PID: the images say which processes come back');
       const finalState = parseChoice('--final-state', args.flags.get('--final-state'), ['running', 'stopped'] as const);
       const pidNamespace = parseChoice('--pid-ns', args.flags.get('--pid-ns'), ['host', 'new'] as const);
-      return report(io, args, restore({ ...common(args, io, 'restore'), finalState, pidNamespace }));
+      const name = args.flags.get('--name');
+      if (name !== undefined && !args.flags.has('--cgroup')) throw new UsageError('--name goes with --cgroup');
+      const cgroup = typeof name === 'string' ? name : args.flags.has('--cgroup');
+      return report(io, args, restore({ ...common(args, io, 'restore'), finalState, pidNamespace, cgroup }));
     },
   },
   predump: {

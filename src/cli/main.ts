@@ -7,6 +7,7 @@ import { packageRoot } from '../native.js';
 import { getTreeState } from '../tree.js';
 import { continueTree, killTree, stopTree, waitForState, type ContinueOptions, type TransitionResult } from '../transitions.js';
 import { UsageError, optionsPart, parseArgs, parseChoice, parseMs, parsePid, quote, type FlagSpec, type Parsed } from './args.js';
+import { cgroupCommands } from './cgroup.js';
 import { criuCommands } from './criu.js';
 import { demo } from './demo.js';
 import { migrateCommands } from './migrate.js';
@@ -94,18 +95,19 @@ export const commands: Record<string, Command> = {
   cont: { ...transition('cont', 'continued', continueTree, true), summary: 'Stopped → Running: SIGCONT to every thread, children first' },
   kill: { ...transition('kill', 'killed', killTree), summary: '→ Dead: stop, then SIGKILL every process, and wait until all are gone' },
   wait: {
-    usage: 'wait PID --state running|stopped|dead|mixed [--timeout MS] [--json] [--scan]',
+    usage: 'wait PID --state running|stopped|dead|mixed|frozen [--timeout MS] [--json] [--scan]',
     summary: 'wait until the tree is in a state',
     flags: { ...json, ...timeout, ...scan, '--state': { value: true } },
     async run(args, io) {
       const pid = parsePid(args.positionals, 'wait');
-      const state = parseChoice('--state', args.flags.get('--state'), ['running', 'stopped', 'dead', 'mixed'] as const);
-      if (!state) throw new UsageError('wait needs --state running|stopped|dead|mixed');
+      const state = parseChoice('--state', args.flags.get('--state'), ['running', 'stopped', 'dead', 'mixed', 'frozen'] as const);
+      if (!state) throw new UsageError('wait needs --state running|stopped|dead|mixed|frozen');
       const status = await waitForState(pid, state, { timeoutMs: parseMs('--timeout', args.flags.get('--timeout')), scan: args.flags.has('--scan') });
       print(io, args, status, () => summary(status, io.tty));
       return 0;
     },
   },
+  ...cgroupCommands,
   ...criuCommands,
   ...migrateCommands,
   demo: {

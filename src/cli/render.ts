@@ -1,13 +1,14 @@
 // How trees and results look in a terminal.
 import { plural } from '../errors.js';
-import type { ProcessInfo, ProcessState, TreeStatus } from '../tree.js';
+import type { ProcessInfo, ProcessState, TreeState, TreeStatus } from '../tree.js';
 
-const colours: Record<ProcessState, string> = {
+const colours: Record<ProcessState | TreeState, string> = {
   running: '\x1b[32m',
   stopped: '\x1b[33m',
   traced: '\x1b[35m',
   dead: '\x1b[90m',
   mixed: '\x1b[31m',
+  frozen: '\x1b[36m',
 };
 
 const ESCAPES: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t', '\\': '\\\\' };
@@ -26,7 +27,7 @@ export function printableLines(text: string): string {
   return text.split('\n').map(printable).join('\n');
 }
 
-export function paint(text: string, state: ProcessState, colour: boolean): string {
+export function paint(text: string, state: ProcessState | TreeState, colour: boolean): string {
   return colour ? `${colours[state]}${text}\x1b[0m` : text;
 }
 

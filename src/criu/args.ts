@@ -37,14 +37,23 @@ function prev(imagesDir: string, prevImagesDir: string | undefined): string[] {
   return prevImagesDir ? ['--prev-images-dir', relative(imagesDir, prevImagesDir) || '.', '--track-mem'] : [];
 }
 
-export function dumpArgs(pid: number, imagesDir: string, logFile: string, finalState: DumpFinalState, flags: CriuFlags & { prevImagesDir?: string }): string[] {
+/** `freezeCgroup`: the tree's own cgroup, which criu then freezes to seize the tree in one step. */
+export function dumpArgs(pid: number, imagesDir: string, logFile: string, finalState: DumpFinalState, flags: CriuFlags & { prevImagesDir?: string; freezeCgroup?: string }): string[] {
   const state = finalState === 'running' ? ['--leave-running'] : finalState === 'stopped' ? ['--leave-stopped'] : [];
-  return ['dump', '-t', String(pid), '-D', imagesDir, ...state, ...prev(imagesDir, flags.prevImagesDir), ...common(flags, logFile), ...(flags.extraArgs ?? [])];
+  const freeze = flags.freezeCgroup ? ['--freeze-cgroup', flags.freezeCgroup] : [];
+  return ['dump', '-t', String(pid), '-D', imagesDir, ...state, ...freeze, ...prev(imagesDir, flags.prevImagesDir), ...common(flags, logFile), ...(flags.extraArgs ?? [])];
 }
 
-export function restoreArgs(imagesDir: string, logFile: string, pidFile: string, finalState: RestoreFinalState, flags: CriuFlags): string[] {
+/**
+ * `inOwnCgroup`: criu runs in a new cgroup made for the tree and leaves
+ * cgroups alone (--manage-cgroups=ignore, written with '=' since its value
+ * is optional), so the restored processes are born in criu's cgroup instead
+ * of being moved back to the dumped paths.
+ */
+export function restoreArgs(imagesDir: string, logFile: string, pidFile: string, finalState: RestoreFinalState, flags: CriuFlags & { inOwnCgroup?: boolean }): string[] {
   const state = finalState === 'stopped' ? ['--leave-stopped'] : [];
-  return ['restore', '-D', imagesDir, '--restore-detached', '--pidfile', pidFile, ...state, ...common(flags, logFile), ...(flags.extraArgs ?? [])];
+  const cgroups = flags.inOwnCgroup ? ['--manage-cgroups=ignore'] : [];
+  return ['restore', '-D', imagesDir, '--restore-detached', '--pidfile', pidFile, ...state, ...cgroups, ...common(flags, logFile), ...(flags.extraArgs ?? [])];
 }
 
 export function preDumpArgs(pid: number, imagesDir: string, logFile: string, flags: CriuFlags & { prevImagesDir?: string }): string[] {

@@ -8,6 +8,8 @@ import { TreeStateError, describePids, describeThreads, hasCode, plural } from '
 import { DURATION, checkNumbers } from '../options.js';
 import { checkNotSelf, checkPid, getTreeState, type TreeState } from '../tree.js';
 import { continueTree, killTree, waitForState } from '../transitions.js';
+import { cgroupRestoreRunner } from '../cgroup/run.js';
+import { ownedCgroup } from '../cgroup/tree.js';
 import { dumpArgs, preDumpArgs, restoreArgs, type CriuFlags, type DumpFinalState, type RestoreFinalState } from './args.js';
 import { checkImagesDir, checkLogFile, prepareDumpDir } from './images.js';
 import { hasDirtyTracking, locateCriu, onPath, type CriuInfo } from './locate.js';
@@ -68,6 +70,13 @@ export interface RestoreOptions extends CriuOptions {
   pidNamespace?: 'host' | 'new';
   /** With `pidNamespace: 'new'`: `'new'` gives the tree a network namespace of its own too, with only a loopback. */
   networkNamespace?: 'host' | 'new';
+  /**
+   * Restore into a new cgroup of its own (`true`, or the cgroup's name), as
+   * a `run` tree: criu runs under treestate-run in that cgroup, which then
+   * keeps the restored root (freeze, thaw, kill through cgroup.kill). Not
+   * with `runner`.
+   */
+  cgroup?: boolean | string;
 }
 
 export interface PreDumpOptions extends CriuOptions {
@@ -92,6 +101,8 @@ export interface CriuResult {
   elapsedMs: number;
   /** A restore into a new pid namespace: the root's pid there and the namespace's init (host pid). */
   pidNamespace?: PidNamespaceInfo;
+  /** The tree's own cgroup: a dump that froze it to seize the tree (--freeze-cgroup), a restore into one (`cgroup`). */
+  cgroup?: string;
   /** Whether treestate continued the tree after criu to reach Running (see restore, and dump of a tree that was stopped). */
   continued?: boolean;
   /**
@@ -283,7 +294,9 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
   const before = await getTreeState(root); // ESRCH before criu runs
   const prevImagesDir = options.prevImagesDir ? checkImagesDir(options.prevImagesDir, 'the previous images directory') : undefined;
   const placed = place('dump', options, prepareDumpDir(options.imagesDir, options.allowSharedDir === true));
-  const argv = dumpArgs(root, placed.imagesDir, placed.logFile, finalState, { ...withNetworkLock(options), prevImagesDir });
+  // A tree that owns its cgroup is seized by freezing it: one step, forks included.
+  const freezeCgroup = (await ownedCgroup(root))?.cgroup;
+  const argv = dumpArgs(root, placed.imagesDir, placed.logFile, finalState, { ...withNetworkLock(options), prevImagesDir, freezeCgroup });
   // A failed dump leaves the tree running (criu resumes it): say what we see.
   await runCriu('dump', options, { info: b.info, argv, logFile: placed.logFile, started: b.started }, () => describeTree(root));
   options.onProgress?.({ verb: 'dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
@@ -304,7 +317,7 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
   }
   const processes = await verify('dump', root, finalState, options);
   const networkLocked = finalState === 'stopped' && Boolean(options.tcpEstablished);
-  const dumped = { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, placed, argv), continued, ...(networkLocked ? { networkLocked } : {}) };
+  const dumped = { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, placed, argv), continued, ...(networkLocked ? { networkLocked } : {}), ...(freezeCgroup ? { cgroup: freezeCgroup } : {}) };
   if (!options.verify) return dumped;
   options.onProgress?.({ verb: 'dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
   if (finalState !== 'dead') {
@@ -346,6 +359,8 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
   const finalState = checkChoice('finalState', options?.finalState, ['running', 'stopped'], 'running');
   const inNewNamespace = checkChoice('pidNamespace', options?.pidNamespace, ['host', 'new'], 'host') === 'new';
   if (inNewNamespace && options.runner) throw new TreeStateError('EINVAL', 'pidNamespace "new" runs criu under its own init: it takes no runner');
+  if (options?.cgroup && options.runner) throw new TreeStateError('EINVAL', 'restore takes cgroup or runner, not both: a restore into a cgroup runs criu under treestate-run');
+  if (options?.cgroup && inNewNamespace) throw new TreeStateError('EINVAL', 'restore takes cgroup or pidNamespace "new", not both (yet)');
   const b = await begin('restore', options);
   // Images are code criu runs: only the caller's own, unchanged by anyone else.
   const placed = place('restore', options, { dir: checkImagesDir(options.imagesDir, 'the images directory'), warnings: [] });
@@ -361,8 +376,10 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
     // asked for: criu restores a process that was stopped at dump time
     // stopped (sending SIGSTOP as it detaches, so T shows late), and this way
     // the tree deterministically ends as asked, whatever it was at dump time.
-    const argv = restoreArgs(placed.imagesDir, placed.logFile, pidFile, 'stopped', withNetworkLock(options));
-    await runCriu('restore', { ...options, runner: namespace ?? options.runner }, { info: b.info, argv, logFile: placed.logFile, started: b.started }, async () => 'criu removes what it had restored when it fails');
+    const inOwnCgroup = Boolean(options.cgroup);
+    const runner = namespace ?? (inOwnCgroup ? cgroupRestoreRunner(pidFile, { name: typeof options.cgroup === 'string' ? options.cgroup : undefined }) : options.runner);
+    const argv = restoreArgs(placed.imagesDir, placed.logFile, pidFile, 'stopped', { ...withNetworkLock(options), inOwnCgroup });
+    await runCriu('restore', { ...options, runner }, { info: b.info, argv, logFile: placed.logFile, started: b.started }, async () => 'criu removes what it had restored when it fails');
     const written = Number(readText(pidFile).trim());
     if (!Number.isSafeInteger(written) || written <= 0) throw new TreeStateError('ECRIU', `criu restore exited 0 but wrote no root pid to ${pidFile}; log: ${placed.logFile}`);
     const located = namespace?.locate(written);
@@ -370,7 +387,8 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
     options.onProgress?.({ verb: 'restore', phase: 'verifying', elapsedMs: performance.now() - b.started });
     await verify('restore', root, 'stopped', options);
     if (finalState === 'running') await continueTree(root);
-    const done = { ...result('restore', root, finalState, await verify('restore', root, finalState, options), b, placed, argv), continued: finalState === 'running' };
+    const cgroup = (runner as { cgroup?: string } | undefined)?.cgroup;
+    const done = { ...result('restore', root, finalState, await verify('restore', root, finalState, options), b, placed, argv), continued: finalState === 'running', ...(inOwnCgroup && cgroup ? { cgroup } : {}) };
     kept = true;
     return located ? { ...done, pidNamespace: { pid: located.pid, init: located.init } } : done;
   } finally {

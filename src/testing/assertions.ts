@@ -15,6 +15,8 @@ const offFor: Record<TreeState, (state: string) => boolean> = {
   stopped: (s) => s !== 'T',
   running: (s) => threadState(s) !== 'running',
   mixed: (s) => threadState(s) !== 'running',
+  // Frozen threads look like running ones: only the cgroup tells (status names it).
+  frozen: () => false,
 };
 
 function describeStatus(status: TreeStatus, wanted: TreeState): string {

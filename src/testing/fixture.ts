@@ -6,7 +6,9 @@ import { dirname, join } from 'node:path';
 import { TreeStateError, describePids } from '../errors.js';
 import { nativeExecutable } from '../native.js';
 import { DURATION, checkNumbers, wholeNumber, type NumberRule } from '../options.js';
-import { spawnSupervised, type Supervisor } from './supervisor.js';
+import { writeControl } from '../cgroup/hierarchy.js';
+import { run } from '../cgroup/run.js';
+import { Supervisor, spawnSupervised } from './supervisor.js';
 
 export interface TreeShape {
   /** Levels below the root (0: the root alone). Default 1. */
@@ -46,6 +48,34 @@ export interface TreeOptions extends TreeShape {
   intervalMs?: number;
   /** How long the tree may take to come up (default 20 000 ms). */
   readyTimeoutMs?: number;
+  /** Start the tree with treestate's `run`, in a cgroup of its own (freezeTree, thawTree, kill through cgroup.kill). */
+  cgroup?: boolean;
+}
+
+/** What a fixture tree runs under: a Supervisor, or `run`'s subreaper. */
+export interface TreeOwner {
+  readonly root: number;
+  /** Kills and reaps everything the tree holds. */
+  dispose(): Promise<void>;
+}
+
+/** A fixture started by `run`: its own cgroup, emptied through cgroup.kill on dispose. */
+async function runOwner(file: string, args: string[]): Promise<TreeOwner & { cgroup: string }> {
+  const tree = await run(file, args, { stdio: 'ignore', setsid: true });
+  let disposed: Promise<void> | undefined;
+  return {
+    root: tree.root,
+    cgroup: tree.cgroup,
+    dispose: () =>
+      (disposed ??= (async () => {
+        try {
+          writeControl(tree.cgroup, 'cgroup.kill', '1');
+        } catch {
+          // removed: the tree ended by itself
+        }
+        await tree.exited;
+      })()),
+  };
 }
 
 /** Where a `sockets` fixture root listens. */
@@ -146,12 +176,23 @@ export class TreeFixture {
   readonly size: number;
 
   constructor(
-    readonly supervisor: Supervisor,
+    readonly owner: TreeOwner,
     readonly heartbeatFile: string,
     size: number,
   ) {
-    this.root = supervisor.root;
+    this.root = owner.root;
     this.size = size;
+  }
+
+  /** The reaper of a tree spawned without `cgroup` (criu restore runs under it too). */
+  get supervisor(): Supervisor {
+    if (!(this.owner instanceof Supervisor)) throw new TreeStateError('EINVAL', 'this fixture runs under treestate run, not a supervisor');
+    return this.owner;
+  }
+
+  /** The tree's own cgroup, for a fixture spawned with `cgroup`. */
+  get cgroup(): string | undefined {
+    return (this.owner as { cgroup?: string }).cgroup;
   }
 
   /** One counter per process, read from the shared heartbeat file. */
@@ -207,7 +248,7 @@ export class TreeFixture {
 
   /** Kills and reaps everything the fixture made, and removes its heartbeat file and directory. */
   async dispose(): Promise<void> {
-    await this.supervisor.dispose();
+    await this.owner.dispose();
     rmSync(dirname(this.heartbeatFile), { recursive: true, force: true });
   }
 
@@ -232,14 +273,16 @@ export async function spawnTree(options: TreeOptions = {}): Promise<TreeFixture>
   checkNumbers(options, TREE_NUMBERS);
   const size = treeSize(options);
   const heartbeatFile = heartbeatPath();
-  let supervisor: Supervisor;
+  const file = nativeExecutable('treestate-fixture');
+  const args = fixtureArgs(options, heartbeatFile);
+  let owner: TreeOwner;
   try {
-    supervisor = await spawnSupervised(nativeExecutable('treestate-fixture'), fixtureArgs(options, heartbeatFile));
+    owner = options.cgroup ? await runOwner(file, args) : await spawnSupervised(file, args);
   } catch (e) {
     rmSync(dirname(heartbeatFile), { recursive: true, force: true });
     throw e;
   }
-  const fixture = new TreeFixture(supervisor, heartbeatFile, size);
+  const fixture = new TreeFixture(owner, heartbeatFile, size);
   const deadline = Date.now() + (options.readyTimeoutMs ?? 20_000);
   for (;;) {
     let beats: Heartbeat[] = [];
