@@ -11,7 +11,8 @@ export type ErrorCode =
   | 'EINVAL' // a bad option
   | 'ENOCRIU' // no working criu
   | 'ECRIU' // criu failed
-  | 'EIMAGES' // an images directory that cannot be used
+  | 'EIMAGES' // an images directory that cannot be used, or an image that does not decode
+  | 'EPIDTAKEN' // a pid the checkpoint needs is taken on this host
   | 'ENODIRTYTRACK' // pre-dump on a kernel without dirty-memory tracking
   | 'EMISMATCH'; // the tree is not in the state criu should have left it in
 

@@ -9,13 +9,15 @@ import { checkNotSelf, checkPid, getTreeState, type TreeState } from '../tree.js
 import { continueTree, killTree, waitForState } from '../transitions.js';
 import { dumpArgs, preDumpArgs, restoreArgs, type CriuFlags, type DumpFinalState, type RestoreFinalState } from './args.js';
 import { hasDirtyTracking, locateCriu, type CriuInfo } from './locate.js';
+import { waitForImagePids } from './preflight-pids.js';
 import { childProcessRunner, type CommandRunner } from './runner.js';
 
 export type CriuVerb = 'dump' | 'restore' | 'pre-dump';
 
 export interface CriuProgress {
   verb: CriuVerb;
-  phase: 'locating criu' | 'running criu' | 'verifying';
+  /** `waiting for pids`: a restore waits for zombies holding the checkpoint's pids to be reaped. */
+  phase: 'locating criu' | 'waiting for pids' | 'running criu' | 'verifying';
   elapsedMs: number;
 }
 
@@ -301,6 +303,7 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
   const finalState = checkChoice('finalState', options?.finalState, ['running', 'stopped'], 'running');
   const b = await begin('restore', options);
   checkImagesDir(b.imagesDir, 'the images directory');
+  await waitForImagePids(b.imagesDir, { onWait: () => options.onProgress?.({ verb: 'restore', phase: 'waiting for pids', elapsedMs: performance.now() - b.started }) });
   // criu refuses to overwrite a pid file: give it a fresh one.
   const pidDir = mkdtempSync(join(tmpdir(), 'treestate-restore-'));
   const pidFile = join(pidDir, 'root.pid');
