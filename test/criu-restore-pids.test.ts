@@ -1,67 +1,37 @@
 import { expect } from 'chai';
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { dump, restore } from '../src/index.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
-import { hasExited, rejection, requireCriu, tempDirs } from './helpers.js';
-
-/**
- * A parent that does not reap: it starts `sleep` in a session of its own and
- * reaps it only when told (a line on its stdin), like init between two of its
- * reaping rounds, but deterministically.
- */
-const LAZY_PARENT = `
-import os, sys
-pid = os.fork()
-if pid == 0:
-    os.setsid()
-    fd = os.open('/dev/null', os.O_RDWR)
-    for i in (0, 1, 2):
-        os.dup2(fd, i)
-    os.close(fd)
-    os.execvp('sleep', ['sleep', '1000'])
-print(pid, flush=True)
-sys.stdin.readline()
-os.waitpid(pid, 0)
-print('reaped', flush=True)
-sys.stdin.readline()
-`;
+import { hasExited, rejection, requireCriu, spawnLazyParent, tempDirs } from './helpers.js';
 
 describe('criu restore: the checkpoint\'s pids', () => {
   requireCriu();
   const tempDir = tempDirs();
 
   it('waits for a zombie of the dumped tree to be reaped, then restores it', async () => {
-    const parent = spawn('python3', ['-c', LAZY_PARENT], { stdio: ['pipe', 'pipe', 'inherit'] });
-    const exited = new Promise((r) => parent.once('exit', r));
-    const lines = createInterface({ input: parent.stdout! })[Symbol.asyncIterator]();
-    try {
-      const pid = Number((await lines.next()).value);
-      await using sup = await spawnSupervised('sleep', ['1000']); // the reaper the restored tree lands under
-      const imagesDir = tempDir();
-      await dump(pid, { imagesDir }); // killed: a zombie of its parent now
-      expect(hasExited(pid)).to.equal(true);
-      expect(existsSync(`/proc/${pid}`)).to.equal(true);
+    await using parent = await spawnLazyParent();
+    const pid = parent.child;
+    await using sup = await spawnSupervised('sleep', ['1000']); // the reaper the restored tree lands under
+    const imagesDir = tempDir();
+    await dump(pid, { imagesDir }); // killed: a zombie of its parent now
+    expect(hasExited(pid)).to.equal(true);
+    expect(existsSync(`/proc/${pid}`)).to.equal(true);
 
-      const phases: string[] = [];
-      const result = await restore({
-        imagesDir,
-        runner: sup,
-        onProgress: (p) => {
-          if (p.phase === 'waiting for pids' && !phases.includes(p.phase)) parent.stdin!.write('reap\n');
-          phases.push(p.phase);
-        },
-      });
-      expect(phases).to.include('waiting for pids');
-      expect((await lines.next()).value).to.equal('reaped');
-      expect(result).to.include({ root: pid, state: 'running' });
-      await expect(pid).to.be.a.runningTree;
-    } finally {
-      parent.stdin!.end('\n');
-      await exited;
-    }
+    const phases: string[] = [];
+    let reaped: Promise<void> | undefined;
+    const result = await restore({
+      imagesDir,
+      runner: sup,
+      onProgress: (p) => {
+        if (p.phase === 'waiting for pids') reaped ??= parent.reap();
+        phases.push(p.phase);
+      },
+    });
+    await reaped;
+    expect(phases).to.include('waiting for pids');
+    expect(result).to.include({ root: pid, state: 'running' });
+    await expect(pid).to.be.a.runningTree;
   });
 
   it('names a live process that holds a pid of the checkpoint, and its parent, before criu runs', async () => {

@@ -1,7 +1,7 @@
 // dump, pre-dump and restore through the real criu, ending in the final state
 // the caller chose, and proving it: after criu exits the engine confirms the
 // state (criu detaches with SIGSTOP without waiting, so T can show late).
-import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { TreeStateError, describePids, describeThreads, hasCode } from '../errors.js';
@@ -9,6 +9,7 @@ import { checkNotSelf, checkPid, getTreeState, type TreeState } from '../tree.js
 import { continueTree, killTree, waitForState } from '../transitions.js';
 import { dumpArgs, preDumpArgs, restoreArgs, type CriuFlags, type DumpFinalState, type RestoreFinalState } from './args.js';
 import { hasDirtyTracking, locateCriu, type CriuInfo } from './locate.js';
+import { makeDirs } from './dirs.js';
 import { waitForImagePids } from './preflight-pids.js';
 import { childProcessRunner, type CommandRunner } from './runner.js';
 
@@ -82,7 +83,7 @@ function imagesIn(dir: string): string[] {
 function prepareDumpDir(dir: string): void {
   if (!existsSync(dir)) {
     try {
-      mkdirSync(dir, { recursive: true });
+      makeDirs(dir);
     } catch (e) {
       throw new TreeStateError('EIMAGES', `cannot create the images directory ${dir}: ${(e as Error).message}`, { cause: e });
     }
