@@ -6,10 +6,11 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { TreeStateError, describePids, describeThreads, hasCode } from '../errors.js';
 import { checkNotSelf, checkPid, getTreeState, type TreeState } from '../tree.js';
-import { continueTree, killTree, waitForState } from '../transitions.js';
+import { continueTree, waitForState } from '../transitions.js';
 import { dumpArgs, preDumpArgs, restoreArgs, type CriuFlags, type DumpFinalState, type RestoreFinalState } from './args.js';
 import { hasDirtyTracking, locateCriu, type CriuInfo } from './locate.js';
 import { makeDirs } from './dirs.js';
+import { stopCriu, type CriuStop } from './interrupt.js';
 import { waitForImagePids } from './preflight-pids.js';
 import { childProcessRunner, type CommandRunner } from './runner.js';
 
@@ -136,26 +137,6 @@ interface Run {
   started: number;
 }
 
-/**
- * Kills criu on a timeout, with every process it has started: a restore cut
- * short has restored processes that are still criu's children, and a bare
- * SIGKILL to criu would leave them to run on, orphaned and unreported.
- * Resolves with the pids killed besides criu.
- */
-async function killCriu(pid: number): Promise<number[]> {
-  try {
-    const result = await killTree(pid, { timeoutMs: 5000 });
-    return result.exited.filter((p) => p !== pid);
-  } catch {
-    try {
-      process.kill(pid, 'SIGKILL'); // criu is our own child
-    } catch {
-      // already gone
-    }
-    return [];
-  }
-}
-
 /** Runs criu once with a timeout and progress; resolves when it exited 0, otherwise rejects with ECRIU/ETIMEDOUT. */
 async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFailure: () => Promise<string>): Promise<void> {
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
@@ -165,21 +146,28 @@ async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFail
   try {
     progress?.({ verb, phase: 'running criu', elapsedMs: performance.now() - run.started });
     const running = await (options.runner ?? childProcessRunner).run(run.info.path, run.argv, { out });
-    let killed: Promise<number[]> | undefined;
+    let stopping: Promise<CriuStop> | undefined;
     const timer = setTimeout(() => {
-      killed = killCriu(running.pid);
+      stopping = stopCriu(verb, running);
     }, timeoutMs);
     const exit = await running.exited.finally(() => clearTimeout(timer));
-    // The timer may fire while criu is exiting after a success: its exit is
-    // then not yet known here, and the kill finds criu gone and kills
-    // nothing. That criu finished; a restored tree is complete and is
-    // verified like any other.
-    const finishedFirst = killed && exit.code === 0 && (await killed).length === 0;
-    if (killed && !finishedFirst) {
-      const started = await killed;
-      const also = started.length ? ` together with the ${started.length} process(es) it had started (${describePids(started)})` : '';
-      throw new TreeStateError('ETIMEDOUT', `criu ${verb} did not finish within ${timeoutMs} ms and was killed${also}; ${await afterFailure()}; log: ${run.logFile}`, {
-        details: { logFile: run.logFile, argv: run.argv, killed: started },
+    const stop = await stopping;
+    // criu may exit 0 after the timer fired: it was exiting already, or it
+    // finished the dump it was interrupted in (SIGALRM does not always make
+    // it give up). That criu finished, and its tree is verified like any other.
+    const finished = stop && exit.code === 0 && stop.killed.length === 0;
+    if (stop && !finished) {
+      const also = stop.killed.length ? ` together with the ${stop.killed.length} process(es) it had started (${describePids(stop.killed)})` : '';
+      // criu sets its SIGALRM handler before it seizes the tree: one that
+      // died of the signal had not touched the tree yet.
+      const how =
+        stop.how === 'killed'
+          ? `was killed${also}`
+          : exit.signal === 'SIGALRM'
+            ? 'was stopped (SIGALRM) before it had seized the tree'
+            : "was interrupted (SIGALRM, criu's own timeout signal) and gave up";
+      throw new TreeStateError('ETIMEDOUT', `criu ${verb} did not finish within ${timeoutMs} ms and ${how}; ${await afterFailure()}; log: ${run.logFile}`, {
+        details: { logFile: run.logFile, argv: run.argv, killed: stop.killed, how: stop.how },
       });
     }
     if (exit.code !== 0) {
