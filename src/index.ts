@@ -24,5 +24,6 @@ export {
 } from './transitions.js';
 export { dump, preDump, restore, type CriuOptions, type CriuProgress, type CriuResult, type CriuVerb, type DumpOptions, type PreDumpOptions, type RestoreOptions } from './criu/checkpoint.js';
 export type { DumpFinalState, RestoreFinalState } from './criu/args.js';
+export type { LinkRemapCleanup } from './criu/leftovers.js';
 export { locateCriu, hasDirtyTracking, type CriuInfo } from './criu/locate.js';
 export type { CommandRunner, RunningCommand, CommandExit } from './criu/runner.js';

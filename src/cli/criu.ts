@@ -40,6 +40,15 @@ function common(args: Parsed, io: Io, verb: string) {
   };
 }
 
+function linkRemapNote(r: CriuResult): string {
+  const removed = r.linkRemaps?.removed ?? [];
+  const left = r.linkRemaps?.left ?? [];
+  return (
+    (removed.length ? `\nremoved criu's link_remap files: ${removed.join(', ')}` : '') +
+    (left.length ? `\ncould not remove criu's link_remap files: ${left.map((l) => `${l.path} (${l.error})`).join(', ')}` : '')
+  );
+}
+
 async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<number> {
   try {
     const r = await work;
@@ -47,7 +56,7 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
     io.out(
       args.flags.has('--json')
         ? JSON.stringify(r, null, 2)
-        : `criu ${r.verb}: the tree of ${r.root} is ${r.state} (images in ${r.imagesDir}, ${r.elapsedMs} ms, log ${r.logFile})`,
+        : `criu ${r.verb}: the tree of ${r.root} is ${r.state} (images in ${r.imagesDir}, ${r.elapsedMs} ms, log ${r.logFile})${linkRemapNote(r)}`,
     );
     return 0;
   } catch (e) {
@@ -58,14 +67,14 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
 
 export const criuCommands: Record<string, Command> = {
   dump: {
-    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--prev DIR] [--shell-job] [--tcp-established] [--timeout MS] [--json]',
+    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--prev DIR] [--keep-link-remaps] [--shell-job] [--tcp-established] [--timeout MS] [--json]',
     summary: 'criu dump, leaving the tree dead (default), running or stopped, verified',
-    flags: { ...shared, '--final-state': { value: true }, '--prev': { value: true } },
+    flags: { ...shared, '--final-state': { value: true }, '--prev': { value: true }, '--keep-link-remaps': {} },
     async run(args, io) {
       const pid = parsePid(args.positionals, 'dump');
       const finalState = parseChoice('--final-state', args.flags.get('--final-state'), ['dead', 'running', 'stopped'] as const);
       const prev = args.flags.get('--prev') as string | undefined;
-      return report(io, args, dump(pid, { ...common(args, io, 'dump'), finalState, prevImagesDir: prev }));
+      return report(io, args, dump(pid, { ...common(args, io, 'dump'), finalState, prevImagesDir: prev, keepLinkRemaps: args.flags.has('--keep-link-remaps') }));
     },
   },
   restore: {

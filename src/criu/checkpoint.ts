@@ -11,6 +11,7 @@ import { dumpArgs, preDumpArgs, restoreArgs, type CriuFlags, type DumpFinalState
 import { hasDirtyTracking, locateCriu, type CriuInfo } from './locate.js';
 import { makeDirs } from './dirs.js';
 import { stopCriu, type CriuStop } from './interrupt.js';
+import { removeLinkRemaps, type LinkRemapCleanup } from './leftovers.js';
 import { waitForImagePids } from './preflight-pids.js';
 import { childProcessRunner, type CommandRunner } from './runner.js';
 
@@ -43,6 +44,13 @@ export interface DumpOptions extends CriuOptions {
   finalState?: DumpFinalState;
   /** Finish an iterative dump started by preDump into this directory. */
   prevImagesDir?: string;
+  /**
+   * Keep the link_remap files criu leaves after a `stopped` dump with
+   * `--link-remap` (removed by default: the next dump of the tree would fail
+   * on them). Keep them to kill the tree and restore these images: criu's
+   * restore reopens the unlinked files through them.
+   */
+  keepLinkRemaps?: boolean;
 }
 
 export interface RestoreOptions extends CriuOptions {
@@ -72,6 +80,8 @@ export interface CriuResult {
   elapsedMs: number;
   /** Whether treestate continued the tree after criu to reach Running (see restore, and dump of a tree that was stopped). */
   continued?: boolean;
+  /** dump leaving the tree alive: the link_remap files criu had left beside the program's files, removed (and any it could not). */
+  linkRemaps?: LinkRemapCleanup;
 }
 
 const DEFAULT_TIMEOUT_MS = 120_000;
@@ -264,7 +274,8 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
     continued = true;
   }
   const processes = await verify('dump', root, finalState, options);
-  return { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, argv), continued };
+  const linkRemaps = finalState === 'dead' || options.keepLinkRemaps ? undefined : await removeLinkRemaps(b.imagesDir, root);
+  return { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, argv), continued, ...(linkRemaps?.removed.length || linkRemaps?.left.length ? { linkRemaps } : {}) };
 }
 
 /** criu pre-dump: the tree keeps running. Refused before criu runs where the kernel has no dirty-memory tracking. */
