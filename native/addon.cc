@@ -19,6 +19,13 @@ Napi::Value ChildrenFilesSupported(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), treestate::ChildrenFilesSupported());
 }
 
+// One small read, like selfAndAncestors: for naming the tracer of a process
+// criu could not seize, after the fact.
+Napi::Value TracerOf(const Napi::CallbackInfo& info) {
+  pid_t pid = static_cast<pid_t>(info[0].As<Napi::Number>().Int32Value());
+  return Napi::Number::New(info.Env(), treestate::ReadTracer(pid, pid));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("walk", Napi::Function::New(env, treestate::WalkAsync, "walk"));
   exports.Set("createWalkCache", Napi::Function::New(env, treestate::CreateWalkCache, "createWalkCache"));
@@ -26,6 +33,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("signalList", Napi::Function::New(env, treestate::SignalListAsync, "signalList"));
   exports.Set("waitExit", Napi::Function::New(env, treestate::WaitExitAsync, "waitExit"));
   exports.Set("selfAndAncestors", Napi::Function::New(env, SelfAndAncestors, "selfAndAncestors"));
+  exports.Set("tracerOf", Napi::Function::New(env, TracerOf, "tracerOf"));
   exports.Set("childrenFilesSupported",
               Napi::Function::New(env, ChildrenFilesSupported, "childrenFilesSupported"));
   Napi::Object signals = Napi::Object::New(env);

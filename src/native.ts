@@ -106,6 +106,8 @@ export interface NativeAddon {
   /** Resolves to the targets still alive when all others exited or the timeout passed. */
   waitExit(targets: Identity[], timeoutMs: number): Promise<number[]>;
   selfAndAncestors(): number[];
+  /** TracerPid of a process or thread (0: not traced, or gone). */
+  tracerOf(pid: number): number;
   childrenFilesSupported(): boolean;
   signals: { SIGSTOP: number; SIGCONT: number; SIGKILL: number };
 }

@@ -9,6 +9,7 @@ import { checkNotSelf, checkPid, getTreeState, type TreeState } from '../tree.js
 import { continueTree, waitForState } from '../transitions.js';
 import { dumpArgs, preDumpArgs, restoreArgs, type CriuFlags, type DumpFinalState, type RestoreFinalState } from './args.js';
 import { hasDirtyTracking, locateCriu, type CriuInfo } from './locate.js';
+import { criuErrorLines, diagnoseCriuFailure } from './diagnose.js';
 import { makeDirs } from './dirs.js';
 import { stopCriu, type CriuStop } from './interrupt.js';
 import { removeLinkRemaps, type LinkRemapCleanup } from './leftovers.js';
@@ -123,14 +124,7 @@ function checkImagesDir(dir: string, what: string): void {
   }
 }
 
-/** The error lines criu logged, minus the RLIMIT_NOFILE one it always logs and survives. */
-export function criuErrorLines(text: string, limit = 6): string[] {
-  return text
-    .split('\n')
-    .filter((l) => /\bError\b|\berror\b|BUG/.test(l) && !/RLIMIT_NOFILE/.test(l))
-    .slice(-limit)
-    .map((l) => l.trim());
-}
+export { criuErrorLines } from './diagnose.js';
 
 function readText(path: string): string {
   try {
@@ -183,8 +177,9 @@ async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFail
     if (exit.code !== 0) {
       const lines = [...criuErrorLines(readText(run.logFile)), ...criuErrorLines(readText(out), 3)];
       const how = exit.code === null ? `was killed by signal ${exit.signal}` : `exited with ${exit.code}`;
-      throw new TreeStateError('ECRIU', `criu ${verb} ${how}; ${await afterFailure()}; log: ${run.logFile}${lines.length ? `\n  ${lines.join('\n  ')}` : ''}`, {
-        details: { logFile: run.logFile, argv: run.argv, exitCode: exit.code, signal: exit.signal, errors: lines },
+      const cause = await diagnoseCriuFailure(lines);
+      throw new TreeStateError('ECRIU', `criu ${verb} ${how}${cause ? `: ${cause}` : ''}; ${await afterFailure()}; log: ${run.logFile}${lines.length ? `\n  ${lines.join('\n  ')}` : ''}`, {
+        details: { logFile: run.logFile, argv: run.argv, exitCode: exit.code, signal: exit.signal, errors: lines, ...(cause ? { cause } : {}) },
       });
     }
   } finally {
