@@ -3,7 +3,7 @@
 // signal is one native pass (see native/walk.cc).
 import { TreeStateError, describePids, describeThreads, hasCode, type ThreadRef } from './errors.js';
 import { native, type Identity, type NativeFailure, type NativeWalkResult } from './native.js';
-import { checkNotSelf, checkPid, classify, liveThreads, pidsOf, processState, readFailure, toProcessInfo, walkCache, walkTree, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
+import { checkNotSelf, checkPid, classify, refuseDeadRoot, liveThreads, pidsOf, processState, readFailure, toProcessInfo, walkCache, walkTree, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
 
 export interface TransitionOptions extends WalkOptions {
   /** How long the tree may take to reach the state (default 10 000 ms). */
@@ -154,19 +154,6 @@ function sameShape(a: TreeShape, b: TreeShape): boolean {
 }
 
 /**
- * A root that has exited but is not yet reaped (a zombie) has no tree left:
- * its children went to a subreaper or init as it exited. Stop and continue
- * say so, rather than report an empty tree moved with exit 0; kill's goal,
- * Dead, already holds.
- */
-function refuseDeadRoot(pass: NativeWalkResult, verb: 'stop' | 'continue'): void {
-  const root = pass.processes[0];
-  if (root && processState(root.threads) === 'dead') {
-    throw new TreeStateError('ESRCH', `cannot ${verb} the tree of ${root.pid}: the process has exited (a zombie its parent ${root.ppid} has not reaped yet), so its tree is dead`, { pid: root.pid });
-  }
-}
-
-/**
  * Running → Stopped. Parents before children; passes repeat until one finds
  * every live thread in group-stop and nothing left to signal, because
  * processes fork while we walk. On any failure the processes this call
@@ -241,7 +228,7 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
       throw e;
     }
     passes++;
-    if (passes === 1 && !beforeKill) refuseDeadRoot(pass, 'stop');
+    if (passes === 1 && !beforeKill) refuseDeadRoot(pass.processes[0], 'stop');
     rootStartTime ??= pass.processes[0]!.startTime;
     const fresh = tally.add(pass);
     if (pass.failures.length > 0) {
@@ -339,7 +326,7 @@ export async function continueTree(pid: number, options: TransitionOptions = {})
       }));
     followUp = pass.next;
     passes++;
-    if (passes === 1) refuseDeadRoot(pass, 'continue');
+    if (passes === 1) refuseDeadRoot(pass.processes[0], 'continue');
     rootStartTime ??= pass.processes[0]!.startTime;
     tally.add(pass);
     if (pass.failures.length > 0) {

@@ -1,11 +1,13 @@
 import { expect } from 'chai';
 import { continueTree, dump, getTreeState, killTree, stopTree } from '../src/index.js';
 import { spawnTree } from '../src/testing/index.js';
-import { cli, hasExited, rejection, requireCriu, spawnLazyParent, waitFor } from './helpers.js';
+import { readdirSync } from 'node:fs';
+import { cli, hasExited, rejection, requireCriu, spawnLazyParent, tempDirs, waitFor } from './helpers.js';
 
 describe('bad input', () => {
-  describe('an images directory that cannot be made', () => {
+  describe('refused before criu runs', () => {
     requireCriu();
+    const tempDir = tempDirs();
 
     it('`dump -D /proc/self/x` fails at once (EIMAGES), without spinning', async () => {
       await using tree = await spawnTree({ depth: 0 });
@@ -17,6 +19,18 @@ describe('bad input', () => {
       const e = await rejection(dump(tree.root, { imagesDir: '/proc/self/x' }));
       expect(e.code).to.equal('EIMAGES');
       await expect(tree.root).to.be.a.runningTree;
+    });
+
+    it('a dump of a zombie root is refused before criu runs', async () => {
+      await using parent = await spawnLazyParent();
+      process.kill(parent.child, 'SIGKILL');
+      await waitFor(() => hasExited(parent.child), 5000, 'the zombie');
+      const imagesDir = tempDir();
+      const e = await rejection(dump(parent.child, { imagesDir }));
+      expect(e.code).to.equal('ESRCH');
+      expect(e.message).to.match(/^cannot dump the tree of \d+: the process has exited \(a zombie its parent \d+ has not reaped yet\)/);
+      expect(readdirSync(imagesDir)).to.deep.equal([]);
+      await parent.reap();
     });
   });
 

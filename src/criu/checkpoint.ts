@@ -5,7 +5,7 @@ import { accessSync, constants, existsSync, mkdtempSync, readFileSync, readdirSy
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { TreeStateError, describePids, describeThreads, hasCode } from '../errors.js';
-import { checkNotSelf, checkPid, getTreeState, type TreeState } from '../tree.js';
+import { checkNotSelf, checkPid, getTreeState, refuseDeadRoot, type TreeState } from '../tree.js';
 import { continueTree, waitForState } from '../transitions.js';
 import { dumpArgs, preDumpArgs, restoreArgs, type CriuFlags, type DumpFinalState, type RestoreFinalState } from './args.js';
 import { hasDirtyTracking, locateCriu, type CriuInfo } from './locate.js';
@@ -247,6 +247,7 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
   const finalState = checkChoice('finalState', options?.finalState, ['dead', 'running', 'stopped'], 'dead');
   const b = await begin('dump', options);
   const before = await getTreeState(root); // ESRCH before criu runs
+  refuseDeadRoot(before.processes[0], 'dump');
   if (options.prevImagesDir) checkImagesDir(resolve(options.prevImagesDir), 'the previous images directory');
   prepareDumpDir(b.imagesDir);
   const argv = dumpArgs(root, b.imagesDir, b.logFile, finalState, { ...options, prevImagesDir: options.prevImagesDir && resolve(options.prevImagesDir) });
@@ -284,7 +285,7 @@ export async function preDump(pid: number, options: PreDumpOptions): Promise<Cri
       'pre-dump needs the kernel to track dirty memory (soft-dirty), and this kernel does not (`criu check --feature mem_dirty_track`: "Dirty tracking is OFF"); use a plain dump instead',
     );
   }
-  await getTreeState(root);
+  refuseDeadRoot((await getTreeState(root)).processes[0], 'pre-dump');
   if (options.prevImagesDir) checkImagesDir(resolve(options.prevImagesDir), 'the previous images directory');
   prepareDumpDir(b.imagesDir);
   const argv = preDumpArgs(root, b.imagesDir, b.logFile, { ...options, prevImagesDir: options.prevImagesDir && resolve(options.prevImagesDir) });
