@@ -2,7 +2,8 @@ import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { dump, TreeStateError } from '../src/index.js';
 import { spawnTree } from '../src/testing/index.js';
-import { requireCriu, tempDirs } from './helpers.js';
+import { childProcessRunner, type CommandRunner } from '../src/criu/runner.js';
+import { rejection, requireCriu, tempDirs } from './helpers.js';
 
 /** Processes that still have criu's parasite mapped. */
 function withParasite(pids: number[]): number[] {
@@ -43,5 +44,16 @@ describe('criu timeouts', () => {
       else timeoutMs = elapsed < timeoutMs + 50 ? Math.round(timeoutMs / 2) : timeoutMs * 2;
     }
     expect(inside, 'timeouts that fired while criu was inside the tree').to.be.at.least(1);
+  });
+
+  it('says criu died of SIGALRM before it seized the tree, whichever runner reports the signal', async () => {
+    await using tree = await spawnTree({ depth: 0 });
+    // A stand-in that, like criu before it sets its handler, dies of SIGALRM.
+    for (const runner of [childProcessRunner, tree.supervisor]) {
+      const sleeper: CommandRunner = { run: (_file, _args, options) => runner.run('/bin/sleep', ['10'], options) };
+      const e = await rejection(dump(tree.root, { imagesDir: tempDir(), finalState: 'running', timeoutMs: 50, runner: sleeper }));
+      expect(e.code).to.equal('ETIMEDOUT');
+      expect(e.message).to.match(new RegExp(`^criu dump did not finish within 50 ms and was stopped \\(SIGALRM\\) before it had seized the tree; the tree of ${tree.root} is running`));
+    }
   });
 });

@@ -27,7 +27,8 @@ async function holderOf(pid: number): Promise<PidHolder | undefined> {
     const root = (await snapshot(pid)).processes[0]!;
     return { pid, process: root.pid, comm: root.comm, ppid: root.ppid, zombie: root.state === 'dead' };
   } catch (e) {
-    if (hasCode(e, 'ESRCH')) return undefined;
+    // EINVAL_PID: a number no process can have, so none holds it.
+    if (hasCode(e, 'ESRCH', 'EINVAL_PID')) return undefined;
     // pid 1, a kernel thread: taken, and never by a zombie.
     if (hasCode(e, 'EREFUSED')) return { pid, process: pid, comm: (e as Error).message, ppid: 0, zombie: false };
     throw e;
