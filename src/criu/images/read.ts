@@ -18,9 +18,9 @@ export interface ImageProcess {
   ppid: number;
   pgid: number;
   sid: number;
-  /** Every thread id, the leader's (= pid) included. */
+  /** Every thread id, the leader's (= pid) included; a zombie's is its pid alone. */
   threads: number[];
-  /** task_core_entry.task_state: what criu found the process in at dump time. */
+  /** task_core_entry.task_state: what criu found the process in at dump time (`zombie`: criu's TASK_DEAD). */
   state: TaskState;
   comm: string;
 }
