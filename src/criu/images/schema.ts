@@ -21,7 +21,7 @@ export type ImageKind = keyof typeof IMAGES;
 
 /**
  * task_core_entry.task_state (compel/include/uapi/task-state.h; TASK_HELPER
- * is criu/include/pstree.h's COMPEL_TASK_MAX + 1). criu records a zombie of
+ * is criu/include/pid.h's COMPEL_TASK_MAX + 1). criu records a zombie of
  * the tree as TASK_DEAD (2), as seen in real dumps; compel's own ZOMBIE (6)
  * is never written.
  */
