@@ -108,6 +108,8 @@ export interface NativeAddon {
   selfAndAncestors(): number[];
   /** TracerPid of a process or thread (0: not traced, or gone). */
   tracerOf(pid: number): number;
+  /** Whether a process has a handler for signal `signo` (false when gone). */
+  catchesSignal(pid: number, signo: number): boolean;
   childrenFilesSupported(): boolean;
   signals: { SIGSTOP: number; SIGCONT: number; SIGKILL: number };
 }

@@ -1,9 +1,10 @@
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { dump, TreeStateError } from '../src/index.js';
 import { spawnTree } from '../src/testing/index.js';
 import { childProcessRunner, type CommandRunner } from '../src/criu/runner.js';
-import { rejection, requireCriu, tempDirs } from './helpers.js';
+import { hasExited, rejection, requireCriu, tempDirs, waitFor } from './helpers.js';
 
 /** Processes that still have criu's parasite mapped. */
 function withParasite(pids: number[]): number[] {
@@ -46,14 +47,23 @@ describe('criu timeouts', () => {
     expect(inside, 'timeouts that fired while criu was inside the tree').to.be.at.least(1);
   });
 
-  it('says criu died of SIGALRM before it seized the tree, whichever runner reports the signal', async () => {
+  it('a criu that does not catch SIGALRM yet is killed with every process it started, none orphaned', async () => {
     await using tree = await spawnTree({ depth: 0 });
-    // A stand-in that, like criu before it sets its handler, dies of SIGALRM.
+    // A stand-in for criu still starting up: no SIGALRM handler, and a child
+    // (criu's kernel probes fork some). SIGALRM would kill the parent alone.
     for (const runner of [childProcessRunner, tree.supervisor]) {
-      const sleeper: CommandRunner = { run: (_file, _args, options) => runner.run('/bin/sleep', ['10'], options) };
-      const e = await rejection(dump(tree.root, { imagesDir: tempDir(), finalState: 'running', timeoutMs: 50, runner: sleeper }));
-      expect(e.code).to.equal('ETIMEDOUT');
-      expect(e.message).to.match(new RegExp(`^criu dump did not finish within 50 ms and was stopped \\(SIGALRM\\) before it had seized the tree; the tree of ${tree.root} is running`));
+      const pidFile = join(tempDir(), 'child.pid');
+      const starting: CommandRunner = { run: (_file, _args, options) => runner.run('/bin/sh', ['-c', `sleep 1000 & echo $! > ${pidFile}; wait`], options) };
+      const work = dump(tree.root, { imagesDir: tempDir(), finalState: 'running', timeoutMs: 300, runner: starting });
+      const e = await rejection(work);
+      const child = Number(readFileSync(pidFile, 'utf8'));
+      try {
+        expect(e.code).to.equal('ETIMEDOUT');
+        expect(e.message).to.match(new RegExp(`^criu dump did not finish within 300 ms and was killed together with the 1 process\\(es\\) it had started \\(${child}\\); the tree of ${tree.root} is running`));
+        await waitFor(() => hasExited(child), 2000, `the stand-in's child ${child} gone`);
+      } finally {
+        if (!hasExited(child) && readFileSync(`/proc/${child}/comm`, 'utf8').trim() === 'sleep') process.kill(child, 'SIGKILL');
+      }
     }
   });
 });

@@ -2,7 +2,7 @@
 // the caller chose, and proving it: after criu exits the engine confirms the
 // state (criu detaches with SIGSTOP without waiting, so T can show late).
 import { accessSync, constants, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { constants as osConstants, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { TreeStateError, describePids, describeThreads, hasCode } from '../errors.js';
 import { checkNotSelf, checkPid, getTreeState, refuseDeadRoot, type TreeState } from '../tree.js';
@@ -162,14 +162,7 @@ async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFail
     const finished = stop && exit.code === 0 && stop.killed.length === 0;
     if (stop && !finished) {
       const also = stop.killed.length ? ` together with the ${stop.killed.length} process(es) it had started (${describePids(stop.killed)})` : '';
-      // criu sets its SIGALRM handler before it seizes the tree: one that
-      // died of the signal had not touched the tree yet.
-      const how =
-        stop.how === 'killed'
-          ? `was killed${also}`
-          : exit.signal === 'SIGALRM' || exit.signal === osConstants.signals.SIGALRM
-            ? 'was stopped (SIGALRM) before it had seized the tree'
-            : "was interrupted (SIGALRM, criu's own timeout signal) and gave up";
+      const how = stop.how === 'killed' ? `was killed${also}` : "was interrupted (SIGALRM, criu's own timeout signal) and gave up";
       throw new TreeStateError('ETIMEDOUT', `criu ${verb} did not finish within ${timeoutMs} ms and ${how}; ${await afterFailure()}; log: ${run.logFile}`, {
         details: { logFile: run.logFile, argv: run.argv, killed: stop.killed, how: stop.how },
       });

@@ -8,8 +8,14 @@
 // every second up to five times and then gives up with BUG(). Interrupted,
 // criu either fails on its error path, which cures the parasite and resumes
 // the tree, or finishes the dump. So: SIGALRM, a grace period covering
-// criu's five rounds, and only then the kill. A restore sets no handler
-// (SIGALRM would kill criu and orphan what it restored): it is killed at once.
+// criu's five rounds, and only then the kill.
+// SIGALRM goes only to a criu that catches it. Before it sets the handler
+// criu has not touched the tree, but it may have children (its kernel
+// probes fork some and stop them): the signal would kill criu alone and
+// orphan them, where the kill takes criu's whole tree. A restore never sets
+// the handler, and is killed at once with what it restored.
+import { constants as osConstants } from 'node:os';
+import { native } from '../native.js';
 import { killTree } from '../transitions.js';
 import type { CriuVerb } from './checkpoint.js';
 import type { RunningCommand } from './runner.js';
@@ -18,7 +24,7 @@ import type { RunningCommand } from './runner.js';
 export const INTERRUPT_GRACE_MS = 6500;
 
 export interface CriuStop {
-  /** `interrupted`: criu ended on SIGALRM within the grace period; `killed`: it was killed. */
+  /** `interrupted`: criu, catching SIGALRM, ended within the grace period after it; `killed`: it was killed with what it had started. */
   how: 'interrupted' | 'killed';
   /** Processes criu had started, killed with it. */
   killed: number[];
@@ -45,7 +51,7 @@ async function killCriu(pid: number): Promise<number[]> {
 
 /** Stops a criu that overran its timeout, letting a dump or pre-dump clean up first. */
 export async function stopCriu(verb: CriuVerb, running: RunningCommand, graceMs = INTERRUPT_GRACE_MS): Promise<CriuStop> {
-  if (verb !== 'restore') {
+  if (verb !== 'restore' && native().catchesSignal(running.pid, osConstants.signals.SIGALRM)) {
     try {
       process.kill(running.pid, 'SIGALRM');
     } catch {
