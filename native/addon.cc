@@ -52,6 +52,22 @@ Napi::Value CgroupOf(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), path);
 }
 
+// One small read, like selfAndAncestors: for naming the tracer of a process
+// criu could not seize, after the fact.
+Napi::Value TracerOf(const Napi::CallbackInfo& info) {
+  pid_t pid = static_cast<pid_t>(info[0].As<Napi::Number>().Int32Value());
+  return Napi::Number::New(info.Env(), treestate::ReadTracer(pid, pid));
+}
+
+// Whether a process has a handler for a signal: criu is interrupted with
+// SIGALRM only once it catches it (src/criu/interrupt.ts).
+Napi::Value CatchesSignal(const Napi::CallbackInfo& info) {
+  pid_t pid = static_cast<pid_t>(info[0].As<Napi::Number>().Int32Value());
+  int signo = info[1].As<Napi::Number>().Int32Value();
+  bool caught = signo >= 1 && signo <= 64 && ((treestate::ReadSignalsCaught(pid) >> (signo - 1)) & 1);
+  return Napi::Boolean::New(info.Env(), caught);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("walk", Napi::Function::New(env, treestate::WalkAsync, "walk"));
   exports.Set("createWalkCache", Napi::Function::New(env, treestate::CreateWalkCache, "createWalkCache"));
@@ -61,6 +77,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("inspect", Napi::Function::New(env, treestate::InspectAsync, "inspect"));
   exports.Set("socketHolders", Napi::Function::New(env, treestate::SocketHoldersAsync, "socketHolders"));
   exports.Set("selfAndAncestors", Napi::Function::New(env, SelfAndAncestors, "selfAndAncestors"));
+  exports.Set("tracerOf", Napi::Function::New(env, TracerOf, "tracerOf"));
+  exports.Set("catchesSignal", Napi::Function::New(env, CatchesSignal, "catchesSignal"));
   exports.Set("childrenFilesSupported",
               Napi::Function::New(env, ChildrenFilesSupported, "childrenFilesSupported"));
   exports.Set("cgroup2Mount", Napi::Function::New(env, Cgroup2MountOf, "cgroup2Mount"));

@@ -251,6 +251,16 @@ pid_t ReadTracer(pid_t pid, pid_t tid) {
   return line ? static_cast<pid_t>(atoi(line + 11)) : 0;
 }
 
+uint64_t ReadSignalsCaught(pid_t pid) {
+  char path[48];
+  char buf[4096];
+  size_t len;
+  snprintf(path, sizeof path, "/proc/%d/status", pid);
+  if (ReadSmall(path, buf, sizeof buf, &len)) return 0;
+  const char* line = strstr(buf, "\nSigCgt:");
+  return line ? strtoull(line + 8, nullptr, 16) : 0;
+}
+
 bool ChildrenFilesSupported() {
   static const bool supported = [] {
     char path[64];

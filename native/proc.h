@@ -69,6 +69,9 @@ int ReadChildrenAt(int procfd, int taskfd, pid_t tid, std::vector<pid_t>* out,
                    Fd* kept = nullptr);
 // TracerPid of one thread (from .../task/TID/status); 0 when not traced.
 pid_t ReadTracer(pid_t pid, pid_t tid);
+// The signals a process has handlers for (SigCgt of /proc/PID/status, bit
+// N-1 for signal N); 0 when it cannot be read.
+uint64_t ReadSignalsCaught(pid_t pid);
 
 // Whether /proc/PID/task/TID/children exists (CONFIG_PROC_CHILDREN).
 bool ChildrenFilesSupported();

@@ -12,7 +12,8 @@ export type ErrorCode =
   | 'ENOCRIU' // no working criu
   | 'EUNTRUSTED' // as root, a criu that someone other than root could change
   | 'ECRIU' // criu failed
-  | 'EIMAGES' // an images directory that cannot be used
+  | 'EIMAGES' // an images directory that cannot be used, or an image that does not decode
+  | 'EPIDTAKEN' // a pid the checkpoint needs is taken on this host
   | 'ENODIRTYTRACK' // pre-dump on a kernel without dirty-memory tracking
   | 'EMISMATCH' // the tree is not in the state criu should have left it in
   | 'EVERIFY' // images that do not restore (dump --verify, verifyImages)

@@ -30,6 +30,7 @@ export { receive, type ReceiveOptions } from './migrate/receive.js';
 export { preflight, type Blocker, type BlockerKind, type PreflightResult } from './criu/preflight.js';
 export { verifyImages, type ImageVerification, type VerifyOptions } from './criu/verify.js';
 export type { PidNamespaceInfo } from './criu/pidns.js';
+export type { LinkRemapCleanup } from './criu/leftovers.js';
 export { locateCriu, hasDirtyTracking, type CriuInfo } from './criu/locate.js';
 export type { CommandRunner, RunningCommand, CommandExit } from './criu/runner.js';
 export { run, type RunOptions, type RunTree, type ForegroundRun, type RunExit } from './cgroup/run.js';

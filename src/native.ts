@@ -135,6 +135,10 @@ export interface NativeAddon {
   cgroup2Mount(): { path: string; root: string } | null;
   /** The process's cgroup v2 path relative to the hierarchy's root, null without a v2 line; throws ESRCH when it is gone. */
   cgroupOf(pid: number): string | null;
+  /** TracerPid of a process or thread (0: not traced, or gone). */
+  tracerOf(pid: number): number;
+  /** Whether a process has a handler for signal `signo` (false when gone). */
+  catchesSignal(pid: number, signo: number): boolean;
   childrenFilesSupported(): boolean;
   signals: { SIGSTOP: number; SIGCONT: number; SIGKILL: number };
 }

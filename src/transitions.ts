@@ -6,7 +6,7 @@ import { refuseFrozen } from './cgroup/frozen.js';
 import { killOwnedTree, ownedCgroup } from './cgroup/tree.js';
 import { native, type Identity, type NativeFailure, type NativeWalkResult } from './native.js';
 import { DURATION, checkNumbers, wholeNumber } from './options.js';
-import { checkNotSelf, checkPid, classify, liveThreads, pidsOf, processState, readFailure, toProcessInfo, walkCache, walkTree, withFrozen, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
+import { checkNotSelf, checkPid, classify, refuseDeadRoot, liveThreads, pidsOf, processState, readFailure, toProcessInfo, walkCache, walkTree, withFrozen, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
 
 export interface TransitionOptions extends WalkOptions {
   /** How long the tree may take to reach the state (default 10 000 ms). */
@@ -251,6 +251,7 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
       throw e;
     }
     passes++;
+    if (passes === 1 && !beforeKill) refuseDeadRoot(pass.processes[0], 'stop');
     rootStartTime ??= pass.processes[0]!.startTime;
     const fresh = tally.add(pass);
     if (pass.failures.length > 0) {
@@ -350,6 +351,7 @@ export async function continueTree(pid: number, options: ContinueOptions = {}): 
       }));
     followUp = pass.next;
     passes++;
+    if (passes === 1) refuseDeadRoot(pass.processes[0], 'continue');
     rootStartTime ??= pass.processes[0]!.startTime;
     tally.add(pass);
     if (pass.failures.length > 0) {

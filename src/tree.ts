@@ -73,6 +73,18 @@ export function processState(threads: ThreadInfo[]): ProcessState {
 
 const MAX_PID = 4_194_304; // PID_MAX_LIMIT on 64-bit
 
+/**
+ * A root that has exited but is not yet reaped (a zombie) has no tree left:
+ * its children went to a subreaper or init as it exited. Stop, continue and
+ * dump say so, rather than report an empty tree moved (or let criu fail on
+ * it); kill's goal, Dead, already holds.
+ */
+export function refuseDeadRoot(root: { pid: number; ppid: number; threads: Array<{ state: string }> } | undefined, verb: string): void {
+  if (root && root.threads.every((t) => threadState(t.state) === 'dead')) {
+    throw new TreeStateError('ESRCH', `cannot ${verb} the tree of ${root.pid}: the process has exited (a zombie its parent ${root.ppid} has not reaped yet), so its tree is dead`, { pid: root.pid });
+  }
+}
+
 /** Checks what a pid argument can be before anything touches /proc. */
 export function checkPid(pid: unknown): number {
   if (typeof pid === 'string' && /^\d+$/.test(pid.trim())) pid = Number(pid.trim());

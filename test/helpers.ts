@@ -1,5 +1,6 @@
 // Shared bits of the suite. Trees come from the harness (src/testing), not from here.
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { cpSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -190,4 +191,62 @@ export async function rejection(work: Promise<unknown>): Promise<TreeStateError>
     throw e;
   }
   throw new Error('expected a rejection, but it resolved');
+}
+
+/**
+ * A parent that does not reap: it starts `sleep 1000` in a session of its own
+ * (its stdio /dev/null, so criu can dump it) and reaps it only when told,
+ * like init between two of its reaping rounds, but deterministically.
+ */
+const LAZY_PARENT = `
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    fd = os.open('/dev/null', os.O_RDWR)
+    for i in (0, 1, 2):
+        os.dup2(fd, i)
+    os.close(fd)
+    os.execvp('sleep', ['sleep', '1000'])
+print(pid, flush=True)
+sys.stdin.readline()
+os.waitpid(pid, 0)
+print('reaped', flush=True)
+sys.stdin.readline()
+`;
+
+export interface LazyParent {
+  /** The pid of its child. */
+  child: number;
+  /** Has the parent reap its child, resolving once it did. */
+  reap(): Promise<void>;
+  /** Ends the parent (killing its child first if it was never reaped). */
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+export async function spawnLazyParent(): Promise<LazyParent> {
+  const parent = spawn('python3', ['-c', LAZY_PARENT], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const exited = new Promise((r) => parent.once('exit', r));
+  const lines = createInterface({ input: parent.stdout! })[Symbol.asyncIterator]();
+  const child = Number((await lines.next()).value);
+  let reaped = false;
+  const reap = async () => {
+    if (reaped) return;
+    reaped = true;
+    parent.stdin!.write('reap\n');
+    const line = await lines.next();
+    if (line.value !== 'reaped') throw new Error(`the lazy parent said ${JSON.stringify(line.value)}, not "reaped"`);
+  };
+  return {
+    child,
+    reap,
+    async [Symbol.asyncDispose]() {
+      if (!reaped) {
+        process.kill(child, 'SIGKILL'); // still its child, unreaped: the pid cannot name another process
+        await reap();
+      }
+      parent.stdin!.end('\n');
+      await exited;
+    },
+  };
 }

@@ -104,10 +104,18 @@ describe('safety: criu faults', function () {
 
   it("recovers a tree whose criu dump runs past treestate's timeout", async () => {
     await using tree = await spawnTree({ depth: 1, fanout: 2, threads: 2, memoryMb: 768, intervalMs: 20 });
-    const error = await rejection(dump(tree.root, { imagesDir: imagesDir(), finalState: 'stopped', timeoutMs: 250 }));
-    expect(error.code).to.equal('ETIMEDOUT');
-    expect(error.message).to.match(/did not finish within 250 ms and was killed/);
-    await expectRecoverable(tree, error);
+    // Interrupted with SIGALRM, criu either gives up and resumes the tree or
+    // finishes the dump it was in (see criu-timeout.test.ts): both must leave
+    // a tree that `cont` brings back.
+    const outcome = await dump(tree.root, { imagesDir: imagesDir(), finalState: 'stopped', timeoutMs: 250 }).catch((e: unknown) => e);
+    if (outcome instanceof TreeStateError) {
+      expect(outcome.code).to.equal('ETIMEDOUT');
+      expect(outcome.message).to.match(/did not finish within 250 ms and (was killed|was interrupted \(SIGALRM)/);
+      await expectRecoverable(tree, outcome);
+    } else {
+      expect(outcome).to.have.property('state', 'stopped');
+      await expectRecoverable(tree, new TreeStateError('ETIMEDOUT', `the tree of ${tree.root} is stopped`));
+    }
   });
 
   it('a restore onto pids still taken by the original tree fails and leaves no half-restored process', async () => {
@@ -116,7 +124,7 @@ describe('safety: criu faults', function () {
     await dump(tree.root, { imagesDir: dir, finalState: 'running' });
     const before = await held(tree);
     const error = await rejection(restore({ imagesDir: dir, runner: tree.supervisor }));
-    expect(error.code).to.equal('ECRIU');
+    expect(error.code).to.equal('EPIDTAKEN'); // found before criu runs
     await pause(200);
     expect(await held(tree)).to.deep.equal(before);
     await expect(tree.root).to.be.a.runningTree;
@@ -134,9 +142,10 @@ describe('safety: criu faults', function () {
     writeFileSync(join(corrupt, `pagemap-${leaf}.img`), 'not an image');
     const missing = copyImages(dir, dirs);
     unlinkSync(join(missing, `core-${leaf}.img`));
-    for (const bad of [corrupt, missing]) {
+    for (const [bad, code] of [[corrupt, 'ECRIU'], [missing, 'EIMAGES']] as const) {
+      // A missing core image is found by treestate's own read of the images, before criu runs.
       const error = await rejection(restore({ imagesDir: bad, runner: tree.supervisor }));
-      expect(error.code).to.equal('ECRIU');
+      expect(error.code).to.equal(code);
       await pause(200);
       expect(await held(tree), `left by a failed restore from ${bad}`).to.deep.equal([]);
     }

@@ -50,6 +50,15 @@ function common(args: Parsed, io: Io, verb: string) {
   };
 }
 
+function linkRemapNote(r: CriuResult): string {
+  const removed = r.linkRemaps?.removed ?? [];
+  const left = r.linkRemaps?.left ?? [];
+  return (
+    (removed.length ? `\nremoved criu's link_remap files: ${removed.join(', ')}` : '') +
+    (left.length ? `\ncould not remove criu's link_remap files: ${left.map((l) => `${l.path} (${l.error})`).join(', ')}` : '')
+  );
+}
+
 async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<number> {
   try {
     const r = await work;
@@ -58,7 +67,7 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
     io.out(
       args.flags.has('--json')
         ? JSON.stringify(r, null, 2)
-        : `criu ${r.verb}: the tree of ${r.root} is ${r.state}${r.verified ? `; the images restore (verified: ${r.verified.processes} processes, ${r.verified.threads} threads, in ${r.verified.elapsedMs} ms)` : ''}${r.cgroup ? ` in ${printable(r.cgroup)}` : ''}${r.pidNamespace ? ` (pid ${r.pidNamespace.pid} in a new pid namespace, whose init is ${r.pidNamespace.init})` : ''} (images in ${printable(r.imagesDir)}, ${r.elapsedMs} ms, log ${printable(r.logFile)})`,
+        : `criu ${r.verb}: the tree of ${r.root} is ${r.state}${r.verified ? `; the images restore (verified: ${r.verified.processes} processes, ${r.verified.threads} threads, in ${r.verified.elapsedMs} ms)` : ''}${r.cgroup ? ` in ${printable(r.cgroup)}` : ''}${r.pidNamespace ? ` (pid ${r.pidNamespace.pid} in a new pid namespace, whose init is ${r.pidNamespace.init})` : ''} (images in ${printable(r.imagesDir)}, ${r.elapsedMs} ms, log ${printable(r.logFile)})${linkRemapNote(r)}`,
     );
     return 0;
   } catch (e) {
@@ -69,15 +78,15 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
 
 export const criuCommands: Record<string, Command> = {
   dump: {
-    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--verify] [--prev DIR] [--allow-shared-dir] [--shell-job] [--tcp-established] [--network-lock M] [--timeout MS] [--criu PATH] [--json] [-- CRIU-ARGS]',
+    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--verify] [--prev DIR] [--allow-shared-dir] [--keep-link-remaps] [--shell-job] [--tcp-established] [--network-lock M] [--timeout MS] [--criu PATH] [--json] [-- CRIU-ARGS]',
     summary: 'criu dump, leaving the tree dead (default), running or stopped, verified',
-    flags: { ...shared, ...shareable, '--final-state': { value: true }, '--prev': { value: true }, '--verify': {} },
+    flags: { ...shared, ...shareable, '--final-state': { value: true }, '--prev': { value: true }, '--verify': {}, '--keep-link-remaps': {} },
     extra: true,
     async run(args, io) {
       const pid = parsePid(args.positionals, 'dump');
       const finalState = parseChoice('--final-state', args.flags.get('--final-state'), ['dead', 'running', 'stopped'] as const);
       const prev = args.flags.get('--prev') as string | undefined;
-      return report(io, args, dump(pid, { ...common(args, io, 'dump'), finalState, prevImagesDir: prev, verify: args.flags.has('--verify') }));
+      return report(io, args, dump(pid, { ...common(args, io, 'dump'), finalState, prevImagesDir: prev, verify: args.flags.has('--verify'), keepLinkRemaps: args.flags.has('--keep-link-remaps') }));
     },
   },
   restore: {

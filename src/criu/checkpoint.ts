@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { TreeStateError, describePids, describeThreads, hasCode, plural } from '../errors.js';
 import { DURATION, checkNumbers } from '../options.js';
-import { checkNotSelf, checkPid, getTreeState, type TreeState } from '../tree.js';
+import { checkNotSelf, checkPid, getTreeState, refuseDeadRoot, type TreeState } from '../tree.js';
 import { continueTree, killTree, waitForState } from '../transitions.js';
 import { cgroupRestoreRunner } from '../cgroup/run.js';
 import { ownedCgroup } from '../cgroup/tree.js';
@@ -15,13 +15,18 @@ import { checkImagesDir, checkLogFile, prepareDumpDir } from './images.js';
 import { hasDirtyTracking, locateCriu, onPath, type CriuInfo } from './locate.js';
 import { PidNamespaceRunner, type PidNamespaceInfo } from './pidns.js';
 import { pathBoundUnixSockets, verifyImages, type ImageVerification } from './verify.js';
+import { criuErrorLines, diagnoseCriuFailure } from './diagnose.js';
+import { stopCriu, type CriuStop } from './interrupt.js';
+import { removeLinkRemaps, type LinkRemapCleanup } from './leftovers.js';
+import { waitForImagePids } from './preflight-pids.js';
 import { childProcessRunner, type CommandRunner } from './runner.js';
 
 export type CriuVerb = 'dump' | 'restore' | 'pre-dump';
 
 export interface CriuProgress {
   verb: CriuVerb;
-  phase: 'locating criu' | 'running criu' | 'verifying';
+  /** `waiting for pids`: a restore waits for zombies holding the checkpoint's pids to be reaped. */
+  phase: 'locating criu' | 'waiting for pids' | 'running criu' | 'verifying';
   elapsedMs: number;
 }
 
@@ -57,6 +62,13 @@ export interface DumpOptions extends CriuOptions {
   verify?: boolean;
   /** Finish an iterative dump started by preDump into this directory. */
   prevImagesDir?: string;
+  /**
+   * Keep the link_remap files criu leaves after a `stopped` dump with
+   * `--link-remap` (removed by default: the next dump of the tree would fail
+   * on them). Keep them to kill the tree and restore these images: criu's
+   * restore reopens the unlinked files through them.
+   */
+  keepLinkRemaps?: boolean;
 }
 
 export interface RestoreOptions extends CriuOptions {
@@ -114,6 +126,8 @@ export interface CriuResult {
   networkLocked?: boolean;
   /** `dump({ verify: true })`: what the test restore of the images found. */
   verified?: ImageVerification;
+  /** dump leaving the tree alive: the link_remap files criu had left beside the program's files, removed (and any it could not). */
+  linkRemaps?: LinkRemapCleanup;
   /** What the caller allowed that weakens a guarantee (allowSharedDir). */
   warnings: string[];
 }
@@ -121,14 +135,7 @@ export interface CriuResult {
 const DEFAULT_TIMEOUT_MS = 120_000;
 const CRIU_UMASK = 0o077;
 
-/** The error lines criu logged, minus the RLIMIT_NOFILE one it always logs and survives. */
-export function criuErrorLines(text: string, limit = 6): string[] {
-  return text
-    .split('\n')
-    .filter((l) => /\bError\b|\berror\b|BUG/.test(l) && !/RLIMIT_NOFILE/.test(l))
-    .slice(-limit)
-    .map((l) => l.trim());
-}
+export { criuErrorLines } from './diagnose.js';
 
 const NETWORK_LOCK_HINT =
   "criu could not lock the network for --tcp-established: its default lock runs iptables-restore, so install the iptables package, or pass networkLock 'nftables' (--network-lock nftables), which needs only the kernel's nf_tables";
@@ -158,26 +165,6 @@ interface Run {
   started: number;
 }
 
-/**
- * Kills criu on a timeout, with every process it has started: a restore cut
- * short has restored processes that are still criu's children, and a bare
- * SIGKILL to criu would leave them to run on, orphaned and unreported.
- * Resolves with the pids killed besides criu.
- */
-async function killCriu(pid: number): Promise<number[]> {
-  try {
-    const result = await killTree(pid, { timeoutMs: 5000 });
-    return result.exited.filter((p) => p !== pid);
-  } catch {
-    try {
-      process.kill(pid, 'SIGKILL'); // criu is our own child
-    } catch {
-      // already gone
-    }
-    return [];
-  }
-}
-
 /** Runs criu once with a timeout and progress; resolves when it exited 0, otherwise rejects with ECRIU/ETIMEDOUT. */
 async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFailure: () => Promise<string>): Promise<void> {
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
@@ -189,30 +176,31 @@ async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFail
     // umask 077: criu creates images 0644 and its logs as the umask allows,
     // and images hold the tree's memory.
     const running = await (options.runner ?? childProcessRunner).run(run.info.path, run.argv, { out, umask: CRIU_UMASK });
-    let killed: Promise<number[]> | undefined;
+    let stopping: Promise<CriuStop> | undefined;
     const timer = setTimeout(() => {
-      killed = killCriu(running.pid);
+      stopping = stopCriu(verb, running);
     }, timeoutMs);
     const exit = await running.exited.finally(() => clearTimeout(timer));
-    // The timer may fire while criu is exiting after a success: its exit is
-    // then not yet known here, and the kill finds criu gone and kills
-    // nothing. That criu finished; a restored tree is complete and is
-    // verified like any other.
-    const finishedFirst = killed && exit.code === 0 && (await killed).length === 0;
-    if (killed && !finishedFirst) {
-      const started = await killed;
-      const also = started.length ? ` together with the ${plural(started.length, 'process')} it had started (${describePids(started)})` : '';
-      throw new TreeStateError('ETIMEDOUT', `criu ${verb} did not finish within ${timeoutMs} ms and was killed${also}; ${await afterFailure()}; log: ${run.logFile}`, {
-        details: { logFile: run.logFile, argv: run.argv, killed: started },
+    const stop = await stopping;
+    // criu may exit 0 after the timer fired: it was exiting already, or it
+    // finished the dump it was interrupted in (SIGALRM does not always make
+    // it give up). That criu finished, and its tree is verified like any other.
+    const finished = stop && exit.code === 0 && stop.killed.length === 0;
+    if (stop && !finished) {
+      const also = stop.killed.length ? ` together with the ${plural(stop.killed.length, 'process')} it had started (${describePids(stop.killed)})` : '';
+      const how = stop.how === 'killed' ? `was killed${also}` : "was interrupted (SIGALRM, criu's own timeout signal) and gave up";
+      throw new TreeStateError('ETIMEDOUT', `criu ${verb} did not finish within ${timeoutMs} ms and ${how}; ${await afterFailure()}; log: ${run.logFile}`, {
+        details: { logFile: run.logFile, argv: run.argv, killed: stop.killed, how: stop.how },
       });
     }
     if (exit.code !== 0) {
       const log = readText(run.logFile);
       const lines = [...criuErrorLines(log), ...criuErrorLines(readText(out), 3)];
       const how = exit.code === null ? `was killed by signal ${exit.signal}` : `exited with ${exit.code}`;
+      const cause = await diagnoseCriuFailure(lines);
       const hint = /Iptables configuration failed|nftables.*(fail|error)|Can't lock network/i.test(log) ? ` (${NETWORK_LOCK_HINT})` : '';
-      throw new TreeStateError('ECRIU', `criu ${verb} ${how}${hint}; ${await afterFailure()}; log: ${run.logFile}${lines.length ? `\n  ${lines.join('\n  ')}` : ''}`, {
-        details: { logFile: run.logFile, argv: run.argv, exitCode: exit.code, signal: exit.signal, errors: lines },
+      throw new TreeStateError('ECRIU', `criu ${verb} ${how}${cause ? `: ${cause}` : ''}${hint}; ${await afterFailure()}; log: ${run.logFile}${lines.length ? `\n  ${lines.join('\n  ')}` : ''}`, {
+        details: { logFile: run.logFile, argv: run.argv, exitCode: exit.code, signal: exit.signal, errors: lines, ...(cause ? { cause } : {}) },
       });
     }
   } finally {
@@ -292,6 +280,7 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
   const finalState = checkChoice('finalState', options?.finalState, ['dead', 'running', 'stopped'], 'dead');
   const b = await begin('dump', options);
   const before = await getTreeState(root); // ESRCH before criu runs
+  refuseDeadRoot(before.processes[0], 'dump');
   const prevImagesDir = options.prevImagesDir ? checkImagesDir(options.prevImagesDir, 'the previous images directory') : undefined;
   const placed = place('dump', options, prepareDumpDir(options.imagesDir, options.allowSharedDir === true));
   // A tree that owns its cgroup is seized by freezing it: one step, forks included.
@@ -317,7 +306,8 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
   }
   const processes = await verify('dump', root, finalState, options);
   const networkLocked = finalState === 'stopped' && Boolean(options.tcpEstablished);
-  const dumped = { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, placed, argv), continued, ...(networkLocked ? { networkLocked } : {}), ...(freezeCgroup ? { cgroup: freezeCgroup } : {}) };
+  const linkRemaps = finalState === 'dead' || options.keepLinkRemaps ? undefined : await removeLinkRemaps(placed.imagesDir, root);
+  const dumped = { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, placed, argv), continued, ...(linkRemaps?.removed.length || linkRemaps?.left.length ? { linkRemaps } : {}), ...(networkLocked ? { networkLocked } : {}), ...(freezeCgroup ? { cgroup: freezeCgroup } : {}) };
   if (!options.verify) return dumped;
   options.onProgress?.({ verb: 'dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
   if (finalState !== 'dead') {
@@ -345,7 +335,7 @@ export async function preDump(pid: number, options: PreDumpOptions): Promise<Cri
       'pre-dump needs the kernel to track dirty memory (soft-dirty), and this kernel does not (`criu check --feature mem_dirty_track`: "Dirty tracking is OFF"); use a plain dump instead',
     );
   }
-  await getTreeState(root);
+  refuseDeadRoot((await getTreeState(root)).processes[0], 'pre-dump');
   const prevImagesDir = options.prevImagesDir ? checkImagesDir(options.prevImagesDir, 'the previous images directory') : undefined;
   const placed = place('pre-dump', options, prepareDumpDir(options.imagesDir, options.allowSharedDir === true));
   const argv = preDumpArgs(root, placed.imagesDir, placed.logFile, { ...options, prevImagesDir });
@@ -368,6 +358,8 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
   if (ownNetwork && !inNewNamespace) throw new TreeStateError('EINVAL', 'networkNamespace "new" goes with pidNamespace "new"');
   const namespace = inNewNamespace ? new PidNamespaceRunner(ownNetwork) : undefined;
   let kept = false;
+  // In a new pid namespace the images' pids are free whatever the host runs.
+  if (!inNewNamespace) await waitForImagePids(placed.imagesDir, { onWait: () => options.onProgress?.({ verb: 'restore', phase: 'waiting for pids', elapsedMs: performance.now() - b.started }) });
   // criu refuses to overwrite a pid file: give it a fresh one.
   const pidDir = mkdtempSync(join(tmpdir(), 'treestate-restore-'));
   const pidFile = join(pidDir, 'root.pid');

@@ -6,6 +6,7 @@
 import { accessSync, closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readlinkSync, type Stats } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { TreeStateError } from '../errors.js';
+import { makeDirs } from './dirs.js';
 import { componentProblem, UntrustedPath, walkTrusted, type TrustRule } from './trust.js';
 
 function euid(): number {
@@ -78,7 +79,7 @@ export interface DumpDir {
 export function prepareDumpDir(dir: string, allowShared: boolean): DumpDir {
   try {
     const walked = walkTrusted(dir, onTheWay());
-    if (!walked.stats) mkdirSync(walked.real, { recursive: true, mode: 0o700 });
+    if (!walked.stats) makeDirs(walked.real, 0o700);
   } catch (e) {
     if (e instanceof UntrustedPath) throw refusal('the images directory', dir, e);
     throw new TreeStateError('EIMAGES', `cannot create the images directory ${dir}: ${(e as Error).message}`, { cause: e });

@@ -9,6 +9,7 @@ import { TreeStateError } from '../errors.js';
 import { packageRoot } from '../native.js';
 import { UntrustedPath, walkTrusted } from './trust.js';
 import { readVerdict, writeVerdict } from './verdicts.js';
+import { privilegeCause } from './diagnose.js';
 
 export interface CriuInfo {
   path: string;
@@ -106,6 +107,8 @@ async function verify(path: string, source: CriuInfo['source']): Promise<CriuInf
   // criu logs some errors it survives (RLIMIT_NOFILE); only the exit code counts.
   const check = await runFile(path, ['check']);
   if (check.code !== 0) {
+    const privileges = privilegeCause(`${check.stdout}\n${check.stderr}`);
+    if (privileges) throw new TreeStateError('EPERM', privileges);
     const why = `${check.stdout}\n${check.stderr}`.trim().split('\n').filter((l) => /error|fail/i.test(l)).slice(-3).join('; ');
     throw new TreeStateError('ENOCRIU', `criu at ${path} fails \`criu check\`${why ? `: ${why}` : ''}. ${HOW_TO_GET}`);
   }
