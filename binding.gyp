@@ -6,6 +6,7 @@
         "native/addon.cc",
         "native/errors.cc",
         "native/proc.cc",
+        "native/rpc.cc",
         "native/signal.cc",
         "native/walk.cc",
         "native/workers.cc"

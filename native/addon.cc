@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include "proc.h"
+#include "rpc.h"
 #include "workers.h"
 
 namespace {
@@ -28,6 +29,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("selfAndAncestors", Napi::Function::New(env, SelfAndAncestors, "selfAndAncestors"));
   exports.Set("childrenFilesSupported",
               Napi::Function::New(env, ChildrenFilesSupported, "childrenFilesSupported"));
+  exports.Set("seqpacketPair", Napi::Function::New(env, treestate::SeqpacketPairSync, "seqpacketPair"));
+  exports.Set("sendMessage", Napi::Function::New(env, treestate::SendMessageAsync, "sendMessage"));
+  exports.Set("receiveMessage", Napi::Function::New(env, treestate::ReceiveMessageAsync, "receiveMessage"));
+  exports.Set("shutdownSocket", Napi::Function::New(env, treestate::ShutdownSocket, "shutdownSocket"));
   Napi::Object signals = Napi::Object::New(env);
   signals.Set("SIGSTOP", SIGSTOP);
   signals.Set("SIGCONT", SIGCONT);

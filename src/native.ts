@@ -94,6 +94,12 @@ export interface NativeSignalListResult {
   failures: NativeFailure[];
 }
 
+/** One whole SEQPACKET message and the descriptors that came with it (close-on-exec, now ours). */
+export interface NativeMessage {
+  data: Buffer;
+  fds: number[];
+}
+
 export interface NativeAddon {
   /** One pass over the tree: discover, read every thread's state, signal the selected. */
   walk(options: NativeWalkOptions): Promise<NativeWalkResult>;
@@ -105,6 +111,14 @@ export interface NativeAddon {
   signalList(targets: Identity[], signal: number, perThread: boolean, protect: number[]): Promise<NativeSignalListResult>;
   /** Resolves to the targets still alive when all others exited or the timeout passed. */
   waitExit(targets: Identity[], timeoutMs: number): Promise<number[]>;
+  /** An AF_UNIX SOCK_SEQPACKET socket pair, both ends close-on-exec (native/rpc.h). */
+  seqpacketPair(): [number, number];
+  /** Sends one whole message, with `fds` as SCM_RIGHTS. */
+  sendMessage(fd: number, data: Buffer, fds?: number[]): Promise<void>;
+  /** The next whole message, or null once the peer has closed its end. */
+  receiveMessage(fd: number): Promise<NativeMessage | null>;
+  /** shutdown(2) both ways: a receive blocked on the socket returns null. */
+  shutdownSocket(fd: number): void;
   selfAndAncestors(): number[];
   childrenFilesSupported(): boolean;
   signals: { SIGSTOP: number; SIGCONT: number; SIGKILL: number };

@@ -14,16 +14,24 @@ export interface RunningCommand {
   exited: Promise<CommandExit>;
 }
 
+export interface RunOptions {
+  /** File for stdout and stderr. */
+  out: string;
+  /** Descriptors the program gets as fds 3, 4, …, in this order (criu swrk's socket). */
+  fds?: number[];
+}
+
 export interface CommandRunner {
   /** Starts `file` with an argument vector (never a shell); stdout and stderr go to `out`. */
-  run(file: string, args: string[], options: { out: string }): Promise<RunningCommand>;
+  run(file: string, args: string[], options: RunOptions): Promise<RunningCommand>;
 }
 
 export const childProcessRunner: CommandRunner = {
-  async run(file, args, { out }) {
+  async run(file, args, { out, fds = [] }) {
     const fd = openSync(out, 'a');
     try {
-      const child = spawn(file, args, { stdio: ['ignore', fd, fd] });
+      // libuv dup2s each into place in the child, which clears close-on-exec there only.
+      const child = spawn(file, args, { stdio: ['ignore', fd, fd, ...fds] });
       const exited = new Promise<CommandExit>((resolve, reject) => {
         child.once('error', reject);
         child.once('exit', (code, signal) => resolve({ code, signal }));

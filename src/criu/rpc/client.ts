@@ -1,0 +1,101 @@
+// A criu service worker (`criu swrk 3`) on the end of a SEQPACKET socket pair:
+// one request, criu's notifications answered in order, one response. The
+// socket is the addon's (native/rpc.cc); messages are rpc.proto's (proto.ts).
+import { closeSync } from 'node:fs';
+import { native } from '../../native.js';
+import type { CommandExit, CommandRunner } from '../runner.js';
+import { ReqType, decodeResp, encodeReq, type CriuReqMessage, type CriuRespMessage } from './proto.js';
+
+/** What a notification handler answers: whether criu may go on, and for query-ext-files the external objects to add. */
+export interface NotifyAnswer {
+  ok: boolean;
+  external?: string[];
+}
+
+export type NotifyHandler = (notify: { script: string; pid?: number; fds: number[] }) => Promise<NotifyAnswer>;
+
+export interface CriuConnection {
+  /** The swrk process. */
+  pid: number;
+  argv: string[];
+  exited: Promise<CommandExit>;
+  /**
+   * Sends `req` and answers every notification with `onNotify` until the
+   * final response, which it resolves with; null when criu closed the socket
+   * (exited, or was killed) without one.
+   */
+  call(req: CriuReqMessage, onNotify?: NotifyHandler): Promise<CriuRespMessage | null>;
+  /** Closes our end: a worker waiting for a request then exits; a receive in flight returns null. */
+  close(): void;
+}
+
+/** A send that found criu gone: its exit says the rest. */
+async function sendOrGone(fd: number, data: Buffer): Promise<boolean> {
+  try {
+    await native().sendMessage(fd, data);
+    return true;
+  } catch (e) {
+    if (['EPIPE', 'ECONNRESET', 'ENOTCONN'].includes((e as NodeJS.ErrnoException).code ?? '')) return false;
+    throw e;
+  }
+}
+
+function closeAll(fds: number[]): void {
+  for (const fd of fds) {
+    try {
+      closeSync(fd);
+    } catch {
+      // already closed by its owner
+    }
+  }
+}
+
+/** Starts `criu swrk 3` through `runner`, its end of the socket pair as fd 3. */
+export async function connectCriu(criu: string, runner: CommandRunner, out: string): Promise<CriuConnection> {
+  const addon = native();
+  const [ours, theirs] = addon.seqpacketPair();
+  const argv = ['swrk', '3'];
+  let running;
+  try {
+    running = await runner.run(criu, argv, { out, fds: [theirs] });
+  } catch (e) {
+    closeAll([ours]);
+    throw e;
+  } finally {
+    // Only criu may hold its end: then its exit is our end-of-file.
+    closeAll([theirs]);
+  }
+  let open = true;
+  const close = () => {
+    if (!open) return;
+    open = false;
+    addon.shutdownSocket(ours);
+    closeSync(ours);
+  };
+  const call = async (req: CriuReqMessage, onNotify?: NotifyHandler): Promise<CriuRespMessage | null> => {
+    if (!(await sendOrGone(ours, encodeReq(req)))) return null;
+    for (;;) {
+      const message = open ? await addon.receiveMessage(ours) : null;
+      if (!message) return null;
+      const resp = decodeResp(message.data);
+      if (resp.type !== ReqType.NOTIFY) {
+        closeAll(message.fds);
+        return resp;
+      }
+      // criu blocks until it has our answer (cr-service.c, send_criu_rpc_script).
+      const answer = onNotify ? await onNotify({ script: resp.notify?.script ?? '', pid: resp.notify?.pid, fds: message.fds }) : (closeAll(message.fds), { ok: true });
+      if (!open) return null;
+      const sent = await sendOrGone(
+        ours,
+        encodeReq({
+          type: ReqType.NOTIFY,
+          notify_success: answer.ok,
+          // images_dir_fd is required in criu_opts; criu reads only `external` here.
+          ...(answer.external?.length ? { opts: { images_dir_fd: -1, external: answer.external } } : {}),
+        }),
+      );
+      if (!sent) return null;
+    }
+  };
+  return { pid: running.pid, argv, exited: running.exited, call, close };
+}
