@@ -13,6 +13,7 @@ export type ErrorCode =
   | 'ECRIU' // criu failed
   | 'EIMAGES' // an images directory that cannot be used
   | 'ENODIRTYTRACK' // pre-dump on a kernel without dirty-memory tracking
+  | 'EHOOK' // a CRIU notification hook threw or rejected
   | 'EMISMATCH'; // the tree is not in the state criu should have left it in
 
 export interface ThreadRef {

@@ -4,11 +4,13 @@
 // (which on some machines reaps only every few seconds, keeping pids taken
 // and making `criu restore` fail with "Can't fork for PID: File exists").
 //
-//   treestate-reaper [--setsid] [--stopped] [--out FILE] -- PROGRAM [ARG...]
+//   treestate-reaper [--setsid] [--stopped] [--out FILE] [--fds-from FD] -- PROGRAM [ARG...]
 //
 // stdout (one line per event):  pid N | spawned ID N | spawn-failed ID ERRNO
 //                                exit N CODE SIGNAL (only for programs it started) | done
-// stdin (commands):              spawn ID OUT ARGC, then ARGC lines (one argument each)
+// stdin (commands):              spawn ID OUT ARGC [NFDS], then ARGC lines (one argument each);
+//                                the NFDS descriptors arrive first on --fds-from (a unix
+//                                socket, SCM_RIGHTS) and become the program's fds 3, 4, …
 //                                kill  -- or EOF: kill every descendant, reap, exit
 // PR_SET_PDEATHSIG makes it clean up the same way if its parent dies.
 #include <errno.h>
@@ -20,6 +22,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -55,7 +58,42 @@ void RedirectStdio(const char* out) {
   syscall(SYS_close_range, 3, ~0U, 1U << 2);
 }
 
-pid_t Start(char* const argv[], bool newSession, bool stopped, const char* out, int* err) {
+int fdsFrom = -1;  // --fds-from: where descriptors for spawned programs arrive
+
+// Places `fds` at 3, 4, … in a child whose other descriptors are close-on-exec.
+// Each goes above the targets first, so no dup2 overwrites one still to move.
+void PlaceFds(const std::vector<int>& fds) {
+  int n = static_cast<int>(fds.size());
+  std::vector<int> high;
+  for (int fd : fds) high.push_back(fcntl(fd, F_DUPFD_CLOEXEC, 3 + n));
+  for (int i = 0; i < n; i++) dup2(high[i], 3 + i);
+}
+
+// The descriptors for one spawn: one message on --fds-from, sent before the command line.
+bool ReceiveFds(int count, std::vector<int>* fds) {
+  char byte[64];
+  struct iovec iov = {byte, sizeof byte};
+  std::vector<char> control(CMSG_SPACE(sizeof(int) * count), 0);
+  struct msghdr msg = {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
+  if (fdsFrom < 0 || recvmsg(fdsFrom, &msg, MSG_CMSG_CLOEXEC) < 0) return false;
+  for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < k; i++) {
+      int fd;
+      memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      fds->push_back(fd);
+    }
+  }
+  return static_cast<int>(fds->size()) == count;
+}
+
+pid_t Start(char* const argv[], bool newSession, bool stopped, const char* out, int* err,
+            const std::vector<int>& fds = {}) {
   int report[2];
   if (pipe2(report, O_CLOEXEC) < 0) {
     *err = errno;
@@ -72,6 +110,7 @@ pid_t Start(char* const argv[], bool newSession, bool stopped, const char* out, 
     sigprocmask(SIG_SETMASK, &none, nullptr);
     if (newSession) setsid();
     RedirectStdio(out);
+    PlaceFds(fds);
     int e = stopped ? treestate::TraceMe() : 0;
     if (e == 0) {
       execvp(argv[0], argv);
@@ -155,10 +194,10 @@ bool HandleCommands(std::string* buffer) {
     size_t nl = buffer->find('\n');
     if (nl == std::string::npos) return true;
     char id[64], out[4096];
-    int argc = 0;
+    int argc = 0, nfds = 0;
     std::string head = buffer->substr(0, nl);
     if (head == "kill") return false;
-    if (sscanf(head.c_str(), "spawn %63s %4095s %d", id, out, &argc) != 3 || argc <= 0) {
+    if (sscanf(head.c_str(), "spawn %63s %4095s %d %d", id, out, &argc, &nfds) < 3 || argc <= 0 || nfds < 0 || nfds > 16) {
       buffer->erase(0, nl + 1);
       continue;
     }
@@ -180,7 +219,14 @@ bool HandleCommands(std::string* buffer) {
     for (std::string& a : args) argv.push_back(&a[0]);
     argv.push_back(nullptr);
     int err = 0;
-    pid_t pid = Start(argv.data(), false, false, out, &err);
+    std::vector<int> fds;
+    pid_t pid = -1;
+    if (nfds > 0 && !ReceiveFds(nfds, &fds)) {
+      err = errno ? errno : EBADF;
+    } else {
+      pid = Start(argv.data(), false, false, out, &err, fds);
+    }
+    for (int fd : fds) close(fd);
     if (pid < 0) {
       Say(std::string("spawn-failed ") + id + " " + std::to_string(err));
     } else {
@@ -199,11 +245,12 @@ int main(int argc, char** argv) {
     if (strcmp(argv[i], "--setsid") == 0) newSession = true;
     else if (strcmp(argv[i], "--stopped") == 0) stopped = true;
     else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) out = argv[++i];
+    else if (strcmp(argv[i], "--fds-from") == 0 && i + 1 < argc) fdsFrom = atoi(argv[++i]);
     else if (strcmp(argv[i], "--") == 0) { i++; break; }
     else break;
   }
   if (i >= argc) {
-    fprintf(stderr, "usage: treestate-reaper [--setsid] [--stopped] [--out FILE] -- PROGRAM [ARG...]\n");
+    fprintf(stderr, "usage: treestate-reaper [--setsid] [--stopped] [--out FILE] [--fds-from FD] -- PROGRAM [ARG...]\n");
     return 2;
   }
   prctl(PR_SET_CHILD_SUBREAPER, 1);

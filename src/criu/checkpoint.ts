@@ -1,15 +1,20 @@
 // dump, pre-dump and restore through the real criu, ending in the final state
 // the caller chose, and proving it: after criu exits the engine confirms the
 // state (criu detaches with SIGSTOP without waiting, so T can show late).
-import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, dirname, join, relative, resolve } from 'node:path';
 import { TreeStateError, describePids, describeThreads, hasCode } from '../errors.js';
 import { checkNotSelf, checkPid, getTreeState, type TreeState } from '../tree.js';
 import { continueTree, killTree, waitForState } from '../transitions.js';
 import { dumpArgs, preDumpArgs, restoreArgs, type CriuFlags, type DumpFinalState, type RestoreFinalState } from './args.js';
 import { hasDirtyTracking, locateCriu, onPath, type CriuInfo } from './locate.js';
 import { childProcessRunner, type CommandRunner } from './runner.js';
+import { connectCriu } from './rpc/client.js';
+import { hasHooks, hookHandler, type CriuHooks, type HookLog } from './rpc/hooks.js';
+import { NetworkLockMethod, type CriuReqMessage, type CriuRespMessage } from './rpc/proto.js';
+import { dumpRequest, preDumpRequest, restoreRequest, type RequestPlaces } from './rpc/requests.js';
+import { readDumpStats, type DumpStats } from './rpc/stats.js';
 
 export type CriuVerb = 'dump' | 'restore' | 'pre-dump';
 
@@ -31,6 +36,8 @@ export interface CriuOptions extends CriuFlags {
   logFile?: string;
   /** Starts criu; the testing harness passes its reaper so restored trees land there. */
   runner?: CommandRunner;
+  /** Callbacks for criu's notifications, each awaited while criu waits (see docs/criu-rpc.md). */
+  hooks?: CriuHooks;
   onProgress?: (progress: CriuProgress) => void;
 }
 
@@ -63,8 +70,12 @@ export interface CriuResult {
   imagesDir: string;
   logFile: string;
   criu: { path: string; version: string };
-  /** criu's argument vector. */
+  /** criu's argument vector: `swrk 3` over RPC (the request is `request`), the whole command line with `extraArgs`. */
   argv: string[];
+  /** The RPC request's options, without the descriptors (absent with `extraArgs`). */
+  request?: Record<string, unknown>;
+  /** Dump: criu's statistics (from its stats-dump). */
+  stats?: DumpStats;
   elapsedMs: number;
   /** Whether treestate continued the tree after criu to reach Running (see restore, and dump of a tree that was stopped). */
   continued?: boolean;
@@ -148,9 +159,13 @@ function readText(path: string): string {
 
 interface Run {
   info: CriuInfo;
+  /** The command line, used only with `extraArgs`, which RPC cannot carry. */
   argv: string[];
   logFile: string;
   started: number;
+  /** Over RPC (criu swrk): the request, and the tree's root as the hooks should first see it. */
+  request?: CriuReqMessage;
+  root?: number;
 }
 
 /**
@@ -173,25 +188,46 @@ async function killCriu(pid: number): Promise<number[]> {
   }
 }
 
-/** Runs criu once with a timeout and progress; resolves when it exited 0, otherwise rejects with ECRIU/ETIMEDOUT. */
-async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFailure: () => Promise<string>): Promise<void> {
+/**
+ * Runs criu once with a timeout and progress: over RPC (`criu swrk`, the
+ * request answered by one response, notifications by the hooks), or as a
+ * command line for `extraArgs`. Resolves with criu's response when it
+ * succeeded; otherwise rejects with ECRIU, EHOOK or ETIMEDOUT.
+ */
+async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFailure: () => Promise<string>): Promise<CriuRespMessage | undefined> {
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const out = `${run.logFile}.out`;
   const progress = options.onProgress;
   const tick = progress ? setInterval(() => progress({ verb, phase: 'running criu', elapsedMs: performance.now() - run.started }), 250) : undefined;
   try {
     progress?.({ verb, phase: 'running criu', elapsedMs: performance.now() - run.started });
-    const running = await (options.runner ?? childProcessRunner).run(run.info.path, run.argv, { out });
+    const runner = options.runner ?? childProcessRunner;
+    const hooks: HookLog = { seen: [] };
+    let running: { pid: number; exited: Promise<{ code: number | null; signal: NodeJS.Signals | number | null }> };
+    let answered: Promise<CriuRespMessage | null> = Promise.resolve(null);
+    if (run.request) {
+      const connection = await connectCriu(run.info.path, runner, out);
+      running = connection;
+      const onNotify = hasHooks(options.hooks) ? hookHandler(options.hooks!, hooks, run.root) : undefined;
+      answered = connection.call(run.request, onNotify).finally(() => connection.close());
+    } else {
+      running = await runner.run(run.info.path, run.argv, { out });
+    }
     let killed: Promise<number[]> | undefined;
     const timer = setTimeout(() => {
       killed = killCriu(running.pid);
     }, timeoutMs);
+    const resp = await answered;
+    // criu has answered: the restored tree is still swrk's child until swrk
+    // exits, and a late timeout must not kill it with swrk.
+    if (resp) clearTimeout(timer);
     const exit = await running.exited.finally(() => clearTimeout(timer));
+    const ok = run.request ? resp?.success === true : exit.code === 0;
     // The timer may fire while criu is exiting after a success: its exit is
     // then not yet known here, and the kill finds criu gone and kills
     // nothing. That criu finished; a restored tree is complete and is
     // verified like any other.
-    const finishedFirst = killed && exit.code === 0 && (await killed).length === 0;
+    const finishedFirst = killed && ok && (await killed).length === 0;
     if (killed && !finishedFirst) {
       const started = await killed;
       const also = started.length ? ` together with the ${started.length} process(es) it had started (${describePids(started)})` : '';
@@ -199,17 +235,85 @@ async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFail
         details: { logFile: run.logFile, argv: run.argv, killed: started },
       });
     }
-    if (exit.code !== 0) {
-      const log = readText(run.logFile);
-      const lines = [...criuErrorLines(log), ...criuErrorLines(readText(out), 3)];
-      const how = exit.code === null ? `was killed by signal ${exit.signal}` : `exited with ${exit.code}`;
-      const hint = /Iptables configuration failed|nftables.*(fail|error)|Can't lock network/i.test(log) ? ` (${NETWORK_LOCK_HINT})` : '';
-      throw new TreeStateError('ECRIU', `criu ${verb} ${how}${hint}; ${await afterFailure()}; log: ${run.logFile}${lines.length ? `\n  ${lines.join('\n  ')}` : ''}`, {
-        details: { logFile: run.logFile, argv: run.argv, exitCode: exit.code, signal: exit.signal, errors: lines },
+    if (hooks.failure) {
+      const { hook, notification, error } = hooks.failure;
+      const why = error instanceof Error ? error.message : String(error);
+      // pre-resume and post-resume cannot stop criu: the tree is restored (and left stopped: treestate restores stopped).
+      const after = ok && resp?.restore?.pid ? `criu ${verb} went on: ${await describeTree(resp.restore.pid)}` : await afterFailure();
+      throw new TreeStateError('EHOOK', `the ${hook} hook (criu's ${notification}) failed: ${why}; ${after}; log: ${run.logFile}`, {
+        cause: error,
+        ...(resp?.restore?.pid ? { pid: resp.restore.pid } : {}),
+        details: { hook, notification, criuSucceeded: ok, notifications: hooks.seen, logFile: run.logFile, ...(resp?.restore?.pid ? { root: resp.restore.pid } : {}) },
       });
     }
+    if (!ok) {
+      const log = readText(run.logFile);
+      const lines = [...criuErrorLines(log), ...criuErrorLines(readText(out), 3)];
+      // criu's first error (cr_errmsg) is the reason, unless it is the
+      // RLIMIT_NOFILE one criu logs and survives: then the first one after it.
+      // cr_errno is sent only when criu set one.
+      const first = resp?.cr_errmsg && !/RLIMIT_NOFILE/.test(resp.cr_errmsg) ? resp.cr_errmsg.trim() : criuErrorLines(log, Infinity)[0]?.replace(/^\([\d.]+\)\s*/, '');
+      const how = resp
+        ? `failed: ${first || 'criu gave no reason'}`
+        : exit.code === null
+          ? `was killed by signal ${exit.signal}`
+          : `exited with ${exit.code}${run.request ? ' without answering' : ''}`;
+      const hint = /Iptables configuration failed|nftables.*(fail|error)|Can't lock network/i.test(log) ? ` (${NETWORK_LOCK_HINT})` : '';
+      throw new TreeStateError('ECRIU', `criu ${verb} ${how}${hint}; ${await afterFailure()}; log: ${run.logFile}${lines.length ? `\n  ${lines.join('\n  ')}` : ''}`, {
+        ...(resp?.cr_errno ? { errno: resp.cr_errno } : {}),
+        details: { logFile: run.logFile, argv: run.argv, exitCode: exit.code, signal: exit.signal, errors: lines, ...(resp?.cr_errmsg ? { criuError: resp.cr_errmsg } : {}) },
+      });
+    }
+    return resp ?? undefined;
   } finally {
     clearInterval(tick);
+  }
+}
+
+/**
+ * The directories criu reads by descriptor (through /proc/OUR_PID/fd/N, its
+ * peer's), opened for the run: the images, and the log's as work directory
+ * (criu takes a log name without directories, and writes stats-dump there).
+ */
+function openPlaces(imagesDir: string, logFile: string): RequestPlaces & { close(): void } {
+  const flags = constants.O_RDONLY | constants.O_DIRECTORY;
+  const imagesDirFd = openSync(imagesDir, flags);
+  let workDirFd: number;
+  try {
+    workDirFd = openSync(dirname(logFile), flags);
+  } catch (e) {
+    closeSync(imagesDirFd);
+    throw new TreeStateError('EINVAL', `cannot open the log's directory ${dirname(logFile)}: ${(e as Error).message}`, { cause: e });
+  }
+  return { imagesDirFd, workDirFd, logName: basename(logFile), close: () => (closeSync(imagesDirFd), closeSync(workDirFd)) };
+}
+
+/** Runs criu for one verb: over RPC, or with `extraArgs` (which only a command line can carry) as one. */
+async function criu(
+  verb: CriuVerb,
+  options: CriuOptions,
+  b: { info: CriuInfo; started: number; imagesDir: string; logFile: string },
+  commandLine: () => string[],
+  request: (places: RequestPlaces) => CriuReqMessage,
+  afterFailure: () => Promise<string>,
+  root?: number,
+): Promise<{ argv: string[]; request?: Record<string, unknown>; resp?: CriuRespMessage }> {
+  const run = { info: b.info, logFile: b.logFile, started: b.started };
+  if (options.extraArgs?.length) {
+    const argv = commandLine();
+    await runCriu(verb, options, { ...run, argv }, afterFailure);
+    return { argv };
+  }
+  const places = openPlaces(b.imagesDir, b.logFile);
+  try {
+    const req = request(places);
+    const argv = ['swrk', '3'];
+    const resp = await runCriu(verb, options, { ...run, argv, request: req, root }, afterFailure);
+    const { images_dir_fd: _i, work_dir_fd: _w, network_lock, ...shown } = req.opts ?? { images_dir_fd: -1 };
+    const lock = Object.entries(NetworkLockMethod).find(([, v]) => v === network_lock)?.[0];
+    return { argv, request: { ...shown, ...(lock ? { network_lock: lock } : {}) }, resp };
+  } finally {
+    places.close();
   }
 }
 
@@ -275,9 +379,19 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
   const before = await getTreeState(root); // ESRCH before criu runs
   if (options.prevImagesDir) checkImagesDir(resolve(options.prevImagesDir), 'the previous images directory');
   prepareDumpDir(b.imagesDir);
-  const argv = dumpArgs(root, b.imagesDir, b.logFile, finalState, { ...withNetworkLock(options), prevImagesDir: options.prevImagesDir && resolve(options.prevImagesDir) });
+  const flags = withNetworkLock(options);
+  const prev = options.prevImagesDir && resolve(options.prevImagesDir);
   // A failed dump leaves the tree running (criu resumes it): say what we see.
-  await runCriu('dump', options, { info: b.info, argv, logFile: b.logFile, started: b.started }, () => describeTree(root));
+  const { argv, request } = await criu(
+    'dump',
+    options,
+    b,
+    () => dumpArgs(root, b.imagesDir, b.logFile, finalState, { ...flags, prevImagesDir: prev }),
+    (places) => dumpRequest(root, finalState, places, { ...flags, parentImg: prev && (relative(b.imagesDir, prev) || '.') }, options.hooks),
+    () => describeTree(root),
+    root,
+  );
+  const stats = readDumpStats(dirname(b.logFile));
   options.onProgress?.({ verb: 'dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
   let continued = false;
   if (finalState === 'running' && before.counts.stopped > 0) {
@@ -296,7 +410,7 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
   }
   const processes = await verify('dump', root, finalState, options);
   const networkLocked = finalState === 'stopped' && Boolean(options.tcpEstablished);
-  return { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, argv), continued, ...(networkLocked ? { networkLocked } : {}) };
+  return { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, argv), request, continued, ...(networkLocked ? { networkLocked } : {}), ...(stats ? { stats } : {}) };
 }
 
 /** criu pre-dump: the tree keeps running. Refused before criu runs where the kernel has no dirty-memory tracking. */
@@ -313,10 +427,18 @@ export async function preDump(pid: number, options: PreDumpOptions): Promise<Cri
   await getTreeState(root);
   if (options.prevImagesDir) checkImagesDir(resolve(options.prevImagesDir), 'the previous images directory');
   prepareDumpDir(b.imagesDir);
-  const argv = preDumpArgs(root, b.imagesDir, b.logFile, { ...options, prevImagesDir: options.prevImagesDir && resolve(options.prevImagesDir) });
-  await runCriu('pre-dump', options, { info: b.info, argv, logFile: b.logFile, started: b.started }, () => describeTree(root));
+  const prev = options.prevImagesDir && resolve(options.prevImagesDir);
+  const { argv, request } = await criu(
+    'pre-dump',
+    options,
+    b,
+    () => preDumpArgs(root, b.imagesDir, b.logFile, { ...options, prevImagesDir: prev }),
+    (places) => preDumpRequest(root, places, { ...options, parentImg: prev && (relative(b.imagesDir, prev) || '.') }, options.hooks),
+    () => describeTree(root),
+    root,
+  );
   options.onProgress?.({ verb: 'pre-dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
-  return result('pre-dump', root, 'running', await verify('pre-dump', root, 'running', options), b, argv);
+  return { ...result('pre-dump', root, 'running', await verify('pre-dump', root, 'running', options), b, argv), request };
 }
 
 /** criu restore --restore-detached, leaving the tree running (default) or stopped; resolves with the restored root. */
@@ -324,23 +446,31 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
   const finalState = checkChoice('finalState', options?.finalState, ['running', 'stopped'], 'running');
   const b = await begin('restore', options);
   checkImagesDir(b.imagesDir, 'the images directory');
-  // criu refuses to overwrite a pid file: give it a fresh one.
-  const pidDir = mkdtempSync(join(tmpdir(), 'treestate-restore-'));
-  const pidFile = join(pidDir, 'root.pid');
+  // criu refuses to overwrite a pid file: give the command line a fresh one
+  // (over RPC the root comes in criu's response).
+  const pidDir = options.extraArgs?.length ? mkdtempSync(join(tmpdir(), 'treestate-restore-')) : undefined;
+  const pidFile = pidDir && join(pidDir, 'root.pid');
   try {
     // Always restore stopped, then continue with the engine when Running was
     // asked for: criu restores a process that was stopped at dump time
     // stopped (sending SIGSTOP as it detaches, so T shows late), and this way
     // the tree deterministically ends as asked, whatever it was at dump time.
-    const argv = restoreArgs(b.imagesDir, b.logFile, pidFile, 'stopped', withNetworkLock(options));
-    await runCriu('restore', options, { info: b.info, argv, logFile: b.logFile, started: b.started }, async () => 'criu removes what it had restored when it fails');
-    const root = Number(readText(pidFile).trim());
-    if (!Number.isSafeInteger(root) || root <= 0) throw new TreeStateError('ECRIU', `criu restore exited 0 but wrote no root pid to ${pidFile}; log: ${b.logFile}`);
+    const flags = withNetworkLock(options);
+    const { argv, request, resp } = await criu(
+      'restore',
+      options,
+      b,
+      () => restoreArgs(b.imagesDir, b.logFile, pidFile!, 'stopped', flags),
+      (places) => restoreRequest(places, flags, options.hooks),
+      async () => 'criu removes what it had restored when it fails',
+    );
+    const root = resp ? resp.restore?.pid ?? 0 : Number(readText(pidFile!).trim());
+    if (!Number.isSafeInteger(root) || root <= 0) throw new TreeStateError('ECRIU', `criu restore succeeded but gave no root pid; log: ${b.logFile}`);
     options.onProgress?.({ verb: 'restore', phase: 'verifying', elapsedMs: performance.now() - b.started });
     await verify('restore', root, 'stopped', options);
     if (finalState === 'running') await continueTree(root);
-    return { ...result('restore', root, finalState, await verify('restore', root, finalState, options), b, argv), continued: finalState === 'running' };
+    return { ...result('restore', root, finalState, await verify('restore', root, finalState, options), b, argv), request, continued: finalState === 'running' };
   } finally {
-    rmSync(pidDir, { recursive: true, force: true });
+    if (pidDir) rmSync(pidDir, { recursive: true, force: true });
   }
 }

@@ -2,7 +2,7 @@
 // one request, criu's notifications answered in order, one response. The
 // socket is the addon's (native/rpc.cc); messages are rpc.proto's (proto.ts).
 import { closeSync } from 'node:fs';
-import { native } from '../../native.js';
+import { native, type NativeMessage } from '../../native.js';
 import type { CommandExit, CommandRunner } from '../runner.js';
 import { ReqType, decodeResp, encodeReq, type CriuReqMessage, type CriuRespMessage } from './proto.js';
 
@@ -36,6 +36,16 @@ async function sendOrGone(fd: number, data: Buffer): Promise<boolean> {
     return true;
   } catch (e) {
     if (['EPIPE', 'ECONNRESET', 'ENOTCONN'].includes((e as NodeJS.ErrnoException).code ?? '')) return false;
+    throw e;
+  }
+}
+
+/** The next message; null when criu is gone (a SEQPACKET peer that dies with our message unread resets the connection). */
+async function receiveOrGone(fd: number): Promise<NativeMessage | null> {
+  try {
+    return await native().receiveMessage(fd);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ECONNRESET') return null;
     throw e;
   }
 }
@@ -75,7 +85,7 @@ export async function connectCriu(criu: string, runner: CommandRunner, out: stri
   const call = async (req: CriuReqMessage, onNotify?: NotifyHandler): Promise<CriuRespMessage | null> => {
     if (!(await sendOrGone(ours, encodeReq(req)))) return null;
     for (;;) {
-      const message = open ? await addon.receiveMessage(ours) : null;
+      const message = open ? await receiveOrGone(ours) : null;
       if (!message) return null;
       const resp = decodeResp(message.data);
       if (resp.type !== ReqType.NOTIFY) {
