@@ -2,6 +2,7 @@
 import { dump, preDump, restore, type CriuProgress, type CriuResult } from '../criu/checkpoint.js';
 import { hasDirtyTracking, locateCriu } from '../criu/locate.js';
 import { checkSockets } from '../criu/sockets-check.js';
+import { summarizeStats } from '../criu/rpc/stats.js';
 import { UsageError, parseChoice, parseMs, parsePid, type FlagSpec, type Parsed } from './args.js';
 import type { Command, Io } from './main.js';
 
@@ -50,7 +51,7 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
     io.out(
       args.flags.has('--json')
         ? JSON.stringify(r, null, 2)
-        : `criu ${r.verb}: the tree of ${r.root} is ${r.state} (images in ${r.imagesDir}, ${r.elapsedMs} ms, log ${r.logFile})`,
+        : `criu ${r.verb}: the tree of ${r.root} is ${r.state} (images in ${r.imagesDir}, ${r.elapsedMs} ms${r.stats ? `, ${summarizeStats(r.stats)}` : ''}, log ${r.logFile})`,
     );
     return 0;
   } catch (e) {
