@@ -1,6 +1,6 @@
 // criu over its RPC socket (criu swrk): the transport, every notification as a
 // hook with the right pid while criu waits, a failing hook, and dump statistics.
-import { closeSync, openSync, readFileSync } from 'node:fs';
+import { chmodSync, closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { dump, getTreeState, killTree, restore } from '../src/index.js';
@@ -206,5 +206,24 @@ describe('criu RPC hooks and results', function () {
     expect(human.code, human.stderr).to.equal(0);
     expect(human.stdout).to.match(/frozen [\d.]+ ms, [\d.]+ [kM]B written/);
   });
-});
 
+  it('CLI: --hook NAME=PROGRAM runs the program with the notification and pid in its environment; a failing one is EHOOK', async () => {
+    await using tree = await spawnTree({ depth: 0 });
+    const dir = tempDir();
+    const record = join(dir, 'record');
+    const hook = join(dir, 'hook');
+    writeFileSync(hook, `#!/bin/sh\necho "$CRTOOLS_SCRIPT_ACTION $CRTOOLS_INIT_PID" >> ${record}\nexit $(cat ${dir}/exit 2>/dev/null || echo 0)\n`);
+    chmodSync(hook, 0o755);
+    const ok = await cli(['dump', String(tree.root), '-D', join(dir, 'a'), '--final-state', 'running', '--hook', `preDump=${hook}`, '--hook', `post-dump=${hook}`]);
+    expect(ok.code, ok.stderr).to.equal(0);
+    expect(readFileSync(record, 'utf8')).to.equal(`pre-dump ${tree.root}\npost-dump ${tree.root}\n`);
+    writeFileSync(join(dir, 'exit'), '3');
+    const failed = await cli(['dump', String(tree.root), '-D', join(dir, 'b'), '--hook', `postDump=${hook}`]);
+    expect(failed.code).to.equal(1);
+    expect(failed.stderr).to.match(new RegExp(`^treestate: the postDump hook \\(criu's post-dump\\) failed: ${hook} exited with 3; the tree of ${tree.root} is running`));
+    await tree.waitProgress();
+    const usage = await cli(['dump', String(tree.root), '-D', join(dir, 'c'), '--hook', 'afterLunch=/bin/true']);
+    expect(usage.code).to.equal(2);
+    expect(usage.stderr).to.include('NAME one of preDump, postDump');
+  });
+});

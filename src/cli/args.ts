@@ -11,17 +11,22 @@ export class UsageError extends Error {
 export interface FlagSpec {
   /** Takes a value (`--timeout 500`, `--timeout=500`). */
   value?: boolean;
+  /** May be given more than once (`--hook A=x --hook B=y`): its values go to `lists`. */
+  repeat?: boolean;
   alias?: string;
 }
 
 export interface Parsed {
   positionals: string[];
   flags: Map<string, string | true>;
+  /** The values of repeatable flags, in order. */
+  lists: Map<string, string[]>;
 }
 
 export function parseArgs(argv: string[], spec: Record<string, FlagSpec>): Parsed {
   const positionals: string[] = [];
   const flags = new Map<string, string | true>();
+  const lists = new Map<string, string[]>();
   const byAlias = new Map(Object.entries(spec).flatMap(([name, s]) => (s.alias ? [[s.alias, name] as const] : [])));
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
@@ -42,13 +47,17 @@ export function parseArgs(argv: string[], spec: Record<string, FlagSpec>): Parse
     if (flag.value) {
       const value = eq > 0 ? arg.slice(eq + 1) : argv[++i];
       if (value === undefined || (eq < 0 && value.startsWith('--'))) throw new UsageError(`${name} needs a value`);
+      if (flag.repeat) {
+        lists.set(name, [...(lists.get(name) ?? []), value]);
+        continue;
+      }
       flags.set(name, value);
     } else {
       if (eq > 0) throw new UsageError(`${name} takes no value`);
       flags.set(name, true);
     }
   }
-  return { positionals, flags };
+  return { positionals, flags, lists };
 }
 
 /** A value as a message may quote it: hostile input can be megabytes long. */

@@ -3,6 +3,7 @@ import { dump, preDump, restore, type CriuProgress, type CriuResult } from '../c
 import { hasDirtyTracking, locateCriu } from '../criu/locate.js';
 import { checkSockets } from '../criu/sockets-check.js';
 import { summarizeStats } from '../criu/rpc/stats.js';
+import { programHooks, type CriuHooks } from '../criu/rpc/hooks.js';
 import { UsageError, parseChoice, parseMs, parsePid, type FlagSpec, type Parsed } from './args.js';
 import type { Command, Io } from './main.js';
 
@@ -14,6 +15,7 @@ const shared: Record<string, FlagSpec> = {
   '--shell-job': {},
   '--tcp-established': {},
   '--network-lock': { value: true },
+  '--hook': { value: true, repeat: true },
 };
 
 function imagesDir(args: Parsed, verb: string): string {
@@ -32,6 +34,17 @@ function clearProgress(io: Io): void {
   if (io.tty && process.stderr.isTTY) process.stderr.write('\r\x1b[K');
 }
 
+/** --hook NAME=PROGRAM, repeatable: programs run at criu's notifications, as its action scripts. */
+function hooksOf(args: Parsed): CriuHooks | undefined {
+  const specs = args.lists.get('--hook');
+  if (!specs?.length) return undefined;
+  try {
+    return programHooks(specs);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
 function common(args: Parsed, io: Io, verb: string) {
   return {
     imagesDir: imagesDir(args, verb),
@@ -40,6 +53,7 @@ function common(args: Parsed, io: Io, verb: string) {
     shellJob: args.flags.has('--shell-job'),
     tcpEstablished: args.flags.has('--tcp-established'),
     networkLock: parseChoice('--network-lock', args.flags.get('--network-lock'), ['iptables', 'nftables', 'skip'] as const),
+    hooks: hooksOf(args),
     onProgress: progress(io),
   };
 }
@@ -62,7 +76,7 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
 
 export const criuCommands: Record<string, Command> = {
   dump: {
-    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--prev DIR] [--shell-job] [--tcp-established [--network-lock iptables|nftables|skip]] [--timeout MS] [--json]',
+    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--prev DIR] [--shell-job] [--tcp-established [--network-lock iptables|nftables|skip]] [--hook NAME=PROGRAM]… [--timeout MS] [--json]',
     summary: 'criu dump, leaving the tree dead (default), running or stopped, verified',
     flags: { ...shared, '--final-state': { value: true }, '--prev': { value: true } },
     async run(args, io) {
@@ -73,7 +87,7 @@ export const criuCommands: Record<string, Command> = {
     },
   },
   restore: {
-    usage: 'restore -D DIR [--final-state running|stopped] [--shell-job] [--tcp-established [--network-lock iptables|nftables|skip]] [--timeout MS] [--json]',
+    usage: 'restore -D DIR [--final-state running|stopped] [--shell-job] [--tcp-established [--network-lock iptables|nftables|skip]] [--hook NAME=PROGRAM]… [--timeout MS] [--json]',
     summary: 'criu restore, leaving the tree running (default) or stopped, verified',
     flags: { ...shared, '--final-state': { value: true } },
     async run(args, io) {
@@ -83,7 +97,7 @@ export const criuCommands: Record<string, Command> = {
     },
   },
   predump: {
-    usage: 'predump PID -D DIR [--prev DIR] [--timeout MS] [--json]',
+    usage: 'predump PID -D DIR [--prev DIR] [--hook NAME=PROGRAM]… [--timeout MS] [--json]',
     summary: 'criu pre-dump (the tree keeps running); needs dirty-memory tracking',
     flags: { ...shared, '--prev': { value: true } },
     async run(args, io) {

@@ -2,6 +2,7 @@
 // callbacks. criu waits for each answer; a callback that throws is answered
 // "failed", which makes criu abort where the step allows it (see
 // docs/criu-rpc.md for every notification and what a failure does).
+import { spawn } from 'node:child_process';
 import { closeSync } from 'node:fs';
 import type { NotifyAnswer, NotifyHandler } from './client.js';
 
@@ -116,4 +117,41 @@ export function hookHandler(hooks: CriuHooks, log: HookLog, root?: number): Noti
       return { ok: false };
     }
   };
+}
+
+/**
+ * A hook that runs `program` (an argument vector of one: no shell, no
+ * arguments), as criu runs its action scripts: the notification in
+ * CRTOOLS_SCRIPT_ACTION, the root pid (when known) in CRTOOLS_INIT_PID, its
+ * output on our stderr, and for orphan-pts-master the pty master as its fd 3.
+ * A non-zero exit or a signal is the hook's failure.
+ */
+export function programHook(program: string): Hook<HookContext & { fd?: number }> {
+  return ({ pid, notification, fd }) =>
+    new Promise<void>((resolve, reject) => {
+      const env = { ...process.env, CRTOOLS_SCRIPT_ACTION: notification, ...(pid ? { CRTOOLS_INIT_PID: String(pid) } : {}) };
+      const child = spawn(program, [], { env, stdio: ['ignore', 2, 2, ...(fd !== undefined ? [fd] : [])] });
+      if (fd !== undefined) closeSync(fd); // the program has its copy
+      child.once('error', (e) => reject(new Error(`cannot run ${program}: ${e.message}`)));
+      child.once('exit', (code, signal) => {
+        if (code === 0) resolve();
+        else reject(new Error(`${program} ${code === null ? `was killed by ${signal}` : `exited with ${code}`}`));
+      });
+    });
+}
+
+/** `NAME=PROGRAM` pairs (NAME as in CriuHooks, or criu's own name such as post-dump) as hooks; throws on an unknown name. */
+export function programHooks(specs: string[]): CriuHooks {
+  const hooks: CriuHooks = {};
+  for (const spec of specs) {
+    const eq = spec.indexOf('=');
+    const given = eq > 0 ? spec.slice(0, eq) : '';
+    const name = (HOOK_NAMES as readonly string[]).includes(given) ? (given as HookName) : NOTIFICATIONS[given];
+    if (!name || eq === spec.length - 1) {
+      throw new TypeError(`a hook is NAME=PROGRAM with NAME one of ${HOOK_NAMES.join(', ')} (or criu's name, such as post-dump), not ${JSON.stringify(spec.slice(0, 60))}`);
+    }
+    if (hooks[name]) throw new TypeError(`the ${name} hook is given twice`);
+    (hooks as Record<string, unknown>)[name] = programHook(spec.slice(eq + 1));
+  }
+  return hooks;
 }
