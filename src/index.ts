@@ -25,4 +25,6 @@ export {
 export { dump, preDump, restore, type CriuOptions, type CriuProgress, type CriuResult, type CriuVerb, type DumpOptions, type PreDumpOptions, type RestoreOptions } from './criu/checkpoint.js';
 export type { DumpFinalState, RestoreFinalState } from './criu/args.js';
 export { locateCriu, hasDirtyTracking, type CriuInfo } from './criu/locate.js';
-export type { CommandRunner, RunningCommand, CommandExit } from './criu/runner.js';
+export type { CommandRunner, RunningCommand, CommandExit, RunOptions } from './criu/runner.js';
+export { programHook, type CriuHooks, type Hook, type HookContext, type HookName } from './criu/rpc/hooks.js';
+export type { DumpStats } from './criu/rpc/stats.js';
