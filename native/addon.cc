@@ -4,7 +4,7 @@
 #include <signal.h>
 
 #include "proc.h"
-#include "rpc.h"
+#include "rpc_workers.h"
 #include "workers.h"
 
 namespace {

@@ -3,19 +3,16 @@
 // FD`), which Node's `net` cannot speak. Nothing here knows CRIU's messages.
 #pragma once
 
-#include <napi.h>
-
 #include <string>
 #include <vector>
-
-#include "errors.h"
 
 namespace treestate {
 
 // Both ends close-on-exec: the end a child should own is handed over by
 // dup2 (libuv's stdio, the reaper's spawn), which clears the flag on the
 // copy only, so no other program started meanwhile inherits either end.
-int SeqpacketPair(int fds[2], SysError* err);
+// Each returns 0 or an errno value; nothing here knows N-API (the reaper links it too).
+int SeqpacketPair(int fds[2]);
 
 struct Message {
   std::string data;
@@ -23,13 +20,8 @@ struct Message {
   bool eof = false;      // the peer closed its end (a SEQPACKET message is never empty here)
 };
 
-int SendMessage(int sock, const std::string& data, const std::vector<int>& fds, SysError* err);
-// Blocks until one whole message arrives, whatever its size.
-int ReceiveMessage(int sock, Message* out, SysError* err);
-
-Napi::Value SeqpacketPairSync(const Napi::CallbackInfo& info);
-Napi::Value SendMessageAsync(const Napi::CallbackInfo& info);
-Napi::Value ReceiveMessageAsync(const Napi::CallbackInfo& info);
-Napi::Value ShutdownSocket(const Napi::CallbackInfo& info);
+int SendMessage(int sock, const std::string& data, const std::vector<int>& fds);
+// Blocks until one whole message arrives, whatever its size; `syscall` names the call that failed.
+int ReceiveMessage(int sock, Message* out, const char** syscall);
 
 }  // namespace treestate

@@ -22,7 +22,6 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
-#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -33,6 +32,7 @@
 
 #include "../proc.h"
 #include "../ptrace.h"
+#include "../rpc.h"
 
 namespace {
 
@@ -71,24 +71,10 @@ void PlaceFds(const std::vector<int>& fds) {
 
 // The descriptors for one spawn: one message on --fds-from, sent before the command line.
 bool ReceiveFds(int count, std::vector<int>* fds) {
-  char byte[64];
-  struct iovec iov = {byte, sizeof byte};
-  std::vector<char> control(CMSG_SPACE(sizeof(int) * count), 0);
-  struct msghdr msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control.data();
-  msg.msg_controllen = control.size();
-  if (fdsFrom < 0 || recvmsg(fdsFrom, &msg, MSG_CMSG_CLOEXEC) < 0) return false;
-  for (struct cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < k; i++) {
-      int fd;
-      memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      fds->push_back(fd);
-    }
-  }
+  treestate::Message message;
+  const char* syscall = "";
+  if (fdsFrom < 0 || treestate::ReceiveMessage(fdsFrom, &message, &syscall) != 0) return false;
+  *fds = message.fds;
   return static_cast<int>(fds->size()) == count;
 }
 
