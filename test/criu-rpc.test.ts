@@ -1,13 +1,14 @@
 // criu over its RPC socket (criu swrk): the transport, every notification as a
 // hook with the right pid while criu waits, a failing hook, and dump statistics.
-import { chmodSync, closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, openSync, read, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'chai';
-import { dump, getTreeState, killTree, restore } from '../src/index.js';
+import { dump, getTreeState, killTree, restore, snapshot } from '../src/index.js';
+import { onPath } from '../src/criu/locate.js';
 import { childProcessRunner, type CommandRunner } from '../src/criu/runner.js';
 import { native } from '../src/native.js';
-import { spawnTree } from '../src/testing/index.js';
-import { cli, rejection, requireCriu, tempDirs } from './helpers.js';
+import { spawnSupervised, spawnTree } from '../src/testing/index.js';
+import { cli, rejection, requireCriu, tempDirs, waitFor } from './helpers.js';
 
 type Status = Awaited<ReturnType<typeof getTreeState>>;
 
@@ -225,5 +226,57 @@ describe('criu RPC hooks and results', function () {
     const usage = await cli(['dump', String(tree.root), '-D', join(dir, 'c'), '--hook', 'afterLunch=/bin/true']);
     expect(usage.code).to.equal(2);
     expect(usage.stderr).to.include('NAME one of preDump, postDump');
+  });
+
+  it('orphanPtsMaster receives a usable pty master for a --shell-job tree whose terminal is gone', async function () {
+    const python = onPath('python3');
+    if (!python) {
+      if (process.env.CI) throw new Error('CI needs python3');
+      this.skip();
+    }
+    // `cat` in a session of its own on a pty whose master only python holds;
+    // python closes the master once cat is dumped (killed), freeing the pty.
+    const code = [
+      'import os, fcntl, termios, time',
+      'm, s = os.openpty()',
+      'pid = os.fork()',
+      'if pid == 0:',
+      '    os.setsid(); fcntl.ioctl(s, termios.TIOCSCTTY, 0)',
+      '    for fd in (0, 1, 2): os.dup2(s, fd)',
+      '    os.close(m); os.close(s); os.execvp("cat", ["cat"])',
+      'os.close(s); os.waitpid(pid, 0); os.close(m); time.sleep(1000)',
+    ].join('\n');
+    await using holder = await spawnSupervised(python!, ['-c', code]);
+    let cat = 0;
+    await waitFor(async () => Boolean((cat = (await snapshot(holder.root)).processes.find((p) => p.comm === 'cat')?.pid ?? 0)), 10_000, 'cat on its pty');
+    const imagesDir = tempDir();
+    await dump(cat, { imagesDir, shellJob: true });
+    await waitFor(async () => !(await snapshot(holder.root)).processes.some((p) => p.pid === cat), 5000, 'the dumped cat reaped');
+    let master = -1;
+    try {
+      const restored = await restore({
+        imagesDir,
+        shellJob: true,
+        runner: holder,
+        hooks: {
+          orphanPtsMaster: ({ fd }) => void (master = fd),
+        },
+      });
+      expect(restored.root).to.equal(cat);
+      expect(master).to.be.greaterThan(2);
+      // The restored cat reads its new terminal and writes back: the line
+      // discipline's echo, then cat's copy.
+      writeSync(master, 'ping\n');
+      let seen = '';
+      const buffer = Buffer.alloc(256);
+      while ((seen.match(/ping/g) ?? []).length < 2) {
+        const n = await new Promise<number>((resolve, reject) => read(master, buffer, 0, buffer.length, null, (e, k) => (e ? reject(e) : resolve(k))));
+        seen += buffer.subarray(0, n).toString();
+      }
+      expect(seen).to.equal('ping\r\nping\r\n');
+      await killTree(restored.root);
+    } finally {
+      if (master >= 0) closeSync(master);
+    }
   });
 });
