@@ -8,12 +8,12 @@ import { spawnSupervised, spawnTree } from '../src/testing/index.js';
 import { minCriuVersion } from '../src/criu/locate.js';
 import { cli, requireCriu, tempDirs, rejection } from './helpers.js';
 
-/** A stand-in criu: a script that answers --version and check as told, and records any other call. */
+/** A stand-in criu: a script that answers --version as told, fails as an RPC worker (`swrk`, where `criu check` is asked) with checkExit, and records any other call. */
 function fakeCriu(dir: string, version: string, checkExit: number): string {
   const path = join(dir, 'criu');
   writeFileSync(
     path,
-    `#!/bin/sh\ncase "$1" in\n  --version) echo "Version: ${version}" ;;\n  check) echo "Error (criu/cr-check.c:1): something is missing" >&2; exit ${checkExit} ;;\n  *) echo "$@" >> "${dir}/called"; exit 1 ;;\nesac\n`,
+    `#!/bin/sh\ncase "$1" in\n  --version) echo "Version: ${version}" ;;\n  swrk) echo "Error (criu/cr-check.c:1): something is missing" >&2; exit ${checkExit} ;;\n  *) echo "$@" >> "${dir}/called"; exit 1 ;;\nesac\n`,
   );
   chmodSync(path, 0o755);
   return path;
@@ -38,7 +38,9 @@ describe('criu errors', () => {
     expect(e.message).to.match(/is version 3\.17\.1; this kernel \(\S+\) needs 4\.[12] or newer/);
     // CRIU 4.1 cannot dump sockets on kernels >= 6.16 although `criu check` passes.
     const e41 = await rejection(dump(tree.root, { imagesDir: tempDir(), criu: fakeCriu(dir, '4.1.1', 0) }));
-    expect(e41.code).to.equal(minCriuVersion()[1] === 2 ? 'ENOCRIU' : 'ECRIU');
+    // Refused for its version where the kernel needs 4.2; elsewhere the stand-in passes that but cannot answer `criu check` over RPC.
+    expect(e41.message).to.match(minCriuVersion()[1] === 2 ? /is version 4\.1\.1/ : /fails `criu check`/);
+    expect(e41.code).to.equal('ENOCRIU');
     expect(existsSync(join(dir, 'called'))).to.equal(false);
   });
 

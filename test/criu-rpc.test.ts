@@ -1,6 +1,6 @@
 // criu over its RPC socket (criu swrk): the transport, every notification as a
 // hook with the right pid while criu waits, a failing hook, and dump statistics.
-import { chmodSync, closeSync, openSync, read, readFileSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, mkdirSync, openSync, read, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { dump, getTreeState, killTree, restore, snapshot } from '../src/index.js';
@@ -278,5 +278,18 @@ describe('criu RPC hooks and results', function () {
     } finally {
       if (master >= 0) closeSync(master);
     }
+  });
+
+  it('`treestate check` asks criu check and dirty-memory tracking over RPC when no verdict is kept', async () => {
+    const stateDir = join(tempDir(), 'state');
+    mkdirSync(stateDir, { mode: 0o700 });
+    const run = await cli(['check', '--json'], { env: { TREESTATE_STATE_DIR: stateDir } });
+    expect(run.code, run.stderr).to.equal(0);
+    const value = JSON.parse(run.stdout);
+    expect(value).to.include({ cached: false, check: 'Looks good.' });
+    expect(value.dirtyTracking).to.be.a('boolean');
+    // … and the next one uses the verdicts kept for this binary and kernel.
+    const again = JSON.parse((await cli(['check', '--json'], { env: { TREESTATE_STATE_DIR: stateDir } })).stdout);
+    expect(again).to.include({ cached: true, check: 'Looks good.', dirtyTracking: value.dirtyTracking });
   });
 });
