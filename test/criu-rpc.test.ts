@@ -130,6 +130,16 @@ describe('criu RPC hooks and results', function () {
     await tree.waitProgress();
   });
 
+  it('a hook that never settles runs into the timeout: criu is killed and the tree goes on', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 1 });
+    const started = performance.now();
+    const e = await rejection(dump(tree.root, { imagesDir: tempDir(), timeoutMs: 1000, hooks: { preDump: () => new Promise<void>(() => {}) } }));
+    expect(e.code).to.equal('ETIMEDOUT');
+    expect(e.message).to.match(new RegExp(`^criu dump did not finish within 1000 ms and was killed.*; the tree of ${tree.root} is running`));
+    expect(performance.now() - started).to.be.below(10_000);
+    await tree.waitProgress();
+  });
+
   it('calls the restore hooks in order; preResume sees the restored tree, with the dumped pids, before it runs', async () => {
     await using tree = await spawnTree({ depth: 1, fanout: 2, threads: 2 });
     const imagesDir = tempDir();

@@ -9,7 +9,7 @@ import { checkNotSelf, checkPid, getTreeState, type TreeState } from '../tree.js
 import { continueTree, killTree, waitForState } from '../transitions.js';
 import { dumpArgs, preDumpArgs, restoreArgs, type CriuFlags, type DumpFinalState, type RestoreFinalState } from './args.js';
 import { hasDirtyTracking, locateCriu, onPath, type CriuInfo } from './locate.js';
-import { childProcessRunner, type CommandRunner } from './runner.js';
+import { childProcessRunner, type CommandRunner, type RunningCommand } from './runner.js';
 import { connectCriu } from './rpc/client.js';
 import { hasHooks, hookHandler, type CriuHooks, type HookLog } from './rpc/hooks.js';
 import { NetworkLockMethod, type CriuReqMessage, type CriuRespMessage } from './rpc/proto.js';
@@ -203,21 +203,29 @@ async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFail
     progress?.({ verb, phase: 'running criu', elapsedMs: performance.now() - run.started });
     const runner = options.runner ?? childProcessRunner;
     const hooks: HookLog = { seen: [] };
-    let running: { pid: number; exited: Promise<{ code: number | null; signal: NodeJS.Signals | number | null }> };
+    let running: RunningCommand;
     let answered: Promise<CriuRespMessage | null> = Promise.resolve(null);
+    let hangUp = () => {};
     if (run.request) {
       const connection = await connectCriu(run.info.path, runner, out);
       running = connection;
+      hangUp = connection.close;
       const onNotify = hasHooks(options.hooks) ? hookHandler(options.hooks!, hooks, run.root) : undefined;
-      answered = connection.call(run.request, onNotify).finally(() => connection.close());
+      answered = connection.call(run.request, onNotify).finally(hangUp);
     } else {
       running = await runner.run(run.info.path, run.argv, { out });
     }
     let killed: Promise<number[]> | undefined;
+    let gone = (_: null) => {};
+    // A hook that never settles would keep us from reading criu's end of
+    // file: once the timeout has killed criu, stop waiting for the answer.
+    const killedAndGone = new Promise<null>((resolve) => (gone = resolve));
     const timer = setTimeout(() => {
       killed = killCriu(running.pid);
+      void killed.then(() => running.exited).then(() => gone(null));
     }, timeoutMs);
-    const resp = await answered;
+    const resp = await Promise.race([answered, killedAndGone]);
+    hangUp();
     // criu has answered: the restored tree is still swrk's child until swrk
     // exits, and a late timeout must not kill it with swrk.
     if (resp) clearTimeout(timer);
