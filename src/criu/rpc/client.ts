@@ -76,16 +76,28 @@ export async function connectCriu(criu: string, runner: CommandRunner, out: stri
     closeAll([theirs]);
   }
   let open = true;
+  // The fd is closed only when no send or receive holds it: a worker queued
+  // behind others in the thread pool could otherwise run on a number that
+  // has been reused meanwhile. shutdown(2) alone makes every one return.
+  let inFlight = 0;
+  const using = async <T>(work: () => Promise<T>): Promise<T> => {
+    inFlight++;
+    try {
+      return await work();
+    } finally {
+      if (--inFlight === 0 && !open) closeSync(ours);
+    }
+  };
   const close = () => {
     if (!open) return;
     open = false;
     addon.shutdownSocket(ours);
-    closeSync(ours);
+    if (inFlight === 0) closeSync(ours);
   };
   const call = async (req: CriuReqMessage, onNotify?: NotifyHandler): Promise<CriuRespMessage | null> => {
-    if (!(await sendOrGone(ours, encodeReq(req)))) return null;
+    if (!open || !(await using(() => sendOrGone(ours, encodeReq(req))))) return null;
     for (;;) {
-      const message = open ? await receiveOrGone(ours) : null;
+      const message = open ? await using(() => receiveOrGone(ours)) : null;
       if (!message) return null;
       const resp = decodeResp(message.data);
       if (resp.type !== ReqType.NOTIFY) {
@@ -95,14 +107,16 @@ export async function connectCriu(criu: string, runner: CommandRunner, out: stri
       // criu blocks until it has our answer (cr-service.c, send_criu_rpc_script).
       const answer = onNotify ? await onNotify({ script: resp.notify?.script ?? '', pid: resp.notify?.pid, fds: message.fds }) : (closeAll(message.fds), { ok: true });
       if (!open) return null;
-      const sent = await sendOrGone(
-        ours,
+      const sent = await using(() =>
+        sendOrGone(
+          ours,
         encodeReq({
           type: ReqType.NOTIFY,
           notify_success: answer.ok,
           // images_dir_fd is required in criu_opts; criu reads only `external` here.
           ...(answer.external?.length ? { opts: { images_dir_fd: -1, external: answer.external } } : {}),
-        }),
+          }),
+        ),
       );
       if (!sent) return null;
     }
