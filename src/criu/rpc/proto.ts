@@ -141,6 +141,7 @@ export const ReqType = {
   NOTIFY: 6,
   FEATURE_CHECK: 9,
   VERSION: 10,
+  SINGLE_PRE_DUMP: 13,
 } as const;
 
 export const NetworkLockMethod = { iptables: 1, nftables: 2, skip: 3 } as const;

@@ -41,8 +41,13 @@ export function dumpRequest(pid: number, finalState: DumpFinalState, places: Req
   };
 }
 
+/**
+ * SINGLE_PRE_DUMP, not PRE_DUMP: after a PRE_DUMP criu's worker waits for
+ * more pre-dumps or the final DUMP on the same socket (cr-service.c,
+ * pre_dump_loop); treestate's pre-dump is one operation of its own.
+ */
 export function preDumpRequest(pid: number, places: RequestPlaces, flags: CriuFlags & { parentImg?: string }, hooks?: CriuHooks): CriuReqMessage {
-  return { type: ReqType.PRE_DUMP, opts: { ...common(places, flags, hooks), pid, ...(flags.parentImg ? { parent_img: flags.parentImg } : {}) } };
+  return { type: ReqType.SINGLE_PRE_DUMP, opts: { ...common(places, flags, hooks), pid, ...(flags.parentImg ? { parent_img: flags.parentImg } : {}) } };
 }
 
 /** Always restored stopped (see restore in checkpoint.ts); over RPC criu always restores detached. */
