@@ -233,9 +233,11 @@ describe('criu RPC hooks and results', function () {
     expect(failed.code).to.equal(1);
     expect(failed.stderr).to.match(new RegExp(`^treestate: the postDump hook \\(criu's post-dump\\) failed: ${hook} exited with 3; the tree of ${tree.root} is running`));
     await tree.waitProgress();
-    const usage = await cli(['dump', String(tree.root), '-D', join(dir, 'c'), '--hook', 'afterLunch=/bin/true']);
-    expect(usage.code).to.equal(2);
-    expect(usage.stderr).to.include('NAME one of preDump, postDump');
+    for (const name of ['afterLunch', 'toString']) {
+      const usage = await cli(['dump', String(tree.root), '-D', join(dir, 'c'), '--hook', `${name}=/bin/true`]);
+      expect(usage.code, name).to.equal(2);
+      expect(usage.stderr).to.include('NAME one of preDump, postDump');
+    }
   });
 
   it('orphanPtsMaster receives a usable pty master for a --shell-job tree whose terminal is gone', async function () {

@@ -73,6 +73,11 @@ export const NOTIFICATIONS: Readonly<Record<string, HookName>> = {
 
 export const HOOK_NAMES: readonly HookName[] = Object.values(NOTIFICATIONS);
 
+/** The hook for criu's name of a notification; own keys only ("toString" is no notification). */
+function notificationHook(script: string): HookName | undefined {
+  return Object.hasOwn(NOTIFICATIONS, script) ? NOTIFICATIONS[script] : undefined;
+}
+
 export interface HookFailure {
   hook: HookName | string;
   notification: string;
@@ -99,7 +104,7 @@ export function hookHandler(hooks: CriuHooks, log: HookLog, root?: number): Noti
   return async ({ script, pid: told, fds }): Promise<NotifyAnswer> => {
     log.seen.push(script);
     if (told && told > 0) pid = told;
-    const name = NOTIFICATIONS[script];
+    const name = notificationHook(script);
     const hook = name ? (hooks[name] as Hook<HookContext & { fd?: number }, unknown> | undefined) : undefined;
     const [fd, ...extra] = fds;
     for (const f of extra) closeSync(f);
@@ -146,7 +151,7 @@ export function programHooks(specs: string[]): CriuHooks {
   for (const spec of specs) {
     const eq = spec.indexOf('=');
     const given = eq > 0 ? spec.slice(0, eq) : '';
-    const name = (HOOK_NAMES as readonly string[]).includes(given) ? (given as HookName) : NOTIFICATIONS[given];
+    const name = (HOOK_NAMES as readonly string[]).includes(given) ? (given as HookName) : notificationHook(given);
     if (!name || eq === spec.length - 1) {
       throw new TypeError(`a hook is NAME=PROGRAM with NAME one of ${HOOK_NAMES.join(', ')} (or criu's name, such as post-dump), not ${JSON.stringify(spec.slice(0, 60))}`);
     }
