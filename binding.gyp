@@ -11,6 +11,8 @@
         "native/errors.cc",
         "native/inspect.cc",
         "native/proc.cc",
+        "native/rpc.cc",
+        "native/rpc_workers.cc",
         "native/signal.cc",
         "native/walk.cc",
         "native/workers.cc"
@@ -22,7 +24,7 @@
     {
       "target_name": "treestate-reaper",
       "type": "executable",
-      "sources": ["native/tools/reaper.cc", "native/proc.cc", "native/ptrace.cc"],
+      "sources": ["native/tools/reaper.cc", "native/proc.cc", "native/ptrace.cc", "native/rpc.cc"],
       "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra"]
     },
     {

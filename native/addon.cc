@@ -8,6 +8,7 @@
 #include "errors.h"
 #include "inspect.h"
 #include "proc.h"
+#include "rpc_workers.h"
 #include "workers.h"
 
 namespace {
@@ -83,6 +84,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
               Napi::Function::New(env, ChildrenFilesSupported, "childrenFilesSupported"));
   exports.Set("cgroup2Mount", Napi::Function::New(env, Cgroup2MountOf, "cgroup2Mount"));
   exports.Set("cgroupOf", Napi::Function::New(env, CgroupOf, "cgroupOf"));
+  exports.Set("seqpacketPair", Napi::Function::New(env, treestate::SeqpacketPairSync, "seqpacketPair"));
+  exports.Set("sendMessage", Napi::Function::New(env, treestate::SendMessageAsync, "sendMessage"));
+  exports.Set("receiveMessage", Napi::Function::New(env, treestate::ReceiveMessageAsync, "receiveMessage"));
+  exports.Set("shutdownSocket", Napi::Function::New(env, treestate::ShutdownSocket, "shutdownSocket"));
   Napi::Object signals = Napi::Object::New(env);
   signals.Set("SIGSTOP", SIGSTOP);
   signals.Set("SIGCONT", SIGCONT);

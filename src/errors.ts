@@ -15,6 +15,7 @@ export type ErrorCode =
   | 'EIMAGES' // an images directory that cannot be used, or an image that does not decode
   | 'EPIDTAKEN' // a pid the checkpoint needs is taken on this host
   | 'ENODIRTYTRACK' // pre-dump on a kernel without dirty-memory tracking
+  | 'EHOOK' // a CRIU notification hook threw or rejected
   | 'EMISMATCH' // the tree is not in the state criu should have left it in
   | 'EVERIFY' // images that do not restore (dump --verify, verifyImages)
   | 'EMIGRATE' // a migration that failed (the phase is named; the source runs on)

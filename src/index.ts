@@ -32,6 +32,8 @@ export { verifyImages, type ImageVerification, type VerifyOptions } from './criu
 export type { PidNamespaceInfo } from './criu/pidns.js';
 export type { LinkRemapCleanup } from './criu/leftovers.js';
 export { locateCriu, hasDirtyTracking, type CriuInfo } from './criu/locate.js';
-export type { CommandRunner, RunningCommand, CommandExit } from './criu/runner.js';
+export type { CommandRunner, RunningCommand, CommandExit, RunOptions as CommandRunOptions } from './criu/runner.js';
 export { run, type RunOptions, type RunTree, type ForegroundRun, type RunExit } from './cgroup/run.js';
 export { freezeTree, thawTree, type FreezeOptions, type FreezeResult } from './cgroup/tree.js';
+export { programHook, type CriuHooks, type Hook, type HookContext, type HookName } from './criu/rpc/hooks.js';
+export type { DumpStats } from './criu/rpc/stats.js';

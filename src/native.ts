@@ -115,6 +115,12 @@ export interface NativeInspection {
   tcp: Array<{ inode: number; state: number; local: string; remote: string }>;
 }
 
+/** One whole SEQPACKET message and the descriptors that came with it (close-on-exec, now ours). */
+export interface NativeMessage {
+  data: Buffer;
+  fds: number[];
+}
+
 export interface NativeAddon {
   /** One pass over the tree: discover, read every thread's state, signal the selected. */
   walk(options: NativeWalkOptions): Promise<NativeWalkResult>;
@@ -130,6 +136,14 @@ export interface NativeAddon {
   inspect(pids: number[]): Promise<NativeInspection>;
   /** Every process holding one of these socket inodes. */
   socketHolders(inodes: number[]): Promise<Array<{ inode: number; pid: number }>>;
+  /** An AF_UNIX SOCK_SEQPACKET socket pair, both ends close-on-exec (native/rpc.h). */
+  seqpacketPair(): [number, number];
+  /** Sends one whole message, with `fds` as SCM_RIGHTS. */
+  sendMessage(fd: number, data: Buffer, fds?: number[]): Promise<void>;
+  /** The next whole message, or null once the peer has closed its end. */
+  receiveMessage(fd: number): Promise<NativeMessage | null>;
+  /** shutdown(2) both ways: a receive blocked on the socket returns null. */
+  shutdownSocket(fd: number): void;
   selfAndAncestors(): number[];
   /** The first cgroup2 mount of /proc/self/mountinfo (`root`: the hierarchy path mounted there), or null. */
   cgroup2Mount(): { path: string; root: string } | null;

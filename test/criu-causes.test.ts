@@ -55,7 +55,7 @@ describe('criu errors that name the cause', () => {
     await waitFor(() => readFileSync(`/proc/${child}/status`, 'utf8').includes(`TracerPid:\t${tracer.root}`), 5000, 'the tracer attached');
     const e = await rejection(dump(tree.root, { imagesDir: tempDir(), finalState: 'running' }));
     expect(e.code).to.equal('ECRIU');
-    expect(e.message).to.match(new RegExp(`^criu dump exited with 1: pid ${child} is traced by ${tracer.root} \\("treestate-fixtu"\\), and criu must ptrace every process it dumps`));
+    expect(e.message).to.match(new RegExp(`^criu dump (exited with 1:|failed:) pid ${child} is traced by ${tracer.root} \\("treestate-fixtu"\\), and criu must ptrace every process it dumps`));
     expect(e.message.split('\n').filter((l) => l.includes(`Unseizable non-zombie ${child} found`))).to.have.lengthOf(1);
     expect(e.details).to.have.property('cause').that.includes('detach the tracer');
     expect(statFields(child)[0]).to.not.equal('t');
@@ -72,7 +72,7 @@ describe('criu errors that name the cause', () => {
     }
     const e = await rejection(work);
     expect(e.code).to.equal('ECRIU');
-    expect(e.message).to.match(new RegExp(`^criu dump exited with 1: criu cannot read the resource limits of pid ${child} \\(uid 65534\\), a process of another user: that needs CAP_SYS_RESOURCE`));
+    expect(e.message).to.match(new RegExp(`^criu dump (exited with 1:|failed:) criu cannot read the resource limits of pid ${child} \\(uid 65534\\), a process of another user: that needs CAP_SYS_RESOURCE`));
     expect(e.message).to.include("Can't get rlimit 0: Operation not permitted");
     await expect(tree.root).to.be.a.runningTree;
   });

@@ -27,7 +27,7 @@ describe('criu dump', () => {
     const imagesDir = tempDir();
     const result = await dump(tree.root, { imagesDir });
     expect(result).to.include({ verb: 'dump', root: tree.root, finalState: 'dead', state: 'dead' });
-    expect(result.argv).to.not.include('--leave-running').and.not.include('--leave-stopped');
+    expect(result.request).to.not.have.any.keys('leave_running', 'leave_stopped');
     expect(existsSync(join(imagesDir, 'inventory.img'))).to.equal(true);
     await expect(tree.root).to.be.a.deadTree;
     const atDump = tree.heartbeats();
@@ -48,7 +48,7 @@ describe('criu dump', () => {
     await using tree = await spawnTree(shape);
     const result = await dump(tree.root, { imagesDir: tempDir(), finalState: 'running' });
     expect(result.state).to.equal('running');
-    expect(result.argv).to.include('--leave-running');
+    expect(result.request).to.include({ leave_running: true, pid: tree.root });
     expect(result.processes).to.have.members(tree.pids());
     await expect(tree.root).to.be.a.runningTree;
     await tree.waitProgress();
@@ -58,7 +58,7 @@ describe('criu dump', () => {
     await using tree = await spawnTree(shape);
     const result = await dump(tree.root, { imagesDir: tempDir(), finalState: 'stopped' });
     expect(result.state).to.equal('stopped');
-    expect(result.argv).to.include('--leave-stopped');
+    expect(result.request).to.include({ leave_stopped: true });
     const status = await getTreeState(tree.root);
     expect(status.processes.flatMap((p) => p.threads.map((t) => t.state)).join('')).to.equal('T'.repeat(9));
     await tree.assertNoProgress();
@@ -75,12 +75,24 @@ describe('criu dump', () => {
     await tree.waitProgress();
   });
 
-  it('writes its log into the images directory, with criu run from an argument vector', async () => {
+  it('writes its log into the images directory, with criu run as an RPC worker', async () => {
     await using tree = await spawnTree({ depth: 0 });
     const imagesDir = tempDir();
     const result = await dump(tree.root, { imagesDir, finalState: 'running' });
     expect(result.logFile).to.equal(join(imagesDir, 'dump.log'));
     expect(readFileSync(result.logFile, 'utf8')).to.include('Dumping finished successfully');
+    expect(result.argv).to.deep.equal(['swrk', '3']);
+    expect(result.request).to.include({ pid: tree.root, log_file: 'dump.log' });
+  });
+
+  it('with extraArgs, runs criu as a command line (RPC has no argument vector), and it still works', async () => {
+    await using tree = await spawnTree({ depth: 0 });
+    const imagesDir = tempDir();
+    const result = await dump(tree.root, { imagesDir, finalState: 'running', extraArgs: ['--file-locks'] });
     expect(result.argv.slice(0, 5)).to.deep.equal(['dump', '-t', String(tree.root), '-D', imagesDir]);
+    expect(result.argv).to.include('--file-locks');
+    expect(result.request).to.equal(undefined);
+    expect(readFileSync(result.logFile, 'utf8')).to.include('Dumping finished successfully');
+    await tree.waitProgress();
   });
 });

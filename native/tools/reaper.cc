@@ -4,12 +4,15 @@
 // (which on some machines reaps only every few seconds, keeping pids taken
 // and making `criu restore` fail with "Can't fork for PID: File exists").
 //
-//   treestate-reaper [--setsid] [--stopped] [--pid-ns [--net-ns]] [--out FILE] -- PROGRAM [ARG...]
+//   treestate-reaper [--setsid] [--stopped] [--pid-ns [--net-ns]] [--out FILE] [--fds-from FD] -- PROGRAM [ARG...]
 //
 // stdout (one line per event):  pid N | spawned ID N | spawn-failed ID ERRNO
 //                                exit N CODE SIGNAL (only for programs it started) | done
 //                                init HOSTPID (with --pid-ns, first)
-// stdin (commands):              spawn ID OUT ARGC [UMASK], then ARGC lines (one argument each)
+// stdin (commands):              spawn ID OUT ARGC [NFDS [UMASK]], then ARGC lines (one argument each);
+//                                the NFDS descriptors arrive first on --fds-from (a unix
+//                                socket, SCM_RIGHTS) and become the program's fds 3, 4, …;
+//                                UMASK (octal) is the program's umask
 //                                kill  -- or EOF: kill every descendant, reap, exit
 //                                detach  -- stop listening; reap until no child is left, then exit
 // PR_SET_PDEATHSIG makes it clean up the same way if its parent dies.
@@ -50,6 +53,7 @@
 
 #include "../proc.h"
 #include "../ptrace.h"
+#include "../rpc.h"
 
 namespace {
 
@@ -80,8 +84,29 @@ int RedirectStdio(const char* out) {
   return 0;
 }
 
+int fdsFrom = -1;  // --fds-from: where descriptors for spawned programs arrive
+
+// Places `fds` at 3, 4, … in a child whose other descriptors are close-on-exec.
+// Each goes above the targets first, so no dup2 overwrites one still to move.
+void PlaceFds(const std::vector<int>& fds) {
+  int n = static_cast<int>(fds.size());
+  std::vector<int> high;
+  for (int fd : fds) high.push_back(fcntl(fd, F_DUPFD_CLOEXEC, 3 + n));
+  for (int i = 0; i < n; i++) dup2(high[i], 3 + i);
+}
+
+// The descriptors for one spawn: one message on --fds-from, sent before the command line.
+bool ReceiveFds(int count, std::vector<int>* fds) {
+  treestate::Message message;
+  const char* syscall = "";
+  if (fdsFrom < 0 || treestate::ReceiveMessage(fdsFrom, &message, &syscall) != 0) return false;
+  *fds = message.fds;
+  return static_cast<int>(fds->size()) == count;
+}
+
 // UMASK < 0: the reaper's own.
-pid_t Start(char* const argv[], bool newSession, bool stopped, const char* out, int mask, int* err) {
+pid_t Start(char* const argv[], bool newSession, bool stopped, const char* out, int mask, int* err,
+            const std::vector<int>& fds = {}) {
   int report[2];
   if (pipe2(report, O_CLOEXEC) < 0) {
     *err = errno;
@@ -99,6 +124,7 @@ pid_t Start(char* const argv[], bool newSession, bool stopped, const char* out, 
     if (newSession) setsid();
     if (mask >= 0) umask(static_cast<mode_t>(mask));
     int e = RedirectStdio(out);
+    PlaceFds(fds);
     if (e == 0 && stopped) e = treestate::TraceMe();
     if (e == 0) {
       execvp(argv[0], argv);
@@ -247,13 +273,13 @@ Command HandleCommands(std::string* buffer) {
     size_t nl = buffer->find('\n');
     if (nl == std::string::npos) return Command::kContinue;
     char id[64], out[4096];
-    int argc = 0;
+    int argc = 0, nfds = 0;
     unsigned mask = 0;
     std::string head = buffer->substr(0, nl);
     if (head == "kill") return Command::kKill;
     if (head == "detach") return Command::kDetach;
-    int fields = sscanf(head.c_str(), "spawn %63s %4095s %d %o", id, out, &argc, &mask);
-    if (fields < 3 || argc <= 0) {
+    int fields = sscanf(head.c_str(), "spawn %63s %4095s %d %d %o", id, out, &argc, &nfds, &mask);
+    if (fields < 3 || argc <= 0 || nfds < 0 || nfds > 16) {
       buffer->erase(0, nl + 1);
       continue;
     }
@@ -275,7 +301,14 @@ Command HandleCommands(std::string* buffer) {
     for (std::string& a : args) argv.push_back(&a[0]);
     argv.push_back(nullptr);
     int err = 0;
-    pid_t pid = Start(argv.data(), false, false, out, fields == 4 ? static_cast<int>(mask & 0777) : -1, &err);
+    std::vector<int> fds;
+    pid_t pid = -1;
+    if (nfds > 0 && !ReceiveFds(nfds, &fds)) {
+      err = errno ? errno : EBADF;
+    } else {
+      pid = Start(argv.data(), false, false, out, fields == 5 ? static_cast<int>(mask & 0777) : -1, &err, fds);
+    }
+    for (int fd : fds) close(fd);
     if (pid < 0) {
       Say(std::string("spawn-failed ") + id + " " + std::to_string(err));
     } else {
@@ -296,11 +329,12 @@ int main(int argc, char** argv) {
     else if (strcmp(argv[i], "--pid-ns") == 0) pidNamespace = true;
     else if (strcmp(argv[i], "--net-ns") == 0) netNamespace = true;
     else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) out = argv[++i];
+    else if (strcmp(argv[i], "--fds-from") == 0 && i + 1 < argc) fdsFrom = atoi(argv[++i]);
     else if (strcmp(argv[i], "--") == 0) { i++; break; }
     else break;
   }
   if (i >= argc) {
-    fprintf(stderr, "usage: treestate-reaper [--setsid] [--stopped] [--pid-ns [--net-ns]] [--out FILE] -- PROGRAM [ARG...]\n");
+    fprintf(stderr, "usage: treestate-reaper [--setsid] [--stopped] [--pid-ns [--net-ns]] [--out FILE] [--fds-from FD] -- PROGRAM [ARG...]\n");
     return 2;
   }
   if (pidNamespace) {

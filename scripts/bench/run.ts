@@ -1,5 +1,5 @@
 // npm run bench [-- --quick] [-- --json] [-- --runs N] [-- --save FILE] [-- --svg FILE]
-//                [-- --only TOOL,TOOL] [-- --sizes 7,121,1093,3280]
+//                [-- --only TOOL,TOOL] [-- --sizes 7,121,1093,3280]   (--only criu: the CRIU case alone)
 //
 // treestate beside its peers in one run: the same fixture trees, the same
 // operations, every tool in turn (round-robin within each run, so load that
@@ -14,6 +14,7 @@ import { packageRoot } from '../../src/native.ts';
 import { spawnTree, type TreeFixture } from '../../src/testing/index.ts';
 import { drawChart } from './chart.ts';
 import { OPS, tools, type Op, type Tool } from './peers.ts';
+import { criuTable, measureCriu, type CriuCase } from './criu.ts';
 
 interface Shape {
   label: string;
@@ -44,6 +45,8 @@ export interface BenchReport {
   settings: Record<string, string | number | boolean>;
   tools: Record<string, string>;
   cases: Case[];
+  /** treestate's dump and restore beside plain criu (`--only criu`, or every run as root). */
+  criu?: CriuCase[];
 }
 
 const args = process.argv.slice(2);
@@ -240,7 +243,9 @@ async function main(): Promise<void> {
     cases: [],
   };
   log(`treestate bench: ${runs} runs after ${warmup} warm-up, ${all.map((t) => t.name).join(', ')}`);
-  for (const shape of shapes) report.cases.push(...(await measureShape(shape, all)));
+  const withCriu = process.geteuid?.() === 0 && (!only || only.includes('criu'));
+  if (!only || all.length) for (const shape of shapes) report.cases.push(...(await measureShape(shape, all)));
+  if (withCriu) report.criu = await measureCriu(runs, warmup, log);
   const save = value('--save');
   if (save) writeFileSync(save, JSON.stringify(report, null, 2) + '\n');
   const svg = value('--svg');
@@ -252,6 +257,7 @@ async function main(): Promise<void> {
     process.stdout.write(`\nmachine: ${m.nproc} × ${m.cpu}, ${m.kernel}, Node ${m.node}, load at start ${m.loadAvgAtStart}\n`);
     process.stdout.write(`medians of ${runs} runs after ${warmup} warm-up; ratio to c-floor in brackets\n\n`);
     process.stdout.write(table(report) + '\n');
+    if (report.criu) process.stdout.write(criuTable(report.criu) + '\n');
     for (const [name, how] of Object.entries(report.tools)) process.stdout.write(`  ${name}: ${how}\n`);
   }
 }

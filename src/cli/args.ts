@@ -11,9 +11,9 @@ export class UsageError extends Error {
 export interface FlagSpec {
   /** Takes a value (`--timeout 500`, `--timeout=500`). */
   value?: boolean;
-  alias?: string;
-  /** May be given more than once (`-o A -o B`): read it with `repeated()`. */
+  /** May be given more than once (`--hook A=x --hook B=y`): its values go to `lists`. */
   repeat?: boolean;
+  alias?: string;
 }
 
 export interface Parsed {
@@ -21,12 +21,15 @@ export interface Parsed {
   flags: Map<string, string | true>;
   /** What came after `--`: passed on untouched (criu's own arguments). */
   extra: string[];
+  /** The values of repeatable flags, in order. */
+  lists: Map<string, string[]>;
 }
 
 export function parseArgs(argv: string[], spec: Record<string, FlagSpec>): Parsed {
   const positionals: string[] = [];
   const flags = new Map<string, string | true>();
   const extra: string[] = [];
+  const lists = new Map<string, string[]>();
   const byAlias = new Map(Object.entries(spec).flatMap(([name, s]) => (s.alias ? [[s.alias, name] as const] : [])));
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
@@ -47,14 +50,17 @@ export function parseArgs(argv: string[], spec: Record<string, FlagSpec>): Parse
     if (flag.value) {
       const value = eq > 0 ? arg.slice(eq + 1) : argv[++i];
       if (value === undefined || (eq < 0 && value.startsWith('--'))) throw new UsageError(`${name} needs a value`);
-      const before = flags.get(name);
-      flags.set(name, typeof before === 'string' ? `${before}\0${value}` : value);
+      if (flag.repeat) {
+        lists.set(name, [...(lists.get(name) ?? []), value]);
+        continue;
+      }
+      flags.set(name, value);
     } else {
       if (eq > 0) throw new UsageError(`${name} takes no value`);
       flags.set(name, true);
     }
   }
-  return { positionals, flags, extra };
+  return { positionals, flags, extra, lists };
 }
 
 /** The options part of argv: what comes before `--`. */
@@ -65,8 +71,7 @@ export function optionsPart(argv: string[]): string[] {
 
 /** Every value of a `repeat` flag, in order. */
 export function repeated(args: Parsed, name: string): string[] {
-  const v = args.flags.get(name);
-  return typeof v === 'string' ? v.split('\0') : [];
+  return args.lists.get(name) ?? [];
 }
 
 /** A value as a message may quote it: hostile input can be megabytes long. */

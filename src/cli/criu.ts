@@ -3,6 +3,8 @@ import { dump, preDump, restore, type CriuProgress, type CriuResult } from '../c
 import { hasDirtyTracking, locateCriu } from '../criu/locate.js';
 import { checkSockets } from '../criu/sockets-check.js';
 import { preflight } from '../criu/preflight.js';
+import { summarizeStats } from '../criu/rpc/stats.js';
+import { programHooks, type CriuHooks } from '../criu/rpc/hooks.js';
 import { UsageError, parseChoice, parseMs, parsePid, type FlagSpec, type Parsed } from './args.js';
 import type { Command, Io } from './main.js';
 import { printable, printableLines } from './render.js';
@@ -15,6 +17,7 @@ const shared: Record<string, FlagSpec> = {
   '--shell-job': {},
   '--tcp-established': {},
   '--network-lock': { value: true },
+  '--hook': { value: true, repeat: true },
 };
 
 /** For the verbs that write images: dump and pre-dump. */
@@ -36,6 +39,17 @@ function clearProgress(io: Io): void {
   if (io.tty && process.stderr.isTTY) process.stderr.write('\r\x1b[K');
 }
 
+/** --hook NAME=PROGRAM, repeatable: programs run at criu's notifications, as its action scripts. */
+function hooksOf(args: Parsed): CriuHooks | undefined {
+  const specs = args.lists.get('--hook');
+  if (!specs?.length) return undefined;
+  try {
+    return programHooks(specs);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
 function common(args: Parsed, io: Io, verb: string) {
   return {
     imagesDir: imagesDir(args, verb),
@@ -45,6 +59,7 @@ function common(args: Parsed, io: Io, verb: string) {
     tcpEstablished: args.flags.has('--tcp-established'),
     networkLock: parseChoice('--network-lock', args.flags.get('--network-lock'), ['iptables', 'nftables', 'skip'] as const),
     allowSharedDir: args.flags.has('--allow-shared-dir'),
+    hooks: hooksOf(args),
     onProgress: progress(io),
     extraArgs: args.extra,
   };
@@ -67,7 +82,7 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
     io.out(
       args.flags.has('--json')
         ? JSON.stringify(r, null, 2)
-        : `criu ${r.verb}: the tree of ${r.root} is ${r.state}${r.verified ? `; the images restore (verified: ${r.verified.processes} processes, ${r.verified.threads} threads, in ${r.verified.elapsedMs} ms)` : ''}${r.cgroup ? ` in ${printable(r.cgroup)}` : ''}${r.pidNamespace ? ` (pid ${r.pidNamespace.pid} in a new pid namespace, whose init is ${r.pidNamespace.init})` : ''} (images in ${printable(r.imagesDir)}, ${r.elapsedMs} ms, log ${printable(r.logFile)})${linkRemapNote(r)}`,
+        : `criu ${r.verb}: the tree of ${r.root} is ${r.state}${r.verified ? `; the images restore (verified: ${r.verified.processes} processes, ${r.verified.threads} threads, in ${r.verified.elapsedMs} ms)` : ''}${r.cgroup ? ` in ${printable(r.cgroup)}` : ''}${r.pidNamespace ? ` (pid ${r.pidNamespace.pid} in a new pid namespace, whose init is ${r.pidNamespace.init})` : ''} (images in ${printable(r.imagesDir)}, ${r.elapsedMs} ms${r.stats ? `, ${summarizeStats(r.stats)}` : ''}, log ${printable(r.logFile)})${linkRemapNote(r)}`,
     );
     return 0;
   } catch (e) {
@@ -78,7 +93,7 @@ async function report(io: Io, args: Parsed, work: Promise<CriuResult>): Promise<
 
 export const criuCommands: Record<string, Command> = {
   dump: {
-    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--verify] [--prev DIR] [--allow-shared-dir] [--keep-link-remaps] [--shell-job] [--tcp-established] [--network-lock M] [--timeout MS] [--criu PATH] [--json] [-- CRIU-ARGS]',
+    usage: 'dump PID -D DIR [--final-state dead|running|stopped] [--verify] [--prev DIR] [--allow-shared-dir] [--keep-link-remaps] [--shell-job] [--tcp-established] [--network-lock M] [--hook NAME=PROGRAM]… [--timeout MS] [--criu PATH] [--json] [-- CRIU-ARGS]',
     summary: 'criu dump, leaving the tree dead (default), running or stopped, verified',
     flags: { ...shared, ...shareable, '--final-state': { value: true }, '--prev': { value: true }, '--verify': {}, '--keep-link-remaps': {} },
     extra: true,
@@ -90,7 +105,7 @@ export const criuCommands: Record<string, Command> = {
     },
   },
   restore: {
-    usage: 'restore -D DIR [--final-state running|stopped] [--pid-ns new] [--cgroup [--name N]] [--shell-job] [--tcp-established] [--network-lock M] [--timeout MS] [--criu PATH] [--json] [-- CRIU-ARGS]',
+    usage: 'restore -D DIR [--final-state running|stopped] [--pid-ns new] [--cgroup [--name N]] [--shell-job] [--tcp-established] [--network-lock M] [--hook NAME=PROGRAM]… [--timeout MS] [--criu PATH] [--json] [-- CRIU-ARGS]',
     summary: 'criu restore, leaving the tree running (default) or stopped, verified; --cgroup: into a cgroup of its own, as a run tree',
     flags: { ...shared, '--final-state': { value: true }, '--pid-ns': { value: true }, '--cgroup': {}, '--name': { value: true } },
     extra: true,
@@ -105,7 +120,7 @@ export const criuCommands: Record<string, Command> = {
     },
   },
   predump: {
-    usage: 'predump PID -D DIR [--prev DIR] [--allow-shared-dir] [--shell-job] [--tcp-established] [--network-lock M] [--timeout MS] [--criu PATH] [--json] [-- CRIU-ARGS]',
+    usage: 'predump PID -D DIR [--prev DIR] [--allow-shared-dir] [--shell-job] [--tcp-established] [--network-lock M] [--hook NAME=PROGRAM]… [--timeout MS] [--criu PATH] [--json] [-- CRIU-ARGS]',
     summary: 'criu pre-dump (the tree keeps running); needs dirty-memory tracking',
     flags: { ...shared, ...shareable, '--prev': { value: true } },
     extra: true,

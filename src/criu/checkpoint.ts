@@ -1,9 +1,9 @@
 // dump, pre-dump and restore through the real criu, ending in the final state
 // the caller chose, and proving it: after criu exits the engine confirms the
 // state (criu detaches with SIGSTOP without waiting, so T can show late).
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, dirname, join, relative } from 'node:path';
 import { TreeStateError, describePids, describeThreads, hasCode, plural } from '../errors.js';
 import { DURATION, checkNumbers } from '../options.js';
 import { checkNotSelf, checkPid, getTreeState, refuseDeadRoot, type TreeState } from '../tree.js';
@@ -19,7 +19,12 @@ import { criuErrorLines, diagnoseCriuFailure } from './diagnose.js';
 import { stopCriu, type CriuStop } from './interrupt.js';
 import { removeLinkRemaps, type LinkRemapCleanup } from './leftovers.js';
 import { waitForImagePids } from './preflight-pids.js';
-import { childProcessRunner, type CommandRunner } from './runner.js';
+import { childProcessRunner, type CommandRunner, type RunningCommand } from './runner.js';
+import { connectCriu } from './rpc/client.js';
+import { hasHooks, hookHandler, type CriuHooks, type HookLog } from './rpc/hooks.js';
+import { NetworkLockMethod, type CriuReqMessage, type CriuRespMessage } from './rpc/proto.js';
+import { dumpRequest, preDumpRequest, restoreRequest, type RequestPlaces } from './rpc/requests.js';
+import { readDumpStats, type DumpStats } from './rpc/stats.js';
 
 export type CriuVerb = 'dump' | 'restore' | 'pre-dump';
 
@@ -48,6 +53,8 @@ export interface CriuOptions extends CriuFlags {
   allowSharedDir?: boolean;
   /** Starts criu; the testing harness passes its reaper so restored trees land there. */
   runner?: CommandRunner;
+  /** Callbacks for criu's notifications, each awaited while criu waits (see docs/criu-rpc.md). */
+  hooks?: CriuHooks;
   onProgress?: (progress: CriuProgress) => void;
 }
 
@@ -108,8 +115,12 @@ export interface CriuResult {
   imagesDir: string;
   logFile: string;
   criu: { path: string; version: string };
-  /** criu's argument vector. */
+  /** criu's argument vector: `swrk 3` over RPC (the request is `request`), the whole command line otherwise (see criu()). */
   argv: string[];
+  /** The RPC request's options, without the descriptors (absent on the command line). */
+  request?: Record<string, unknown>;
+  /** Dump: criu's statistics (from its stats-dump). */
+  stats?: DumpStats;
   elapsedMs: number;
   /** A restore into a new pid namespace: the root's pid there and the namespace's init (host pid). */
   pidNamespace?: PidNamespaceInfo;
@@ -160,32 +171,66 @@ function readText(path: string): string {
 
 interface Run {
   info: CriuInfo;
+  /** The command line; over RPC, `swrk 3`. */
   argv: string[];
   logFile: string;
   started: number;
+  /** Over RPC (criu swrk): the request, and the tree's root as the hooks should first see it. */
+  request?: CriuReqMessage;
+  root?: number;
 }
 
-/** Runs criu once with a timeout and progress; resolves when it exited 0, otherwise rejects with ECRIU/ETIMEDOUT. */
-async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFailure: () => Promise<string>): Promise<void> {
+/**
+ * Runs criu once with a timeout and progress: over RPC (`criu swrk`, the
+ * request answered by one response, notifications by the hooks), or as a
+ * command line (see criu()). Resolves with criu's response when it succeeded
+ * (undefined on the command line); otherwise rejects with ECRIU, EHOOK or
+ * ETIMEDOUT.
+ */
+async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFailure: () => Promise<string>): Promise<CriuRespMessage | undefined> {
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const out = `${run.logFile}.out`;
   const progress = options.onProgress;
   const tick = progress ? setInterval(() => progress({ verb, phase: 'running criu', elapsedMs: performance.now() - run.started }), 250) : undefined;
   try {
     progress?.({ verb, phase: 'running criu', elapsedMs: performance.now() - run.started });
+    const runner = options.runner ?? childProcessRunner;
+    const hooks: HookLog = { seen: [] };
+    let running: RunningCommand;
+    let answered: Promise<CriuRespMessage | null> = Promise.resolve(null);
+    let hangUp = () => {};
     // umask 077: criu creates images 0644 and its logs as the umask allows,
     // and images hold the tree's memory.
-    const running = await (options.runner ?? childProcessRunner).run(run.info.path, run.argv, { out, umask: CRIU_UMASK });
+    if (run.request) {
+      const connection = await connectCriu(run.info.path, runner, out, CRIU_UMASK);
+      running = connection;
+      hangUp = connection.close;
+      const onNotify = hasHooks(options.hooks) ? hookHandler(options.hooks!, hooks, run.root) : undefined;
+      answered = connection.call(run.request, onNotify).finally(hangUp);
+    } else {
+      running = await runner.run(run.info.path, run.argv, { out, umask: CRIU_UMASK });
+    }
     let stopping: Promise<CriuStop> | undefined;
+    let gone = (_: null) => {};
+    // A hook that never settles would keep us from reading criu's end of
+    // file: once the timeout has stopped criu, stop waiting for the answer.
+    const stoppedAndGone = new Promise<null>((resolve) => (gone = resolve));
     const timer = setTimeout(() => {
       stopping = stopCriu(verb, running);
+      void stopping.then(() => running.exited).then(() => gone(null));
     }, timeoutMs);
+    const resp = await Promise.race([answered, stoppedAndGone]);
+    hangUp();
+    // criu has answered: the restored tree is still swrk's child until swrk
+    // exits, and a late timeout must not kill it with swrk.
+    if (resp) clearTimeout(timer);
     const exit = await running.exited.finally(() => clearTimeout(timer));
+    const ok = run.request ? resp?.success === true : exit.code === 0;
     const stop = await stopping;
-    // criu may exit 0 after the timer fired: it was exiting already, or it
+    // criu may succeed after the timer fired: it was exiting already, or it
     // finished the dump it was interrupted in (SIGALRM does not always make
     // it give up). That criu finished, and its tree is verified like any other.
-    const finished = stop && exit.code === 0 && stop.killed.length === 0;
+    const finished = stop && ok && stop.killed.length === 0;
     if (stop && !finished) {
       const also = stop.killed.length ? ` together with the ${plural(stop.killed.length, 'process')} it had started (${describePids(stop.killed)})` : '';
       const how = stop.how === 'killed' ? `was killed${also}` : "was interrupted (SIGALRM, criu's own timeout signal) and gave up";
@@ -193,18 +238,90 @@ async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFail
         details: { logFile: run.logFile, argv: run.argv, killed: stop.killed, how: stop.how },
       });
     }
-    if (exit.code !== 0) {
-      const log = readText(run.logFile);
-      const lines = [...criuErrorLines(log), ...criuErrorLines(readText(out), 3)];
-      const how = exit.code === null ? `was killed by signal ${exit.signal}` : `exited with ${exit.code}`;
-      const cause = await diagnoseCriuFailure(lines);
-      const hint = /Iptables configuration failed|nftables.*(fail|error)|Can't lock network/i.test(log) ? ` (${NETWORK_LOCK_HINT})` : '';
-      throw new TreeStateError('ECRIU', `criu ${verb} ${how}${cause ? `: ${cause}` : ''}${hint}; ${await afterFailure()}; log: ${run.logFile}${lines.length ? `\n  ${lines.join('\n  ')}` : ''}`, {
-        details: { logFile: run.logFile, argv: run.argv, exitCode: exit.code, signal: exit.signal, errors: lines, ...(cause ? { cause } : {}) },
+    if (hooks.failure) {
+      const { hook, notification, error } = hooks.failure;
+      const why = error instanceof Error ? error.message : String(error);
+      // pre-resume and post-resume cannot stop criu: the tree is restored (and left stopped: treestate restores stopped).
+      const after = ok && resp?.restore?.pid ? `criu ${verb} went on: ${await describeTree(resp.restore.pid)}` : await afterFailure();
+      throw new TreeStateError('EHOOK', `the ${hook} hook (criu's ${notification}) failed: ${why}; ${after}; log: ${run.logFile}`, {
+        cause: error,
+        ...(resp?.restore?.pid ? { pid: resp.restore.pid } : {}),
+        details: { hook, notification, criuSucceeded: ok, notifications: hooks.seen, logFile: run.logFile, ...(resp?.restore?.pid ? { root: resp.restore.pid } : {}) },
       });
     }
+    if (!ok) {
+      const log = readText(run.logFile);
+      const lines = [...criuErrorLines(log), ...criuErrorLines(readText(out), 3)];
+      // criu's first error (cr_errmsg) is the reason, unless it is the
+      // RLIMIT_NOFILE one criu logs and survives: then the first one after it.
+      // cr_errno is sent only when criu set one.
+      const first = resp?.cr_errmsg && !/RLIMIT_NOFILE/.test(resp.cr_errmsg) ? resp.cr_errmsg.trim() : criuErrorLines(log, Infinity)[0]?.replace(/^\([\d.]+\)\s*/, '');
+      // A cause treestate recognises comes first; criu's own lines follow.
+      const cause = await diagnoseCriuFailure(lines);
+      const how = resp
+        ? `failed: ${cause ?? (first || 'criu gave no reason')}`
+        : `${exit.code === null ? `was killed by signal ${exit.signal}` : `exited with ${exit.code}${run.request ? ' without answering' : ''}`}${cause ? `: ${cause}` : ''}`;
+      const hint = /Iptables configuration failed|nftables.*(fail|error)|Can't lock network/i.test(log) ? ` (${NETWORK_LOCK_HINT})` : '';
+      throw new TreeStateError('ECRIU', `criu ${verb} ${how}${hint}; ${await afterFailure()}; log: ${run.logFile}${lines.length ? `\n  ${lines.join('\n  ')}` : ''}`, {
+        ...(resp?.cr_errno ? { errno: resp.cr_errno } : {}),
+        details: { logFile: run.logFile, argv: run.argv, exitCode: exit.code, signal: exit.signal, errors: lines, ...(cause ? { cause } : {}), ...(resp?.cr_errmsg ? { criuError: resp.cr_errmsg } : {}) },
+      });
+    }
+    return resp ?? undefined;
   } finally {
     clearInterval(tick);
+  }
+}
+
+/**
+ * The directories criu reads by descriptor (through /proc/OUR_PID/fd/N, its
+ * peer's), opened for the run: the images, and the log's as work directory
+ * (criu takes a log name without directories, and writes stats-dump there).
+ */
+function openPlaces(imagesDir: string, logFile: string): RequestPlaces & { close(): void } {
+  const flags = constants.O_RDONLY | constants.O_DIRECTORY;
+  const imagesDirFd = openSync(imagesDir, flags);
+  let workDirFd: number;
+  try {
+    workDirFd = openSync(dirname(logFile), flags);
+  } catch (e) {
+    closeSync(imagesDirFd);
+    throw new TreeStateError('EINVAL', `cannot open the log's directory ${dirname(logFile)}: ${(e as Error).message}`, { cause: e });
+  }
+  return { imagesDirFd, workDirFd, logName: basename(logFile), close: () => (closeSync(imagesDirFd), closeSync(workDirFd)) };
+}
+
+/**
+ * Runs criu for one verb: over RPC, or as a command line where RPC cannot
+ * serve: `extraArgs` (a request carries no free-form arguments), and the
+ * runs whose runner starts criu as its first program and so cannot hand it
+ * the socket (a restore into a new pid namespace or into a cgroup of its
+ * own), or that need an option the request subset lacks (--freeze-cgroup).
+ */
+async function criu(
+  verb: CriuVerb,
+  options: CriuOptions,
+  b: { info: CriuInfo; started: number },
+  placed: Placed,
+  how: { commandLine: () => string[]; request: (places: RequestPlaces) => CriuReqMessage; onCommandLine?: boolean; root?: number },
+  afterFailure: () => Promise<string>,
+): Promise<{ argv: string[]; request?: Record<string, unknown>; resp?: CriuRespMessage }> {
+  const run = { info: b.info, logFile: placed.logFile, started: b.started };
+  if (options.extraArgs?.length || how.onCommandLine) {
+    const argv = how.commandLine();
+    await runCriu(verb, options, { ...run, argv }, afterFailure);
+    return { argv };
+  }
+  const places = openPlaces(placed.imagesDir, placed.logFile);
+  try {
+    const req = how.request(places);
+    const argv = ['swrk', '3'];
+    const resp = await runCriu(verb, options, { ...run, argv, request: req, root: how.root }, afterFailure);
+    const { images_dir_fd: _i, work_dir_fd: _w, network_lock, ...shown } = req.opts ?? { images_dir_fd: -1 };
+    const lock = Object.entries(NetworkLockMethod).find(([, v]) => v === network_lock)?.[0];
+    return { argv, request: { ...shown, ...(lock ? { network_lock: lock } : {}) }, resp };
+  } finally {
+    places.close();
   }
 }
 
@@ -285,9 +402,22 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
   const placed = place('dump', options, prepareDumpDir(options.imagesDir, options.allowSharedDir === true));
   // A tree that owns its cgroup is seized by freezing it: one step, forks included.
   const freezeCgroup = (await ownedCgroup(root))?.cgroup;
-  const argv = dumpArgs(root, placed.imagesDir, placed.logFile, finalState, { ...withNetworkLock(options), prevImagesDir, freezeCgroup });
+  const flags = withNetworkLock(options);
   // A failed dump leaves the tree running (criu resumes it): say what we see.
-  await runCriu('dump', options, { info: b.info, argv, logFile: placed.logFile, started: b.started }, () => describeTree(root));
+  const { argv, request } = await criu(
+    'dump',
+    options,
+    b,
+    placed,
+    {
+      commandLine: () => dumpArgs(root, placed.imagesDir, placed.logFile, finalState, { ...flags, prevImagesDir, freezeCgroup }),
+      request: (places) => dumpRequest(root, finalState, places, { ...flags, parentImg: prevImagesDir && (relative(placed.imagesDir, prevImagesDir) || '.') }, options.hooks),
+      onCommandLine: Boolean(freezeCgroup),
+      root,
+    },
+    () => describeTree(root),
+  );
+  const stats = readDumpStats(dirname(placed.logFile));
   options.onProgress?.({ verb: 'dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
   let continued = false;
   if (finalState === 'running' && before.counts.stopped > 0) {
@@ -307,7 +437,7 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
   const processes = await verify('dump', root, finalState, options);
   const networkLocked = finalState === 'stopped' && Boolean(options.tcpEstablished);
   const linkRemaps = finalState === 'dead' || options.keepLinkRemaps ? undefined : await removeLinkRemaps(placed.imagesDir, root);
-  const dumped = { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, placed, argv), continued, ...(linkRemaps?.removed.length || linkRemaps?.left.length ? { linkRemaps } : {}), ...(networkLocked ? { networkLocked } : {}), ...(freezeCgroup ? { cgroup: freezeCgroup } : {}) };
+  const dumped = { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, placed, argv), request, ...(stats ? { stats } : {}), continued, ...(linkRemaps?.removed.length || linkRemaps?.left.length ? { linkRemaps } : {}), ...(networkLocked ? { networkLocked } : {}), ...(freezeCgroup ? { cgroup: freezeCgroup } : {}) };
   if (!options.verify) return dumped;
   options.onProgress?.({ verb: 'dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
   if (finalState !== 'dead') {
@@ -338,10 +468,20 @@ export async function preDump(pid: number, options: PreDumpOptions): Promise<Cri
   refuseDeadRoot((await getTreeState(root)).processes[0], 'pre-dump');
   const prevImagesDir = options.prevImagesDir ? checkImagesDir(options.prevImagesDir, 'the previous images directory') : undefined;
   const placed = place('pre-dump', options, prepareDumpDir(options.imagesDir, options.allowSharedDir === true));
-  const argv = preDumpArgs(root, placed.imagesDir, placed.logFile, { ...options, prevImagesDir });
-  await runCriu('pre-dump', options, { info: b.info, argv, logFile: placed.logFile, started: b.started }, () => describeTree(root));
+  const { argv, request } = await criu(
+    'pre-dump',
+    options,
+    b,
+    placed,
+    {
+      commandLine: () => preDumpArgs(root, placed.imagesDir, placed.logFile, { ...options, prevImagesDir }),
+      request: (places) => preDumpRequest(root, places, { ...options, parentImg: prevImagesDir && (relative(placed.imagesDir, prevImagesDir) || '.') }, options.hooks),
+      root,
+    },
+    () => describeTree(root),
+  );
   options.onProgress?.({ verb: 'pre-dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
-  return result('pre-dump', root, 'running', await verify('pre-dump', root, 'running', options), b, placed, argv);
+  return { ...result('pre-dump', root, 'running', await verify('pre-dump', root, 'running', options), b, placed, argv), request };
 }
 
 /** criu restore --restore-detached, leaving the tree running (default) or stopped; resolves with the restored root. */
@@ -370,17 +510,30 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
     // the tree deterministically ends as asked, whatever it was at dump time.
     const inOwnCgroup = Boolean(options.cgroup);
     const runner = namespace ?? (inOwnCgroup ? cgroupRestoreRunner(pidFile, { name: typeof options.cgroup === 'string' ? options.cgroup : undefined }) : options.runner);
-    const argv = restoreArgs(placed.imagesDir, placed.logFile, pidFile, 'stopped', { ...withNetworkLock(options), inOwnCgroup });
-    await runCriu('restore', { ...options, runner }, { info: b.info, argv, logFile: placed.logFile, started: b.started }, async () => 'criu removes what it had restored when it fails');
-    const written = Number(readText(pidFile).trim());
-    if (!Number.isSafeInteger(written) || written <= 0) throw new TreeStateError('ECRIU', `criu restore exited 0 but wrote no root pid to ${pidFile}; log: ${placed.logFile}`);
+    const flags = withNetworkLock(options);
+    // The pid-namespace and cgroup runners start criu as their first program:
+    // a command line with a pid file. Over RPC the root comes in criu's answer.
+    const { argv, request, resp } = await criu(
+      'restore',
+      { ...options, runner },
+      b,
+      placed,
+      {
+        commandLine: () => restoreArgs(placed.imagesDir, placed.logFile, pidFile, 'stopped', { ...flags, inOwnCgroup }),
+        request: (places) => restoreRequest(places, flags, options.hooks),
+        onCommandLine: Boolean(namespace) || inOwnCgroup,
+      },
+      async () => 'criu removes what it had restored when it fails',
+    );
+    const written = resp ? resp.restore?.pid ?? 0 : Number(readText(pidFile).trim());
+    if (!Number.isSafeInteger(written) || written <= 0) throw new TreeStateError('ECRIU', `criu restore succeeded but gave no root pid; log: ${placed.logFile}`);
     const located = namespace?.locate(written);
     const root = located?.host ?? written;
     options.onProgress?.({ verb: 'restore', phase: 'verifying', elapsedMs: performance.now() - b.started });
     await verify('restore', root, 'stopped', options);
     if (finalState === 'running') await continueTree(root);
     const cgroup = (runner as { cgroup?: string } | undefined)?.cgroup;
-    const done = { ...result('restore', root, finalState, await verify('restore', root, finalState, options), b, placed, argv), continued: finalState === 'running', ...(inOwnCgroup && cgroup ? { cgroup } : {}) };
+    const done = { ...result('restore', root, finalState, await verify('restore', root, finalState, options), b, placed, argv), request, continued: finalState === 'running', ...(inOwnCgroup && cgroup ? { cgroup } : {}) };
     kept = true;
     return located ? { ...done, pidNamespace: { pid: located.pid, init: located.init } } : done;
   } finally {

@@ -2,14 +2,17 @@
 // project-local one (scripts/setup-criu.sh), then PATH. The oldest usable
 // CRIU follows the kernel (minCriuVersion).
 import { execFile } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
-import { release } from 'node:os';
+import { accessSync, constants, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { release, tmpdir } from 'node:os';
 import { delimiter, join, resolve } from 'node:path';
 import { TreeStateError } from '../errors.js';
 import { packageRoot } from '../native.js';
 import { UntrustedPath, walkTrusted } from './trust.js';
 import { readVerdict, writeVerdict } from './verdicts.js';
 import { privilegeCause } from './diagnose.js';
+import { connectCriu } from './rpc/client.js';
+import { ReqType, type CriuRespMessage } from './rpc/proto.js';
+import { childProcessRunner } from './runner.js';
 
 export interface CriuInfo {
   path: string;
@@ -104,15 +107,19 @@ async function verify(path: string, source: CriuInfo['source']): Promise<CriuInf
   if (!versionAtLeast(version)) {
     throw new TreeStateError('ENOCRIU', `criu at ${path} is version ${version}; this kernel (${release()}) needs ${MIN_VERSION.join('.')} or newer. ${HOW_TO_GET}`);
   }
-  // criu logs some errors it survives (RLIMIT_NOFILE); only the exit code counts.
-  const check = await runFile(path, ['check']);
-  if (check.code !== 0) {
-    const privileges = privilegeCause(`${check.stdout}\n${check.stderr}`);
+  // criu logs some errors it survives (RLIMIT_NOFILE); only its answer counts.
+  const asked = await askCriu(path, true);
+  if (!asked.check?.success) {
+    // Over RPC criu does not print why it lacks privileges; its command line
+    // does: asked only on this failure path, so a user reads criu's own words.
+    const direct = await runFile(path, ['check']);
+    const privileges = privilegeCause(`${asked.output}\n${direct.stdout}\n${direct.stderr}`);
     if (privileges) throw new TreeStateError('EPERM', privileges);
-    const why = `${check.stdout}\n${check.stderr}`.trim().split('\n').filter((l) => /error|fail/i.test(l)).slice(-3).join('; ');
-    throw new TreeStateError('ENOCRIU', `criu at ${path} fails \`criu check\`${why ? `: ${why}` : ''}. ${HOW_TO_GET}`);
+    const why = asked.output.trim().split('\n').filter((l) => /error|fail/i.test(l) && !/RLIMIT_NOFILE/.test(l)).slice(-3).join('; ');
+    throw new TreeStateError('ENOCRIU', `criu at ${path} fails \`criu check\`${why ? `: ${why}` : asked.check?.cr_errmsg ? `: ${asked.check.cr_errmsg.trim()}` : ''}. ${HOW_TO_GET}`);
   }
-  const verdict = { version, check: check.stdout.trim() || 'Looks good.' };
+  if (asked.memTrack !== undefined) writeVerdict(path, 'mem_dirty_track', asked.memTrack);
+  const verdict = { version, check: asked.output.trim().split('\n').filter((l) => !/RLIMIT_NOFILE/.test(l)).pop() || 'Looks good.' };
   writeVerdict(path, 'check', verdict);
   return { path, source, ...verdict, cached: false };
 }
@@ -148,6 +155,44 @@ function checkTrusted(path: string): void {
   if (stats && !stats.isFile()) throw new TreeStateError('EUNTRUSTED', `refusing to run criu at ${path} as root: it is not a regular file`);
 }
 
+/**
+ * One `criu swrk` asked whether the kernel tracks dirty memory
+ * (FEATURE_CHECK mem_track) and, with `check`, for `criu check`'s verdict
+ * (CHECK, which criu accepts only as the last request of a session). What
+ * criu printed (it logs CHECK to its stdout/stderr) comes back as `output`.
+ */
+async function askCriu(path: string, check: boolean): Promise<{ memTrack?: boolean; check?: CriuRespMessage; output: string }> {
+  const dir = mkdtempSync(join(tmpdir(), 'treestate-criu-'));
+  const out = join(dir, 'swrk.out');
+  try {
+    let connection;
+    try {
+      connection = await connectCriu(path, childProcessRunner, out);
+    } catch (e) {
+      throw new TreeStateError('ENOCRIU', `criu at ${path} does not run (${(e as Error).message}). ${HOW_TO_GET}`, { cause: e });
+    }
+    try {
+      const features = await connection.call({ type: ReqType.FEATURE_CHECK, features: { mem_track: true }, keep_open: check });
+      const memTrack = features?.success ? features.features?.mem_track === true : undefined;
+      const verdict = check && features ? await connection.call({ type: ReqType.CHECK }) : undefined;
+      return { memTrack, check: verdict ?? undefined, output: readText(out) };
+    } finally {
+      connection.close();
+      await connection.exited;
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function readText(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
 /** The criu to use, verified (version and `criu check`); cached per path for this process. */
 export async function locateCriu(explicit?: string): Promise<CriuInfo> {
   const candidate = criuCandidates(explicit).find((c) => executable(c.path) || c.source === 'option' || c.source === 'env');
@@ -168,11 +213,11 @@ export async function locateCriu(explicit?: string): Promise<CriuInfo> {
 export async function hasDirtyTracking(criu: CriuInfo): Promise<boolean> {
   const kept = readVerdict<boolean>(criu.path, 'mem_dirty_track');
   if (kept !== undefined) return kept;
-  const r = await runFile(criu.path, ['check', '--feature', 'mem_dirty_track']);
-  // criu prints "Dirty tracking is OFF" with exit 0 where the kernel lacks it;
-  // a criu that could not run says nothing to keep.
-  if (r.code !== 0 && !/Dirty tracking is OFF|mem_dirty_track/.test(r.stderr + r.stdout)) return false;
-  const tracking = r.code === 0 && !/Dirty tracking is OFF/.test(r.stderr + r.stdout);
-  writeVerdict(criu.path, 'mem_dirty_track', tracking);
-  return tracking;
+  // FEATURE_CHECK mem_track: criu's kerndat has_dirty_track, what `criu check
+  // --feature mem_dirty_track` prints as "Dirty tracking is OFF". A criu
+  // that could not answer says nothing to keep.
+  const { memTrack } = await askCriu(criu.path, false);
+  if (memTrack === undefined) return false;
+  writeVerdict(criu.path, 'mem_dirty_track', memTrack);
+  return memTrack;
 }

@@ -19,6 +19,8 @@ export interface RunOptions {
   out: string;
   /** The program's umask (criu's decides its images' modes: treestate asks for 0o077). */
   umask?: number;
+  /** Descriptors the program gets as fds 3, 4, …, in this order (criu swrk's socket). */
+  fds?: number[];
 }
 
 export interface CommandRunner {
@@ -50,10 +52,11 @@ export function withUmask<T>(umask: number | undefined, work: () => T): T {
 }
 
 export const childProcessRunner: CommandRunner = {
-  async run(file, args, { out, umask }) {
+  async run(file, args, { out, umask, fds = [] }) {
     const fd = openSync(out, OUT_FLAGS, 0o600);
     try {
-      const child = withUmask(umask, () => spawn(file, args, { stdio: ['ignore', fd, fd] }));
+      // libuv dup2s each of `fds` into place in the child, which clears close-on-exec there only.
+      const child = withUmask(umask, () => spawn(file, args, { stdio: ['ignore', fd, fd, ...fds] }));
       const exited = new Promise<CommandExit>((resolve, reject) => {
         child.once('error', reject);
         child.once('exit', (code, signal) => resolve({ code, signal }));

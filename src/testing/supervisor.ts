@@ -3,9 +3,10 @@
 // zombie of pid 1 and a CRIU restore right after a kill finds its pids free.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
+import { closeSync } from 'node:fs';
 import type { CommandExit, CommandRunner, RunOptions, RunningCommand } from '../criu/runner.js';
 import { TreeStateError } from '../errors.js';
-import { nativeExecutable } from '../native.js';
+import { native, nativeExecutable } from '../native.js';
 
 export interface SuperviseOptions {
   /** Start the program in a session of its own (what CRIU wants of a tree it dumps without --shell-job). Default true. */
@@ -37,6 +38,8 @@ export class Supervisor implements CommandRunner {
 
   private constructor(
     private readonly child: ChildProcess,
+    /** Our end of the socket that carries descriptors to the reaper for `run` (its --fds-from). */
+    private readonly fdChannel: number,
     root: number,
     lines: AsyncIterator<string>,
     command: string[],
@@ -55,18 +58,25 @@ export class Supervisor implements CommandRunner {
   }
 
   static async start(file: string, args: string[] = [], options: SuperviseOptions = {}): Promise<Supervisor> {
-    const flags = [...(options.setsid === false ? [] : ['--setsid']), ...(options.stopped ? ['--stopped'] : []), ...(options.out ? ['--out', options.out] : [])];
-    const child = spawn(nativeExecutable('treestate-reaper'), [...flags, '--', file, ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const flags = [...(options.setsid === false ? [] : ['--setsid']), ...(options.stopped ? ['--stopped'] : []), ...(options.out ? ['--out', options.out] : []), '--fds-from', '3'];
+    const [fdChannel, reaperEnd] = native().seqpacketPair();
+    let child: ChildProcess;
+    try {
+      child = spawn(nativeExecutable('treestate-reaper'), [...flags, '--', file, ...args], { stdio: ['pipe', 'pipe', 'inherit', reaperEnd] });
+    } finally {
+      closeSync(reaperEnd);
+    }
     const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
     const first = await lines.next();
     const match = /^pid (\d+)$/.exec(first.done ? '' : first.value);
     if (!match) {
+      closeSync(fdChannel);
       child.stdin!.end();
       await new Promise((resolve) => (child.exitCode === null ? child.once('exit', resolve) : resolve(null)));
       const why = first.done ? 'the reaper exited' : first.value.replace(/^error \d+ /, '');
       throw new TreeStateError('ESPAWN', `cannot start ${file}: ${why}`);
     }
-    return new Supervisor(child, Number(match[1]), lines, [file, ...args]);
+    return new Supervisor(child, fdChannel, Number(match[1]), lines, [file, ...args]);
   }
 
   private onLine(line: string): void {
@@ -89,16 +99,22 @@ export class Supervisor implements CommandRunner {
     return new Promise((resolve) => this.waiters.set(pid, resolve));
   }
 
-  /** Runs another program as a child of the reaper (criu restore, so the restored tree lands here). */
+  /**
+   * Runs another program as a child of the reaper (criu, so that a tree it
+   * restores lands here when it exits); `fds` become its fds 3, 4, ….
+   */
   async run(file: string, args: string[], options: RunOptions): Promise<RunningCommand> {
     if (args.some((a) => a.includes('\n')) || /\s/.test(options.out)) {
       throw new TreeStateError('EINVAL', 'arguments run under the reaper cannot hold newlines, nor the output path white space');
     }
     const id = String(this.nextId++);
+    const fds = options.fds ?? [];
+    // The descriptors go first: the reaper reads them when the command line arrives.
+    if (fds.length) await native().sendMessage(this.fdChannel, Buffer.from(id), fds);
     const pid = await new Promise<number>((resolve, reject) => {
       this.spawns.set(id, { resolve, reject });
       const umask = options.umask === undefined ? '' : ` ${(options.umask & 0o777).toString(8)}`;
-      this.child.stdin!.write(`spawn ${id} ${options.out} ${args.length + 1}${umask}\n${[file, ...args].join('\n')}\n`);
+      this.child.stdin!.write(`spawn ${id} ${options.out} ${args.length + 1} ${fds.length}${umask}\n${[file, ...args].join('\n')}\n`);
     });
     this.spawns.delete(id);
     return { pid, exited: this.exited(pid) };
@@ -110,6 +126,7 @@ export class Supervisor implements CommandRunner {
     const ended = new Promise((resolve) => (this.child.exitCode !== null || this.child.signalCode !== null ? resolve(null) : this.child.once('exit', resolve)));
     this.child.stdin!.end('kill\n');
     await Promise.all([ended, this.done]);
+    closeSync(this.fdChannel);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
