@@ -69,6 +69,11 @@ int ReadChildrenAt(int procfd, int taskfd, pid_t tid, std::vector<pid_t>* out,
                    Fd* kept = nullptr);
 // TracerPid of one thread (from .../task/TID/status); 0 when not traced.
 pid_t ReadTracer(pid_t pid, pid_t tid);
+// The thread group (process) of the task an fd of /proc/N was opened for.
+// /proc/TID opens for any thread, though readdir lists only processes, and
+// a signal sent through it reaches the whole process: N names a process
+// only when this is N itself.
+int ReadTgidAt(int procfd, pid_t* tgid);
 
 // Whether /proc/PID/task/TID/children exists (CONFIG_PROC_CHILDREN).
 bool ChildrenFilesSupported();

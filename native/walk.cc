@@ -215,8 +215,10 @@ struct Pending {
 // Reads one process of the pass, pinned (PinAndRead). A process the cache
 // already holds is read through its kept files; if they fail, the pid is
 // looked up afresh.
+// A root that is a thread of another process fails with EINVAL, `threadOf`
+// naming the process.
 int Visit(const WalkOptions& o, const Frame& f, const ChildMap* scanned, ProcessFiles* temp,
-          ProcessFiles** used, ProcessRecord* rec) {
+          ProcessFiles** used, ProcessRecord* rec, pid_t* threadOf) {
   WalkCache* cache = o.cache;
   uint64_t pass = cache ? cache->pass : 0;
   ProcessFiles* pf = nullptr;
@@ -244,6 +246,17 @@ int Visit(const WalkOptions& o, const Frame& f, const ChildMap* scanned, Process
   }
   if (f.parent != 0 && st.ppid != f.parent) return ESRCH;
   if (f.parent == 0 && o.rootStartTime != 0 && st.startTime != o.rootStartTime) return ESRCH;
+  // Only the root can be a thread: children files list thread-group
+  // leaders alone (copy_process links a child into its parent's children
+  // only if it leads its group), and so does the /proc readdir of a scan.
+  if (f.parent == 0) {
+    pid_t tgid = 0;
+    if (int err = ReadTgidAt(pf->pin.fd(), &tgid)) return err;
+    if (tgid != f.pid) {
+      *threadOf = tgid;
+      return EINVAL;
+    }
+  }
   size_t before = pf == temp ? 0 : pf->Count();
   pf->pass = pass;
   rec->pid = st.pid;
@@ -330,7 +343,8 @@ class Pass {
       ProcessFiles* pf = nullptr;
       ProcessRecord rec;
       SignalOutcome outcome;
-      int err = Visit(o_, f, scanned_, &temp, &pf, &rec);
+      pid_t threadOf = 0;
+      int err = Visit(o_, f, scanned_, &temp, &pf, &rec, &threadOf);
       if (!err && !rec.kernelThread && o_.order == Order::ParentsFirst) {
         Deliver(o_, pf->pin.fd(), rec, &outcome);
       }
@@ -339,6 +353,7 @@ class Pass {
       Append(result_, outcome);
       if (err && f.parent == 0) {
         result_->rootError = ReadFailure(f.pid, err);
+        result_->rootThreadOf = threadOf;
       } else if (err) {
         if (Gone(err)) result_->gone.push_back(f.pid);
         else result_->failures.push_back(ReadFailure(f.pid, err));

@@ -138,6 +138,7 @@ struct SignalOutcome {
 struct WalkResult : SignalOutcome {
   bool rootFound = false;
   SysError rootError;
+  pid_t rootThreadOf = 0;  // the root pid names a thread of this process, not a process
   bool scan = false;
   size_t walkers = 1;                    // threads that read the tree
   std::vector<ProcessRecord> processes;  // in visiting order (depth first)

@@ -182,6 +182,15 @@ class WalkWorker : public Napi::AsyncWorker {
 
   void OnOK() override {
     Napi::Env env = Env();
+    if (!result_.rootFound && result_.rootThreadOf != 0) {
+      SysError e = result_.rootError;
+      e.code = "EINVAL_PID";
+      Napi::Error error = MakeError(env, e, std::to_string(options_.root) + " is a thread of process " +
+                                                std::to_string(result_.rootThreadOf) + ", not a process");
+      error.Value().Set("tgid", Napi::Number::New(env, result_.rootThreadOf));
+      deferred_.Reject(error.Value());
+      return;
+    }
     if (!result_.rootFound) {
       deferred_.Reject(MakeError(env, result_.rootError,
                                  "cannot read process " + std::to_string(options_.root))

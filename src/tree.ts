@@ -120,6 +120,8 @@ export async function walkTree(options: NativeWalkOptions): Promise<NativeWalkRe
   try {
     result = await native().walk(options);
   } catch (e) {
+    const tgid = (e as { tgid?: unknown }).tgid;
+    if (hasCode(e, 'EINVAL_PID') && typeof tgid === 'number') throw threadError(options.root, tgid, options.protect ?? []);
     if (hasCode(e, 'ESRCH') && !(e instanceof TreeStateError)) {
       throw new TreeStateError('ESRCH', `no such process: ${options.root}`, { pid: options.root, errno: -3, syscall: 'open', cause: e });
     }
@@ -135,6 +137,20 @@ export async function walkTree(options: NativeWalkOptions): Promise<NativeWalkRe
   }
   if (!options.signal && result.failures.length > 0) throw readFailure(result.failures);
   return result;
+}
+
+/**
+ * The pid given names a thread, not a process: /proc/TID opens, and a signal
+ * through it reaches the whole process, so it is refused rather than taken
+ * for the process. Threads of what is never signalled are refused as it is.
+ */
+function threadError(pid: number, tgid: number, protect: number[]): TreeStateError {
+  if (tgid === 1) return new TreeStateError('EREFUSED', `refusing pid ${pid}: it is a thread of pid 1, whose tree is the whole system`, { pid });
+  if (protect.includes(tgid)) {
+    const who = tgid === process.pid ? 'treestate itself' : 'an ancestor of treestate';
+    return new TreeStateError('EREFUSED', `refusing pid ${pid}: it is a thread of process ${tgid}, ${who}`, { pid });
+  }
+  return new TreeStateError('EINVAL_PID', `${pid} is a thread of process ${tgid}, not a process; name the process`, { pid, details: { tgid } });
 }
 
 /** "too many open files (EMFILE)": the errno's own words, from the native message, then its code. */
