@@ -55,12 +55,63 @@ SysError ReadFailure(pid_t pid, int err) {
   return e;
 }
 
+// Whether `child` is listed in a children file of any thread of the process
+// pinned by `parentPin`. Returns 0 or an errno value.
+int ListedAsChild(int parentPin, pid_t child, bool* listed) {
+  *listed = false;
+  Fd task(OpenTaskDir(parentPin));
+  if (!task.ok()) return -task.get();
+  std::vector<pid_t> tids;
+  if (int err = ListThreadsAt(task.get(), false, &tids)) return err;
+  std::vector<pid_t> children;
+  for (pid_t tid : tids) {
+    int err = ReadChildrenAt(parentPin, task.get(), tid, &children);
+    if (err && !Gone(err)) return err;
+  }
+  *listed = std::find(children.begin(), children.end(), child) != children.end();
+  return 0;
+}
+
+// /proc mounted with hidepid=invisible answers ENOENT for a live process
+// that the caller may not ptrace-read (another user's, or one that is not
+// dumpable), exactly as for one that is gone. pidfd_open asks no
+// permission: it tells them apart. Called when /proc says `pid` is not
+// there; returns EPERM when it is alive all the same, ESRCH when it is
+// gone (or a zombie), or the errno of a check that failed. A child
+// (`parentPin` >= 0) counts only if it is still listed by its parent once
+// its pidfd is open, and still alive after that: then the pidfd names that
+// very child, not a process that took its pid since.
+int HiddenOrGone(pid_t pid, int parentPin) {
+  Pidfd fd(pid);
+  if (!fd.ok()) {
+    int err = fd.error();
+    return err == EMFILE || err == ENFILE || err == ENOMEM ? err : ESRCH;
+  }
+  if (parentPin >= 0) {
+    bool listed = false;
+    int err = ListedAsChild(parentPin, pid, &listed);
+    if (err) return Gone(err) ? ESRCH : err;
+    if (!listed) return ESRCH;
+  }
+  // A pidfd polls readable once its process has exited: a zombie is gone.
+  struct pollfd p = {fd.fd(), POLLIN, 0};
+  int n;
+  do {
+    n = poll(&p, 1, 0);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return errno;
+  return n == 0 ? EPERM : ESRCH;
+}
+
 // Pins the process with an fd of its /proc directory and reads its stat line
 // through that fd: what is read can only be that process (a reaped one
 // answers ESRCH, never its pid's next owner), and the same fd signals it.
-int PinAndRead(pid_t pid, ProcessFiles* pf, ProcStat* st) {
+// A pid /proc does not show may be hidden rather than gone (HiddenOrGone):
+// `parentPin` is the pin of the process whose children file listed it, or
+// -1 for the root and processes known by identity.
+int PinAndRead(pid_t pid, ProcessFiles* pf, ProcStat* st, int parentPin = -1) {
   pf->pin = Pidfd::OfProcDir(pid);
-  if (!pf->pin.ok()) return pf->pin.error();
+  if (!pf->pin.ok()) return Gone(pf->pin.error()) ? HiddenOrGone(pid, parentPin) : pf->pin.error();
   return ReadStatAt(pf->pin.fd(), pid, st, &pf->stat);
 }
 
@@ -201,8 +252,9 @@ constexpr size_t kNone = static_cast<size_t>(-1);
 
 struct Frame {
   pid_t pid;
-  pid_t parent;   // 0 for the root
-  size_t from;    // index of the parent's record
+  pid_t parent;        // 0 for the root
+  size_t from;         // index of the parent's record
+  int parentPin = -1;  // the parent's pin, open until its children are done
 };
 
 // The pin of a process whose signal waits for its children (children
@@ -241,7 +293,7 @@ int Visit(const WalkOptions& o, const Frame& f, const ChildMap* scanned, Process
   }
   if (!pf) {
     pf = temp;
-    int err = PinAndRead(f.pid, pf, &st);
+    int err = PinAndRead(f.pid, pf, &st, f.parentPin);
     if (err) return err;
   }
   if (f.parent != 0 && st.ppid != f.parent) return ESRCH;
@@ -392,7 +444,7 @@ class Pass {
     if (pf == temp) node.pin.owned = std::move(temp->pin);
     node.waiting = added.children.size();
     for (auto it = added.children.rbegin(); it != added.children.rend(); ++it) {
-      stack_.push_back({*it, added.pid, index});
+      stack_.push_back({*it, added.pid, index, node.pin.fd});
     }
     if (node.waiting == 0) Done(Finish(index));
   }

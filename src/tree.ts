@@ -153,10 +153,15 @@ function threadError(pid: number, tgid: number, protect: number[]): TreeStateErr
   return new TreeStateError('EINVAL_PID', `${pid} is a thread of process ${tgid}, not a process; name the process`, { pid, details: { tgid } });
 }
 
-/** "too many open files (EMFILE)": the errno's own words, from the native message, then its code. */
+/**
+ * "too many open files (EMFILE)": the errno's own words, from the native
+ * message, then its code. EPERM from open names a process that is alive but
+ * that /proc will not show this user (hidepid), not one that is gone.
+ */
 export function reason(f: Partial<NativeFailure>): string {
   const words = new RegExp(`${f.code}: ([^(]*?) \\(`).exec(f.message ?? '')?.[1] ?? 'failed';
-  return `${words.charAt(0).toLowerCase()}${words.slice(1)} (${f.code})`;
+  const hidden = f.code === 'EPERM' && f.syscall === 'open' ? ': alive, but /proc does not let this user read it (hidepid)' : '';
+  return `${words.charAt(0).toLowerCase()}${words.slice(1)} (${f.code})${hidden}`;
 }
 
 /** Processes a pass could not read: the tree it saw is incomplete. `extra` ends the message (what was undone). */

@@ -156,6 +156,9 @@ static void run_process(struct node self) {
   }
   if (uid_depth == self.depth) {
     if (setgid(drop_uid) < 0 || setuid(drop_uid) < 0) perror("treestate-fixture: setuid");
+    /* A uid change clears the dumpable flag, which hides a process from its
+     * new owner too under /proc's hidepid: keep it that owner's to read. */
+    prctl(PR_SET_DUMPABLE, 1);
   }
   if (memory_mb > 0 && self.depth == 0) {
     size_t size = (size_t)memory_mb << 20;
