@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 namespace treestate {
@@ -273,6 +274,15 @@ int ReadTgidAt(int procfd, pid_t* tgid) {
   if (v <= 0) return EIO;
   *tgid = static_cast<pid_t>(v);
   return 0;
+}
+
+uint64_t BootTicks() {
+  // fs/proc/array.c: start_time is nsec_to_clock_t(start_boottime), and a
+  // time namespace offsets both clocks alike.
+  static const uint64_t nsPerTick = 1000000000ULL / static_cast<uint64_t>(sysconf(_SC_CLK_TCK));
+  struct timespec ts;
+  clock_gettime(CLOCK_BOOTTIME, &ts);
+  return (static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec)) / nsPerTick;
 }
 
 bool ChildrenFilesSupported() {

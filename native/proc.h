@@ -75,6 +75,10 @@ pid_t ReadTracer(pid_t pid, pid_t tid);
 // only when this is N itself.
 int ReadTgidAt(int procfd, pid_t* tgid);
 
+// Now, in the unit and from the origin of a ProcStat's startTime (clock
+// ticks of the boot-time clock), truncated the same way.
+uint64_t BootTicks();
+
 // Whether /proc/PID/task/TID/children exists (CONFIG_PROC_CHILDREN).
 bool ChildrenFilesSupported();
 

@@ -126,6 +126,7 @@ Napi::Object ResultObject(Napi::Env env, pid_t root, const WalkResult& r) {
   out.Set("signalled", ToArray(env, r.signalled));
   out.Set("gone", ToArray(env, r.gone));
   out.Set("failures", ToArray(env, r.failures));
+  out.Set("unlisted", ToArray(env, r.unlisted));
   return out;
 }
 
@@ -313,6 +314,7 @@ Napi::Value WalkAsync(const Napi::CallbackInfo& info) {
   options.perThread = o.Get("perThread").ToBoolean();
   options.signalAfterRead = o.Get("signalAfterRead").ToBoolean();
   options.leaderSelects = o.Get("leaderSelects").ToBoolean();
+  options.relistAfterSignal = o.Get("relistAfterSignal").ToBoolean();
   options.protect = PidArray(o.Get("protect"));
   CacheRef cache;
   if (o.Has("cache") && !o.Get("cache").IsUndefined()) {

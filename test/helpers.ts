@@ -163,6 +163,11 @@ export function statFields(pid: number): string[] {
   return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
 }
 
+/** The TracerPid of `pid` (0: not traced). */
+export function readTracer(pid: number): number {
+  return Number(/TracerPid:\s*(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
+}
+
 /** Whether `pid` has exited: gone from /proc or a zombie. */
 export function hasExited(pid: number): boolean {
   try {

@@ -136,7 +136,7 @@ static void __attribute__((noinline)) hold_in_vfork(void) {
 }
 
 static void run_process(struct node self) {
-  static struct thread_arg args[256];
+  struct thread_arg *args = calloc((size_t)threads, sizeof *args);
   uint64_t counter = 0;
   prctl(PR_SET_PDEATHSIG, 0);
   if (exit_on_cont && self.depth == depth_max) signal(SIGCONT, on_cont);
@@ -145,12 +145,17 @@ static void run_process(struct node self) {
   if (!threaded_forks && self.depth < depth_max) {
     for (int j = 0; j < fanout; j++) fork_child(self, j);
   }
-  for (int t = 1; t <= extra && t < 256; t++) {
+  /* Small stacks: a process may have thousands of threads (a hostile tree). */
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 64 * 1024);
+  for (int t = 1; t <= extra && args; t++) {
     pthread_t th;
     args[t].self = self;
     args[t].thread_no = t;
-    pthread_create(&th, NULL, thread_main, &args[t]);
+    if (pthread_create(&th, &attr, thread_main, &args[t]) != 0) perror("treestate-fixture: pthread_create");
   }
+  pthread_attr_destroy(&attr);
   if (zombie && self.depth == 0) {
     if (fork() == 0) _exit(0); /* never reaped: a zombie inside the tree */
   }
@@ -251,7 +256,7 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
-  if (depth_max < 0 || fanout < 0 || threads < 1 || threads > 255) {
+  if (depth_max < 0 || fanout < 0 || threads < 1 || threads > 4096) {
     fprintf(stderr, "treestate-fixture: bad shape\n");
     return 2;
   }
