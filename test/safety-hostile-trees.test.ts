@@ -69,8 +69,9 @@ describe('safety: hostile trees', function () {
   });
 
   it('kills a tree of more processes than it has descriptors, and proves each one dead', async () => {
-    // Waiting for exits takes a pidfd per process: they are watched as many
-    // at a time as descriptors allow, never reported alive for want of one.
+    // Pins, the walk cache and the pidfds that wait for the exits all stay
+    // within the limit; no process is reported alive (or escaped) for want
+    // of a descriptor to watch it with.
     await using tree = await spawnTree({ depth: 4, fanout: 3, intervalMs: 50 });
     const pids = tree.pids();
     expect(pids).to.have.length(121);
