@@ -269,6 +269,29 @@ void Append(SignalOutcome* to, const SignalOutcome& from) {
   to->failures.insert(to->failures.end(), from.failures.begin(), from.failures.end());
 }
 
+// relistAfterSignal: the children of a process just sent SIGKILL, listed
+// again and added to those read before the signal. Returns whether some may
+// be missing: its exit moves its children to a subreaper or init (all of a
+// thread's at once, in exit_notify), so a child of the first listing
+// missing from the second, from a process that has exited since, means the
+// move came first, and one forked just before the signal may have gone
+// unseen with them. (A process that had no child at the first listing
+// leaves no such trace: a child it forked in the microseconds between that
+// listing and the signal, if it exits before the second, goes unseen.)
+bool ListAgain(const ProcessFiles& pf, ProcessRecord* rec, SignalOutcome* outcome) {
+  rec->childrenListedAt = BootTicks();
+  std::vector<pid_t> after;
+  int err = ReadAllChildren(pf.pin.fd(), pf.task.get(), &after);
+  if (err && !Gone(err)) outcome->failures.push_back(ReadFailure(rec->pid, err));
+  auto listed = [](const std::vector<pid_t>& in, pid_t c) { return std::find(in.begin(), in.end(), c) != in.end(); };
+  bool moved = std::any_of(rec->children.begin(), rec->children.end(), [&](pid_t c) { return !listed(after, c); });
+  for (pid_t c : after) {
+    if (!listed(rec->children, c)) rec->children.push_back(c);
+  }
+  ProcStat now;
+  return moved && (ReadStatAt(pf.pin.fd(), rec->pid, &now) != 0 || !Live(now.state));
+}
+
 constexpr size_t kNone = static_cast<size_t>(-1);
 
 struct Frame {
@@ -446,26 +469,7 @@ class Pass {
       if (!err && !rec.kernelThread && o_.order == Order::ParentsFirst) {
         deferred = o_.relistAfterSignal && !Selected(rec, Select::NotStopped);
         if (!deferred && Deliver(o_, pf->pin.fd(), rec, &outcome) && o_.relistAfterSignal) {
-          rec.childrenListedAt = BootTicks();
-          std::vector<pid_t> after;
-          int again = ReadAllChildren(pf->pin.fd(), pf->task.get(), &after);
-          if (again && !Gone(again)) outcome.failures.push_back(ReadFailure(rec.pid, again));
-          // Its exit moves its children to a subreaper or init (all of a
-          // thread's at once, in exit_notify). A child of the first listing
-          // missing from the second, from a process that has exited since,
-          // means the move came first: one forked just before the signal
-          // may have gone unseen with them. (A process that had no child
-          // at the first listing leaves no such trace: a child it forked in
-          // the microseconds between that listing and the signal, if it
-          // exits before the second, goes unseen.)
-          bool moved = std::any_of(rec.children.begin(), rec.children.end(), [&](pid_t c) {
-            return std::find(after.begin(), after.end(), c) == after.end();
-          });
-          ProcStat now;
-          if (moved && (ReadStatAt(pf->pin.fd(), rec.pid, &now) != 0 || !Live(now.state))) unlisted = true;
-          for (pid_t c : after) {
-            if (std::find(rec.children.begin(), rec.children.end(), c) == rec.children.end()) rec.children.push_back(c);
-          }
+          unlisted = ListAgain(*pf, &rec, &outcome);
         }
       }
       lock.lock();

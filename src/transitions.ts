@@ -408,7 +408,7 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
   rootStartTime ??= tally.identities()[0]?.startTime;
   let passes = 0;
   const reached = new Map<number, number>(); // processes a kill pass signalled (or found dead) and waited for
-  const unread: NativeFailure[] = []; // processes left alive because their children could not be read
+  const unread: NativeFailure[] = []; // processes the last pass of a walk could not read, left alive
   const unlisted = new Set<number>(); // processes that had begun to exit before their children were listed again
   const waitDead = async (targets: Identity[]) => {
     const alive = await native().waitExit(targets, Math.max(0, deadline - performance.now()));
@@ -418,8 +418,9 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
   };
   let cache: ReturnType<typeof walkCache> | undefined = walkCache();
   // Passes from one process (the root, then each process seen and not yet
-  // reached) until one signals nothing; false when that process is gone.
-  const killFrom = async (from: Identity | undefined): Promise<boolean> => {
+  // reached) until one signals nothing, or it is gone.
+  const killFrom = async (from: Identity | undefined): Promise<void> => {
+    let failures: NativeFailure[] = [];
     for (;;) {
       let pass: NativeWalkResult;
       try {
@@ -438,7 +439,7 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
         });
       } catch (e) {
         // Reaped: nothing left to kill through it.
-        if (hasCode(e, 'ESRCH') && (from !== undefined || rootStartTime !== undefined)) return false;
+        if (hasCode(e, 'ESRCH') && (from !== undefined || rootStartTime !== undefined)) break;
         throw e;
       }
       passes++;
@@ -447,24 +448,21 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
       for (const p of pass.unlisted) unlisted.add(p);
       const refusals = pass.failures.filter((f) => f.syscall === 'pidfd_send_signal' || !(READ_FAILURES as readonly string[]).includes(f.code));
       if (refusals.length > 0) throw failureError(refusals, 'kill', '');
-      if (pass.failures.length > 0) {
-        // Out of descriptors: free the cache's and read again. A pass that
-        // reads before it kills kills nothing unless it read the whole tree
-        // (a process whose children were not read would orphan them); one
-        // that kills as it goes has killed what it could.
-        const retry = cache !== undefined;
+      for (const p of pass.processes) reached.set(p.pid, p.startTime);
+      // Out of descriptors: a process that could not be read is not killed,
+      // nor a stopped one above it (its children would be orphaned, out of
+      // the tree's reach). Free the cache's descriptors and read again.
+      failures = pass.failures;
+      const retry = failures.length > 0 && cache !== undefined;
+      if (failures.length > 0) {
         await cache?.release();
         cache = undefined;
-        if (pass.signalled.length === 0) {
-          if (retry) continue;
-          throw readFailure(pass.failures, `; nothing was killed${tally.signalled.size > 0 ? ', and what the stop stopped stays stopped' : ''}`);
-        }
-        unread.push(...pass.failures);
       }
-      for (const p of pass.processes) reached.set(p.pid, p.startTime);
-      if (pass.signalled.length === 0) return true; // every process is a zombie
-      await waitDead(pass.processes.map((p) => ({ pid: p.pid, startTime: p.startTime })));
+      if (pass.signalled.length === 0 && !retry) break; // nothing left that it can kill
+      const signalled = new Set(pass.signalled);
+      await waitDead(pass.processes.filter((p) => signalled.has(p.pid)).map((p) => ({ pid: p.pid, startTime: p.startTime })));
     }
+    unread.push(...failures);
   };
   try {
     await killFrom(undefined);
@@ -482,6 +480,9 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
   } finally {
     await cache?.release();
   }
+  if (unread.length > 0) {
+    throw readFailure(unread, `; ${unread.length === 1 ? 'it was' : 'they were'} not killed, nor a stopped process above (their children would have been orphaned), and nothing was resumed`);
+  }
   const escaped = await native().waitExit(tally.identities(), Math.max(0, deadline - performance.now()));
   const result = { ...tally.result(root, 'dead', undefined, passes, started, rootStartTime ?? 0), escaped };
   if (escaped.length > 0 || unlisted.size > 0) {
@@ -489,9 +490,6 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
     const alive = escaped.length ? `${describePids(escaped)} escaped and ${escaped.length === 1 ? 'is' : 'are'} still alive` : '';
     const gaps = unlisted.size ? `${describePids([...unlisted])} exited before ${unlisted.size === 1 ? 'its' : 'their'} children could be listed, and a child forked just before the kill may have escaped` : '';
     throw new TreeStateError('EESCAPED', `the tree of ${root} was killed, but ${[alive, gaps].filter(Boolean).join('; and ')}`, { pid: root, pids: escaped.length ? escaped : [...unlisted], details: { result, unlisted: [...unlisted] } });
-  }
-  if (unread.length > 0) {
-    throw readFailure(unread, `; the rest of the tree was killed, but not ${unread.length === 1 ? 'this process' : 'these'}, whose children could not be read (${unread.length === 1 ? 'it' : 'they'} may have left the tree)`);
   }
   // Every process seen is dead now: the tally reports them all as exited.
   return result;
