@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 namespace treestate {
@@ -241,14 +242,47 @@ int ReadChildrenAt(int procfd, int taskfd, pid_t tid, std::vector<pid_t>* out, F
   return ReadChildrenPath(procfd, path, out, kept);
 }
 
+namespace {
+
+// The value of a "Name:\tvalue" line of a status file; -1 when it has none.
+long StatusField(const char* buf, const char* name) {
+  size_t n = strlen(name);
+  for (const char* line = buf; line && *line; line = strchr(line, '\n'), line = line ? line + 1 : nullptr) {
+    if (strncmp(line, name, n) == 0 && line[n] == ':') return atol(line + n + 1);
+  }
+  return -1;
+}
+
+}  // namespace
+
 pid_t ReadTracer(pid_t pid, pid_t tid) {
   char path[64];
   char buf[4096];
   size_t len;
   snprintf(path, sizeof path, "/proc/%d/task/%d/status", pid, tid);
   if (ReadSmall(path, buf, sizeof buf, &len)) return 0;
-  const char* line = strstr(buf, "\nTracerPid:");
-  return line ? static_cast<pid_t>(atoi(line + 11)) : 0;
+  long tracer = StatusField(buf, "TracerPid");
+  return tracer > 0 ? static_cast<pid_t>(tracer) : 0;
+}
+
+int ReadTgidAt(int procfd, pid_t* tgid) {
+  char buf[4096];
+  size_t len;
+  int err = ReadSmallAt(procfd, "status", buf, sizeof buf, &len);
+  if (err) return err;
+  long v = StatusField(buf, "Tgid");
+  if (v <= 0) return EIO;
+  *tgid = static_cast<pid_t>(v);
+  return 0;
+}
+
+uint64_t BootTicks() {
+  // fs/proc/array.c: start_time is nsec_to_clock_t(start_boottime), and a
+  // time namespace offsets both clocks alike.
+  static const uint64_t nsPerTick = 1000000000ULL / static_cast<uint64_t>(sysconf(_SC_CLK_TCK));
+  struct timespec ts;
+  clock_gettime(CLOCK_BOOTTIME, &ts);
+  return (static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec)) / nsPerTick;
 }
 
 uint64_t ReadSignalsCaught(pid_t pid) {

@@ -73,6 +73,16 @@ pid_t ReadTracer(pid_t pid, pid_t tid);
 // N-1 for signal N); 0 when it cannot be read.
 uint64_t ReadSignalsCaught(pid_t pid);
 
+// The thread group (process) of the task an fd of /proc/N was opened for.
+// /proc/TID opens for any thread, though readdir lists only processes, and
+// a signal sent through it reaches the whole process: N names a process
+// only when this is N itself.
+int ReadTgidAt(int procfd, pid_t* tgid);
+
+// Now, in the unit and from the origin of a ProcStat's startTime (clock
+// ticks of the boot-time clock), truncated the same way.
+uint64_t BootTicks();
+
 // Whether /proc/PID/task/TID/children exists (CONFIG_PROC_CHILDREN).
 bool ChildrenFilesSupported();
 

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -55,12 +56,74 @@ SysError ReadFailure(pid_t pid, int err) {
   return e;
 }
 
+// Appends the children of every thread of the process pinned by `pin`, each
+// file opened, read and closed. `taskfd` is its task directory if one is
+// open, else -1. Returns 0 or an errno value.
+int ReadAllChildren(int pin, int taskfd, std::vector<pid_t>* children) {
+  Fd own;
+  if (taskfd < 0) {
+    own.Reset(OpenTaskDir(pin));
+    if (!own.ok()) return -own.get();
+    taskfd = own.get();
+  }
+  std::vector<pid_t> tids;
+  if (int err = ListThreadsAt(taskfd, !own.ok(), &tids)) return err;
+  for (pid_t tid : tids) {
+    int err = ReadChildrenAt(pin, taskfd, tid, children);
+    if (err && !Gone(err)) return err;
+  }
+  return 0;
+}
+
+// Whether `child` is listed in a children file of any thread of the process
+// pinned by `parentPin`. Returns 0 or an errno value.
+int ListedAsChild(int parentPin, pid_t child, bool* listed) {
+  std::vector<pid_t> children;
+  int err = ReadAllChildren(parentPin, -1, &children);
+  *listed = std::find(children.begin(), children.end(), child) != children.end();
+  return err;
+}
+
+// /proc mounted with hidepid=invisible answers ENOENT for a live process
+// that the caller may not ptrace-read (another user's, or one that is not
+// dumpable), exactly as for one that is gone. pidfd_open asks no
+// permission: it tells them apart. Called when /proc says `pid` is not
+// there; returns EPERM when it is alive all the same, ESRCH when it is
+// gone (or a zombie), or the errno of a check that failed. A child
+// (`parentPin` >= 0) counts only if it is still listed by its parent once
+// its pidfd is open, and still alive after that: then the pidfd names that
+// very child, not a process that took its pid since.
+int HiddenOrGone(pid_t pid, int parentPin) {
+  Pidfd fd(pid);
+  if (!fd.ok()) {
+    int err = fd.error();
+    return err == EMFILE || err == ENFILE || err == ENOMEM ? err : ESRCH;
+  }
+  if (parentPin >= 0) {
+    bool listed = false;
+    int err = ListedAsChild(parentPin, pid, &listed);
+    if (err) return Gone(err) ? ESRCH : err;
+    if (!listed) return ESRCH;
+  }
+  // A pidfd polls readable once its process has exited: a zombie is gone.
+  struct pollfd p = {fd.fd(), POLLIN, 0};
+  int n;
+  do {
+    n = poll(&p, 1, 0);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return errno;
+  return n == 0 ? EPERM : ESRCH;
+}
+
 // Pins the process with an fd of its /proc directory and reads its stat line
 // through that fd: what is read can only be that process (a reaped one
 // answers ESRCH, never its pid's next owner), and the same fd signals it.
-int PinAndRead(pid_t pid, ProcessFiles* pf, ProcStat* st) {
+// A pid /proc does not show may be hidden rather than gone (HiddenOrGone):
+// `parentPin` is the pin of the process whose children file listed it, or
+// -1 for the root and processes known by identity.
+int PinAndRead(pid_t pid, ProcessFiles* pf, ProcStat* st, int parentPin = -1) {
   pf->pin = Pidfd::OfProcDir(pid);
-  if (!pf->pin.ok()) return pf->pin.error();
+  if (!pf->pin.ok()) return Gone(pf->pin.error()) ? HiddenOrGone(pid, parentPin) : pf->pin.error();
   return ReadStatAt(pf->pin.fd(), pid, st, &pf->stat);
 }
 
@@ -82,9 +145,15 @@ bool Repin(const Identity& known, ProcessFiles* pf, ProcStat* st, SignalOutcome*
 
 // Reads the threads of a process whose stat line is `st`, and the children
 // of each (a child belongs to the thread that forked it). Returns 0, or the
-// first error that was not a thread going away.
+// first error that was not a thread going away. A thread's files are left
+// open in `pf` only with `keepThreadFiles` (or if they already were): a
+// process may have more threads than the program has descriptors, and each
+// of them is then opened, read and closed in turn. With `statesOptional`, a
+// thread whose state cannot be read is reported as kUnreadState instead of
+// failing the read.
 int ReadThreadsAndChildren(const ProcStat& st, ProcessFiles* pf, uint64_t pass,
-                           const ChildMap* scanned, char unread, ProcessRecord* rec) {
+                           const ChildMap* scanned, char unread, ProcessRecord* rec,
+                           bool keepThreadFiles, bool statesOptional = false) {
   int procfd = pf->pin.fd();
   std::vector<pid_t> tids;
   if (st.numThreads <= 1) {
@@ -112,14 +181,16 @@ int ReadThreadsAndChildren(const ProcStat& st, ProcessFiles* pf, uint64_t pass,
     if (tid != st.pid && unread) {
       state = unread;
     } else if (tid != st.pid) {
-      int err = ReadThreadStateAt(pf->task.get(), tid, &state, &files.stat);
+      int err = ReadThreadStateAt(pf->task.get(), tid, &state, keepThreadFiles || files.stat.ok() ? &files.stat : nullptr);
       if (Gone(err)) continue;
-      if (err) return err;
+      if (err && !statesOptional) return err;
+      if (err) state = kUnreadState;
     }
     rec->threads.push_back({tid, state, 0});
     if (state == 't') rec->threads.back().tracer = ReadTracer(st.pid, tid);
     if (!scanned) {
-      int err = ReadChildrenAt(procfd, st.numThreads <= 1 ? -1 : pf->task.get(), tid, &rec->children, &files.children);
+      Fd* kept = keepThreadFiles || files.children.ok() ? &files.children : nullptr;
+      int err = ReadChildrenAt(procfd, st.numThreads <= 1 ? -1 : pf->task.get(), tid, &rec->children, kept);
       if (err && !Gone(err)) return err;
     }
   }
@@ -183,12 +254,13 @@ bool SignalPinned(int pinfd, pid_t pid, bool refused, int sig, SignalOutcome* ou
 }
 
 // Sends the pass's signal to one process of the walk, if the pass selects it.
-void Deliver(const WalkOptions& o, int pinfd, const ProcessRecord& rec, SignalOutcome* outcome) {
-  if (o.signal == 0 || !Selected(rec, o.select)) return;
+// Returns whether it was signalled.
+bool Deliver(const WalkOptions& o, int pinfd, const ProcessRecord& rec, SignalOutcome* outcome) {
+  if (o.signal == 0 || !Selected(rec, o.select)) return false;
   bool refused = rec.kernelThread || Protected(rec.pid, o.protect);
-  if (SignalPinned(pinfd, rec.pid, refused, o.signal, outcome) && o.perThread) {
-    SignalThreads(rec.pid, rec.threads, o.signal);
-  }
+  if (!SignalPinned(pinfd, rec.pid, refused, o.signal, outcome)) return false;
+  if (o.perThread) SignalThreads(rec.pid, rec.threads, o.signal);
+  return true;
 }
 
 void Append(SignalOutcome* to, const SignalOutcome& from) {
@@ -197,12 +269,37 @@ void Append(SignalOutcome* to, const SignalOutcome& from) {
   to->failures.insert(to->failures.end(), from.failures.begin(), from.failures.end());
 }
 
+// relistAfterSignal: the children of a process just sent SIGKILL, listed
+// again and added to those read before the signal. Returns whether some may
+// be missing: its exit moves its children to a subreaper or init (all of a
+// thread's at once, in exit_notify), so a child of the first listing
+// missing from the second, from a process that has exited since, means the
+// move came first, and one forked just before the signal may have gone
+// unseen with them. (A process that had no child at the first listing
+// leaves no such trace: a child it forked in the microseconds between that
+// listing and the signal, if it exits before the second, goes unseen.)
+bool ListAgain(const ProcessFiles& pf, ProcessRecord* rec, SignalOutcome* outcome) {
+  rec->childrenListedAt = BootTicks();
+  std::vector<pid_t> after;
+  int err = ReadAllChildren(pf.pin.fd(), pf.task.get(), &after);
+  if (err && !Gone(err)) outcome->failures.push_back(ReadFailure(rec->pid, err));
+  auto listed = [](const std::vector<pid_t>& in, pid_t c) { return std::find(in.begin(), in.end(), c) != in.end(); };
+  bool moved = std::any_of(rec->children.begin(), rec->children.end(), [&](pid_t c) { return !listed(after, c); });
+  for (pid_t c : after) {
+    if (!listed(rec->children, c)) rec->children.push_back(c);
+  }
+  ProcStat now;
+  return moved && (ReadStatAt(pf.pin.fd(), rec->pid, &now) != 0 || !Live(now.state));
+}
+
 constexpr size_t kNone = static_cast<size_t>(-1);
 
 struct Frame {
   pid_t pid;
-  pid_t parent;   // 0 for the root
-  size_t from;    // index of the parent's record
+  pid_t parent;        // 0 for the root
+  size_t from;         // index of the parent's record
+  int parentPin = -1;  // the parent's pin, open until its children are done
+  uint64_t listedAt = 0;  // relistAfterSignal: when its parent, signalled, last listed it
 };
 
 // The pin of a process whose signal waits for its children (children
@@ -215,8 +312,10 @@ struct Pending {
 // Reads one process of the pass, pinned (PinAndRead). A process the cache
 // already holds is read through its kept files; if they fail, the pid is
 // looked up afresh.
+// A root that is a thread of another process fails with EINVAL, `threadOf`
+// naming the process.
 int Visit(const WalkOptions& o, const Frame& f, const ChildMap* scanned, ProcessFiles* temp,
-          ProcessFiles** used, ProcessRecord* rec) {
+          ProcessFiles** used, ProcessRecord* rec, pid_t* threadOf) {
   WalkCache* cache = o.cache;
   uint64_t pass = cache ? cache->pass : 0;
   ProcessFiles* pf = nullptr;
@@ -239,11 +338,22 @@ int Visit(const WalkOptions& o, const Frame& f, const ChildMap* scanned, Process
   }
   if (!pf) {
     pf = temp;
-    int err = PinAndRead(f.pid, pf, &st);
+    int err = PinAndRead(f.pid, pf, &st, f.parentPin);
     if (err) return err;
   }
-  if (f.parent != 0 && st.ppid != f.parent) return ESRCH;
+  if (f.parent != 0 && st.ppid != f.parent && !(f.listedAt != 0 && st.startTime <= f.listedAt)) return ESRCH;
   if (f.parent == 0 && o.rootStartTime != 0 && st.startTime != o.rootStartTime) return ESRCH;
+  // Only the root can be a thread: children files list thread-group
+  // leaders alone (copy_process links a child into its parent's children
+  // only if it leads its group), and so does the /proc readdir of a scan.
+  if (f.parent == 0) {
+    pid_t tgid = 0;
+    if (int err = ReadTgidAt(pf->pin.fd(), &tgid)) return err;
+    if (tgid != f.pid) {
+      *threadOf = tgid;
+      return EINVAL;
+    }
+  }
   size_t before = pf == temp ? 0 : pf->Count();
   pf->pass = pass;
   rec->pid = st.pid;
@@ -261,7 +371,23 @@ int Visit(const WalkOptions& o, const Frame& f, const ChildMap* scanned, Process
   if (o.leaderSelects && o.signal != 0 && o.select == Select::NotStopped && (st.state == 'R' || st.state == 'S')) {
     unread = kUnreadState;
   }
-  int err = ReadThreadsAndChildren(st, pf, pass, scanned, unread, rec);
+  // Each thread's files are kept only if the cache can take them all: the
+  // rest of the descriptors belong to the program, the pass's pins and
+  // other processes. Without a cache they would be closed after this visit
+  // anyway.
+  bool keep = false;
+  if (cache) {
+    size_t wanted = 3 + 2 * static_cast<size_t>(std::max(st.numThreads, 1L));
+    std::lock_guard<std::mutex> hold(cache->mu);
+    size_t room = cache->maxFiles - std::min(cache->maxFiles, cache->files);
+    keep = wanted <= room + before;
+  }
+  // A SIGKILL for every process needs no thread's state, only its children:
+  // a state that cannot be read (EMFILE …) does not spare the process, its
+  // pin is enough to kill it. (A process whose children cannot be read is
+  // not killed: they would be orphaned, and escape.)
+  bool statesOptional = o.signal == SIGKILL && o.select == Select::All;
+  int err = ReadThreadsAndChildren(st, pf, pass, scanned, unread, rec, keep, statesOptional);
   if (err) return err;
   if (cache) {
     std::lock_guard<std::mutex> hold(cache->mu);
@@ -303,6 +429,8 @@ class Pass {
     Pending pin;
     bool queued = false;  // signal-after-read: waits in ready_ with its pin
     bool repin = false;   // its pin was closed: look it up again to signal it
+    bool deferred = false;     // relistAfterSignal: stopped, signalled once its children are done
+    bool childUnread = false;  // a process below it could not be read
   };
 
   // Helpers join once this many processes are read and frames wait.
@@ -330,21 +458,37 @@ class Pass {
       ProcessFiles* pf = nullptr;
       ProcessRecord rec;
       SignalOutcome outcome;
-      int err = Visit(o_, f, scanned_, &temp, &pf, &rec);
+      pid_t threadOf = 0;
+      int err = Visit(o_, f, scanned_, &temp, &pf, &rec, &threadOf);
+      // relistAfterSignal: a process that may fork is signalled before its
+      // children are visited, and they are listed again; a stopped one waits
+      // for its children, like children first, so that it is spared if one
+      // cannot be read.
+      bool deferred = false;
+      bool unlisted = false;
       if (!err && !rec.kernelThread && o_.order == Order::ParentsFirst) {
-        Deliver(o_, pf->pin.fd(), rec, &outcome);
+        deferred = o_.relistAfterSignal && !Selected(rec, Select::NotStopped);
+        if (!deferred && Deliver(o_, pf->pin.fd(), rec, &outcome) && o_.relistAfterSignal) {
+          unlisted = ListAgain(*pf, &rec, &outcome);
+        }
       }
       lock.lock();
       busy_--;
       Append(result_, outcome);
+      if (unlisted) result_->unlisted.push_back(rec.pid);
       if (err && f.parent == 0) {
         result_->rootError = ReadFailure(f.pid, err);
+        result_->rootThreadOf = threadOf;
       } else if (err) {
-        if (Gone(err)) result_->gone.push_back(f.pid);
-        else result_->failures.push_back(ReadFailure(f.pid, err));
+        if (Gone(err)) {
+          result_->gone.push_back(f.pid);
+        } else {
+          result_->failures.push_back(ReadFailure(f.pid, err));
+          if (f.from != kNone) nodes_[f.from].childUnread = true;
+        }
         Done(f.from);
       } else {
-        Add(f, std::move(rec), pf, &temp);
+        Add(f, std::move(rec), pf, &temp, deferred);
       }
       if (caller && !helped_ && result_->processes.size() >= kParallelAfter && stack_.size() > 1) {
         helped_ = true;
@@ -361,7 +505,7 @@ class Pass {
     }
   }
 
-  void Add(const Frame& f, ProcessRecord rec, ProcessFiles* pf, ProcessFiles* temp) {
+  void Add(const Frame& f, ProcessRecord rec, ProcessFiles* pf, ProcessFiles* temp, bool deferred) {
     if (f.parent == 0) result_->rootFound = true;
     size_t index = result_->processes.size();
     result_->processes.push_back(std::move(rec));
@@ -369,6 +513,7 @@ class Pass {
     nodes_.emplace_back();
     Node& node = nodes_.back();
     node.from = f.from;
+    node.deferred = deferred;
     if (added.kernelThread) {  // never descend into kthreadd's tree, nor signal it
       Done(f.from);
       return;
@@ -377,7 +522,7 @@ class Pass {
     if (pf == temp) node.pin.owned = std::move(temp->pin);
     node.waiting = added.children.size();
     for (auto it = added.children.rbegin(); it != added.children.rend(); ++it) {
-      stack_.push_back({*it, added.pid, index});
+      stack_.push_back({*it, added.pid, index, node.pin.fd, added.childrenListedAt});
     }
     if (node.waiting == 0) Done(Finish(index));
   }
@@ -393,9 +538,17 @@ class Pass {
   // Returns its parent's record.
   size_t Finish(size_t index) {
     Node& node = nodes_[index];
-    if (o_.order == Order::ChildrenFirst && o_.signalAfterRead) {
+    // A SIGKILL would orphan the children of a process it could not read
+    // (they move to a subreaper or init, out of the tree's reach): a
+    // process waiting for its children is spared, and so are its own
+    // parents, if one below could not be read.
+    bool spare = o_.signal == SIGKILL && node.childUnread;
+    if (node.childUnread && node.from != kNone) nodes_[node.from].childUnread = true;
+    if (spare) {
+      // left alone: the failure names the process that could not be read
+    } else if (o_.order == Order::ChildrenFirst && o_.signalAfterRead) {
       Queue(index);
-    } else if (o_.order == Order::ChildrenFirst) {
+    } else if (o_.order == Order::ChildrenFirst || node.deferred) {
       Deliver(o_, node.pin.fd, result_->processes[index], result_);
     }
     if (!node.queued) node.pin = Pending();
@@ -535,7 +688,7 @@ void SignalList(const std::vector<Identity>& targets, int sig, bool perThread,
       // the threads are signalled too when they can be read.
       ProcessRecord rec;
       ChildMap none;  // the threads are wanted, not the children
-      if (ReadThreadsAndChildren(st, &pf, 0, &none, 0, &rec) == 0) SignalThreads(target.pid, rec.threads, sig);
+      if (ReadThreadsAndChildren(st, &pf, 0, &none, 0, &rec, false) == 0) SignalThreads(target.pid, rec.threads, sig);
     }
   }
 }
@@ -546,54 +699,61 @@ static int64_t NowMs() {
   return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
+// Watches as many targets as descriptors allow at once: a tree may have
+// more processes than the program has descriptors, and a target that could
+// not be watched would be reported alive.
 std::vector<pid_t> WaitExit(const std::vector<Identity>& targets, int timeoutMs) {
-  std::vector<Pidfd> fds;
-  std::vector<pid_t> pids;
-  std::vector<pid_t> unwatchable;
-  for (const Identity& target : targets) {
-    // poll(2) reports exits only on a real pidfd: open one, then make sure
-    // the process it names is still the target (alive after the check, so
-    // the pid was not reused in between).
-    Pidfd fd(target.pid);
-    ProcStat st;
-    int err = fd.ok() ? ReadStat(target.pid, &st) : fd.error();
-    if (err && !Gone(err)) {
-      unwatchable.push_back(target.pid);  // cannot watch it: do not call it exited
-      continue;
-    }
-    if (err || st.startTime != target.startTime || !fd.Alive()) {
-      continue;  // already reaped
-    }
-    fds.push_back(std::move(fd));
-    pids.push_back(target.pid);
-  }
   int64_t deadline = NowMs() + timeoutMs;
-  std::vector<struct pollfd> polled(fds.size());
-  std::vector<bool> exited(fds.size(), false);
-  size_t remaining = fds.size();
-  while (remaining > 0) {
-    polled.clear();
-    std::vector<size_t> which;
-    for (size_t i = 0; i < fds.size(); i++) {
-      if (exited[i]) continue;
-      polled.push_back({fds[i].fd(), POLLIN, 0});
-      which.push_back(i);
+  std::vector<pid_t> alive;
+  size_t next = 0;
+  while (next < targets.size()) {
+    std::vector<Pidfd> fds;
+    std::vector<pid_t> pids;
+    for (; next < targets.size(); next++) {
+      const Identity& target = targets[next];
+      // poll(2) reports exits only on a real pidfd: open one, then make sure
+      // the process it names is still the target (alive after the check, so
+      // the pid was not reused in between).
+      Pidfd fd(target.pid);
+      ProcStat st;
+      int err = fd.ok() ? ReadStat(target.pid, &st) : fd.error();
+      if ((err == EMFILE || err == ENFILE) && !fds.empty()) break;  // watch these first
+      if (err && !Gone(err)) {
+        alive.push_back(target.pid);  // cannot watch it: do not call it exited
+        continue;
+      }
+      if (err || st.startTime != target.startTime || !fd.Alive()) {
+        continue;  // already reaped
+      }
+      fds.push_back(std::move(fd));
+      pids.push_back(target.pid);
     }
-    int64_t left = deadline - NowMs();
-    if (left < 0) left = 0;
-    int n = poll(polled.data(), polled.size(), static_cast<int>(left));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    for (size_t k = 0; k < polled.size(); k++) {
-      if (polled[k].revents) {
-        exited[which[k]] = true;
-        remaining--;
+    std::vector<struct pollfd> polled;
+    std::vector<bool> exited(fds.size(), false);
+    size_t remaining = fds.size();
+    while (remaining > 0) {
+      polled.clear();
+      std::vector<size_t> which;
+      for (size_t i = 0; i < fds.size(); i++) {
+        if (exited[i]) continue;
+        polled.push_back({fds[i].fd(), POLLIN, 0});
+        which.push_back(i);
+      }
+      int64_t left = deadline - NowMs();
+      if (left < 0) left = 0;
+      int n = poll(polled.data(), polled.size(), static_cast<int>(left));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      for (size_t k = 0; k < polled.size(); k++) {
+        if (polled[k].revents) {
+          exited[which[k]] = true;
+          remaining--;
+        }
       }
     }
-  }
-  std::vector<pid_t> alive = unwatchable;
-  for (size_t i = 0; i < fds.size(); i++) {
-    if (!exited[i]) alive.push_back(pids[i]);
+    for (size_t i = 0; i < fds.size(); i++) {
+      if (!exited[i]) alive.push_back(pids[i]);
+    }
   }
   return alive;
 }

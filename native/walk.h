@@ -46,6 +46,7 @@ struct ProcessRecord {
   bool kernelThread = false;
   std::vector<ThreadRecord> threads;
   std::vector<pid_t> children;
+  uint64_t childrenListedAt = 0;  // relistAfterSignal: BootTicks() once signalled, before the last listing
 };
 
 struct Identity {
@@ -105,6 +106,16 @@ struct WalkOptions {
   // as kUnreadState). For the first pass of a stop, which signals nearly
   // every process anyway; later passes read every thread.
   bool leaderSelects = false;
+  // Parents first only, for a kill of a tree that may still fork: a process
+  // that was not stopped when read has its children read again once it is
+  // signalled. A process sent SIGKILL forks no more
+  // (copy_process gives up on a fatal signal under the lock that links a
+  // new child to its parent), so the children read after the signal are
+  // all it has. It may then exit before they are visited, and they move to
+  // a new parent: a child listed by a signalled process is taken under
+  // another parent if it started no later than the listing (a process that
+  // took its pid since started after).
+  bool relistAfterSignal = false;
   std::vector<pid_t> protect;  // never signalled (the caller and its ancestors)
   WalkCache* cache = nullptr;  // files kept from earlier passes over the same tree
   // Processes (pid -> start time) an earlier pass of this operation sent
@@ -124,8 +135,10 @@ constexpr char kResumedState = '+';
 
 // The state reported for a thread not read by a pass with leaderSelects,
 // because its leader is running or asleep (R, S): the process is signalled
-// whatever its other threads are doing. Not a kernel letter; it counts as
-// not stopped, so that pass never proves a tree stopped.
+// whatever its other threads are doing; or by a pass that sends every
+// process SIGKILL, which needs no state, when its stat file could not be
+// read (EMFILE …). Not a kernel letter; it counts as not stopped, so that
+// pass never proves a tree stopped.
 constexpr char kUnreadState = '?';
 
 // What the signals of a pass did, process by process.
@@ -138,9 +151,13 @@ struct SignalOutcome {
 struct WalkResult : SignalOutcome {
   bool rootFound = false;
   SysError rootError;
+  pid_t rootThreadOf = 0;  // the root pid names a thread of this process, not a process
   bool scan = false;
   size_t walkers = 1;                    // threads that read the tree
   std::vector<ProcessRecord> processes;  // in visiting order (depth first)
+  // relistAfterSignal: processes that had begun to exit when their children
+  // were listed again; a child forked just before the signal may be missing.
+  std::vector<pid_t> unlisted;
 };
 
 void Walk(const WalkOptions& options, WalkResult* result);

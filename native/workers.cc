@@ -126,6 +126,7 @@ Napi::Object ResultObject(Napi::Env env, pid_t root, const WalkResult& r) {
   out.Set("signalled", ToArray(env, r.signalled));
   out.Set("gone", ToArray(env, r.gone));
   out.Set("failures", ToArray(env, r.failures));
+  out.Set("unlisted", ToArray(env, r.unlisted));
   return out;
 }
 
@@ -182,6 +183,15 @@ class WalkWorker : public Napi::AsyncWorker {
 
   void OnOK() override {
     Napi::Env env = Env();
+    if (!result_.rootFound && result_.rootThreadOf != 0) {
+      SysError e = result_.rootError;
+      e.code = "EINVAL_PID";
+      Napi::Error error = MakeError(env, e, std::to_string(options_.root) + " is a thread of process " +
+                                                std::to_string(result_.rootThreadOf) + ", not a process");
+      error.Value().Set("tgid", Napi::Number::New(env, result_.rootThreadOf));
+      deferred_.Reject(error.Value());
+      return;
+    }
     if (!result_.rootFound) {
       deferred_.Reject(MakeError(env, result_.rootError,
                                  "cannot read process " + std::to_string(options_.root))
@@ -304,6 +314,7 @@ Napi::Value WalkAsync(const Napi::CallbackInfo& info) {
   options.perThread = o.Get("perThread").ToBoolean();
   options.signalAfterRead = o.Get("signalAfterRead").ToBoolean();
   options.leaderSelects = o.Get("leaderSelects").ToBoolean();
+  options.relistAfterSignal = o.Get("relistAfterSignal").ToBoolean();
   options.protect = PidArray(o.Get("protect"));
   CacheRef cache;
   if (o.Has("cache") && !o.Get("cache").IsUndefined()) {

@@ -48,6 +48,8 @@ export interface NativeWalkResult {
   signalled: number[];
   gone: number[];
   failures: NativeFailure[];
+  /** `relistAfterSignal`: processes that had begun to exit when their children were listed again (a child forked just before the signal may be missing). */
+  unlisted: number[];
   /** The follow-up pass (`followUpIfStopped`), when this one found a thread in group-stop and it ran. */
   next?: NativeWalkResult;
 }
@@ -75,6 +77,15 @@ export interface NativeWalkOptions {
    * the first pass of a stop, which signals nearly everything anyway.
    */
   leaderSelects?: boolean;
+  /**
+   * Parents first only, for a kill of a tree that may still fork: a process
+   * not stopped when read has its children read again once signalled (a
+   * process sent SIGKILL forks no more, so that list is all it has), and is
+   * signalled even if reading it failed for want of resources. A child that
+   * has since moved to another parent is followed if it started before it
+   * was listed.
+   */
+  relistAfterSignal?: boolean;
   protect?: number[];
   /** Files kept open from the previous passes of the same operation. */
   cache?: NativeWalkCache;

@@ -35,6 +35,8 @@ export interface TransitionResult {
   rootStartTime: number;
   /** Continue only: the settle looks after the verified resume, and the processes that stopped again meanwhile and were resumed once more. */
   settle?: { looks: number; resumedAgain: number[] };
+  /** Kill: processes it saw that are still alive at the end (the kill then fails, naming them); empty when it returns. */
+  escaped?: number[];
 }
 
 export interface ContinueOptions extends TransitionOptions {
@@ -80,7 +82,9 @@ class Tally {
     }
     const byPid = new Map(pass.processes.map((p) => [p.pid, p]));
     for (const pid of pass.signalled) {
-      if (!this.signalled.has(pid)) this.signalled.set(pid, { pid, startTime: byPid.get(pid)!.startTime });
+      // A process signalled though it could not be read (relistAfterSignal) has no record.
+      const p = byPid.get(pid);
+      if (p && !this.signalled.has(pid)) this.signalled.set(pid, { pid, startTime: p.startTime });
     }
     for (const pid of pass.gone) this.gone.add(pid);
     return fresh;
@@ -183,11 +187,14 @@ export async function stopTree(pid: number, options: StopOptions = {}): Promise<
   return stopPasses(pid, options, false, new Tally());
 }
 
+/** Reads that failed for want of resources, not of permission: a kill goes on through the pins it has. */
+const READ_FAILURES = ['EMFILE', 'ENFILE', 'ENOMEM'] as const;
+
 /**
  * Stop failures after which a kill goes on: SIGKILL needs no cooperation,
  * and a root that exited leaves processes the kill has seen to kill.
  */
-const KILL_GOES_ON = ['ETIMEDOUT', 'ETRACED', 'ENOTSETTLED', 'ESRCH'] as const;
+const KILL_GOES_ON = ['ETIMEDOUT', 'ETRACED', 'ENOTSETTLED', 'ESRCH', ...READ_FAILURES] as const;
 
 /**
  * The passes of a stop. For a kill (`beforeKill`), the stop only keeps the
@@ -469,10 +476,18 @@ async function settle(verified: TransitionResult, verifying: NativeWalkResult, c
  * → Dead. The tree is stopped first so nothing can fork away while it is
  * killed; then SIGKILL to every process, children first, and wait on the
  * pidfds until every process is gone or a zombie. When the stop cannot
- * finish (traced threads, endless forking, a timeout), what it stopped stays
- * stopped and the kill goes on. A process the call saw in the tree is killed
- * even if it left the tree meanwhile (its parent, the root say, exited and it
- * moved to a subreaper or init): it is found again by identity.
+ * finish (traced threads, endless forking, a timeout, no descriptors left),
+ * what it stopped stays stopped and the kill goes on parents first, the
+ * children of each process that still ran read again once it is killed: a
+ * parent killed first forks no more, so none of its children is born after
+ * the kill looked. A process
+ * the call saw in the tree is killed, with whatever it has forked since,
+ * even if it left the tree meanwhile (its parent, the root say, exited and
+ * it moved to a subreaper or init): it is found again by identity, and the
+ * kill repeats until no pass finds a process it had not seen. What is still
+ * alive at the end has escaped, and the kill fails (EESCAPED) naming it, as
+ * it does when a process it killed as it ran exited before its children
+ * could be listed again.
  */
 export async function killTree(pid: number, options: StopOptions = {}): Promise<TransitionResult> {
   const root = checkPid(pid);
@@ -499,57 +514,92 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
   }
   rootStartTime ??= tally.identities()[0]?.startTime;
   let passes = 0;
-  const reached = new Set<number>(); // processes a kill pass signalled (or found dead) and waited for
+  const reached = new Map<number, number>(); // processes a kill pass signalled (or found dead) and waited for
+  const unread: NativeFailure[] = []; // processes the last pass of a walk could not read, left alive
+  const unlisted = new Set<number>(); // processes that had begun to exit before their children were listed again
   const waitDead = async (targets: Identity[]) => {
     const alive = await native().waitExit(targets, Math.max(0, deadline - performance.now()));
     if (alive.length > 0 && performance.now() > deadline) {
       throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not die within ${timeoutMs} ms: ${describePids(alive)} still alive`, { pid: root, pids: alive });
     }
   };
-  {
-    using cache = walkCache();
+  let cache: ReturnType<typeof walkCache> | undefined = walkCache();
+  // Passes from one process (the root, then each process seen and not yet
+  // reached) until one signals nothing, or it is gone.
+  const killFrom = async (from: Identity | undefined): Promise<void> => {
+    let failures: NativeFailure[] = [];
     for (;;) {
       let pass: NativeWalkResult;
       try {
         pass = await walkTree({
-          root,
-          rootStartTime,
+          root: from?.pid ?? root,
+          rootStartTime: from?.startTime,
           scan: options.scan,
-          cache: cache.handle,
+          cache: from === undefined ? cache?.handle : undefined,
           signal: SIGKILL,
           select: 'all',
-          order: 'children-first',
-          // A stopped tree cannot fork: read it all, then kill in one burst.
-          // One the stop could not finish is killed as it is read.
-          signalAfterRead: stopped,
           protect,
+          // A stopped tree cannot fork: read it all, then kill it in one
+          // burst, children first. One that still forks is killed parents
+          // first, and what ran is listed again once killed.
+          ...(stopped ? { order: 'children-first', signalAfterRead: true } : { order: 'parents-first', relistAfterSignal: true }),
         });
       } catch (e) {
-        // The root is reaped: nothing left to kill through it.
-        if (hasCode(e, 'ESRCH') && rootStartTime !== undefined) break;
+        // Reaped: nothing left to kill through it.
+        if (hasCode(e, 'ESRCH') && (from !== undefined || rootStartTime !== undefined)) break;
         throw e;
       }
       passes++;
-      rootStartTime ??= pass.processes[0]!.startTime;
+      if (from === undefined) rootStartTime ??= pass.processes[0]!.startTime;
       tally.add(pass);
-      if (pass.failures.length > 0) throw failureError(pass.failures, 'kill', '');
-      for (const p of pass.processes) reached.add(p.pid);
-      if (pass.signalled.length === 0) break; // every process is a zombie
-      await waitDead(pass.processes.map((p) => ({ pid: p.pid, startTime: p.startTime })));
+      for (const p of pass.unlisted) unlisted.add(p);
+      const refusals = pass.failures.filter((f) => f.syscall === 'pidfd_send_signal' || !(READ_FAILURES as readonly string[]).includes(f.code));
+      if (refusals.length > 0) throw failureError(refusals, 'kill', '');
+      for (const p of pass.processes) reached.set(p.pid, p.startTime);
+      // Out of descriptors: a process that could not be read is not killed,
+      // nor a stopped one above it (its children would be orphaned, out of
+      // the tree's reach). Free the cache's descriptors and read again.
+      failures = pass.failures;
+      const retry = failures.length > 0 && cache !== undefined;
+      if (failures.length > 0) {
+        await cache?.release();
+        cache = undefined;
+      }
+      if (pass.signalled.length === 0 && !retry) break; // nothing left that it can kill
+      const signalled = new Set(pass.signalled);
+      await waitDead(pass.processes.filter((p) => signalled.has(p.pid)).map((p) => ({ pid: p.pid, startTime: p.startTime })));
     }
+    unread.push(...failures);
+  };
+  try {
+    await killFrom(undefined);
+    // What the call saw and no kill pass reached has left the tree (its
+    // parent exited and it moved to a subreaper or init), or exited: kill it
+    // where it is now, with what it forked since, until nothing new shows.
+    for (;;) {
+      const strays = tally.identities().filter((p) => reached.get(p.pid) !== p.startTime);
+      if (strays.length === 0) break;
+      for (const stray of strays) {
+        reached.set(stray.pid, stray.startTime);
+        await killFrom(stray);
+      }
+    }
+  } finally {
+    await cache?.release();
   }
-  // What the call saw and no kill pass reached has left the tree: exited,
-  // or moved away when its parent exited. Kill it where it is now, children
-  // first (a pid that names another process by now is left alone).
-  const strays = tally.identities().filter((p) => !reached.has(p.pid)).reverse();
-  if (strays.length > 0) {
-    const swept = await native().signalList(strays, SIGKILL, false, protect);
-    if (swept.failures.length > 0) throw failureError(swept.failures, 'kill', '');
-    const signalled = new Set(swept.signalled);
-    await waitDead(strays.filter((p) => signalled.has(p.pid)));
+  if (unread.length > 0) {
+    throw readFailure(unread, `; ${unread.length === 1 ? 'it was' : 'they were'} not killed, nor a stopped process above (their children would have been orphaned), and nothing was resumed`);
+  }
+  const escaped = await native().waitExit(tally.identities(), Math.max(0, deadline - performance.now()));
+  const result = { ...tally.result(root, 'dead', undefined, passes, started, rootStartTime ?? 0), escaped };
+  if (escaped.length > 0 || unlisted.size > 0) {
+    result.state = 'mixed';
+    const alive = escaped.length ? `${describePids(escaped)} escaped and ${escaped.length === 1 ? 'is' : 'are'} still alive` : '';
+    const gaps = unlisted.size ? `${describePids([...unlisted])} exited before ${unlisted.size === 1 ? 'its' : 'their'} children could be listed, and a child forked just before the kill may have escaped` : '';
+    throw new TreeStateError('EESCAPED', `the tree of ${root} was killed, but ${[alive, gaps].filter(Boolean).join('; and ')}`, { pid: root, pids: escaped.length ? escaped : [...unlisted], details: { result, unlisted: [...unlisted] } });
   }
   // Every process seen is dead now: the tally reports them all as exited.
-  return tally.result(root, 'dead', undefined, passes, started, rootStartTime ?? 0);
+  return result;
 }
 
 export interface WaitOptions extends WalkOptions {

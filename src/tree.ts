@@ -138,6 +138,8 @@ export async function walkTree(options: NativeWalkOptions): Promise<NativeWalkRe
   try {
     result = await native().walk(options);
   } catch (e) {
+    const tgid = (e as { tgid?: unknown }).tgid;
+    if (hasCode(e, 'EINVAL_PID') && typeof tgid === 'number') throw threadError(options.root, tgid, options.protect ?? []);
     if (hasCode(e, 'ESRCH') && !(e instanceof TreeStateError)) {
       throw new TreeStateError('ESRCH', `no such process: ${options.root}`, { pid: options.root, errno: -3, syscall: 'open', cause: e });
     }
@@ -155,10 +157,29 @@ export async function walkTree(options: NativeWalkOptions): Promise<NativeWalkRe
   return result;
 }
 
-/** "too many open files (EMFILE)": the errno's own words, from the native message, then its code. */
+/**
+ * The pid given names a thread, not a process: /proc/TID opens, and a signal
+ * through it reaches the whole process, so it is refused rather than taken
+ * for the process. Threads of what is never signalled are refused as it is.
+ */
+function threadError(pid: number, tgid: number, protect: number[]): TreeStateError {
+  if (tgid === 1) return new TreeStateError('EREFUSED', `refusing pid ${pid}: it is a thread of pid 1, whose tree is the whole system`, { pid });
+  if (protect.includes(tgid)) {
+    const who = tgid === process.pid ? 'treestate itself' : 'an ancestor of treestate';
+    return new TreeStateError('EREFUSED', `refusing pid ${pid}: it is a thread of process ${tgid}, ${who}`, { pid });
+  }
+  return new TreeStateError('EINVAL_PID', `${pid} is a thread of process ${tgid}, not a process; name the process`, { pid, details: { tgid } });
+}
+
+/**
+ * "too many open files (EMFILE)": the errno's own words, from the native
+ * message, then its code. EPERM from open names a process that is alive but
+ * that /proc will not show this user (hidepid), not one that is gone.
+ */
 export function reason(f: Partial<NativeFailure>): string {
   const words = new RegExp(`${f.code}: ([^(]*?) \\(`).exec(f.message ?? '')?.[1] ?? 'failed';
-  return `${words.charAt(0).toLowerCase()}${words.slice(1)} (${f.code})`;
+  const hidden = f.code === 'EPERM' && f.syscall === 'open' ? ': alive, but /proc does not let this user read it (hidepid)' : '';
+  return `${words.charAt(0).toLowerCase()}${words.slice(1)} (${f.code})${hidden}`;
 }
 
 /** Processes a pass could not read: the tree it saw is incomplete. `extra` ends the message (what was undone). */

@@ -48,21 +48,30 @@ function cliFor(uid: number | undefined): string {
 
 /**
  * Runs the built CLI (dist/) as a separate process, the way a user does; as
- * another user with `uid`; with at most `fdLimit` open files (prlimit).
+ * another user with `uid`; with at most `fdLimit` open files (prlimit);
+ * with `hidepid`, in a private mount namespace whose /proc is a new procfs
+ * mounted hidepid=invisible (the host's /proc is untouched, and the mount
+ * goes away with the namespace when the CLI exits), as `uid` through setpriv.
  */
-export function cli(args: string[], options: { env?: NodeJS.ProcessEnv; uid?: number; gid?: number; timeoutMs?: number; fdLimit?: number } = {}): Promise<CliRun> {
+export function cli(args: string[], options: { env?: NodeJS.ProcessEnv; uid?: number; gid?: number; timeoutMs?: number; fdLimit?: number; hidepid?: boolean } = {}): Promise<CliRun> {
   const path = cliFor(options.uid);
-  const [file, argv] = options.fdLimit
+  let [file, argv] = options.fdLimit
     ? ['prlimit', [`--nofile=${options.fdLimit}:${options.fdLimit}`, '--', process.execPath, path, ...args]]
     : [process.execPath, [path, ...args]];
+  const hidden = options.hidepid === true;
+  if (hidden) {
+    const as = `setpriv --reuid=${options.uid ?? 0} --regid=${options.gid ?? options.uid ?? 0} --clear-groups --`;
+    argv = ['-m', '--propagation', 'private', '--', 'sh', '-c', `mount -t proc -o hidepid=invisible proc /proc && exec ${as} "$@"`, 'sh', file, ...argv];
+    file = 'unshare';
+  }
   return new Promise((resolve) => {
     execFile(
       file,
       argv,
       {
         env: { ...process.env, NO_COLOR: '1', ...options.env },
-        uid: options.uid,
-        gid: options.gid,
+        uid: hidden ? undefined : options.uid,
+        gid: hidden ? undefined : options.gid,
         cwd: options.uid ? '/' : undefined,
         timeout: options.timeoutMs ?? 60_000,
       },
@@ -169,6 +178,11 @@ export async function countingNativePasses<T>(work: () => Promise<T>): Promise<{
 export function statFields(pid: number): string[] {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
+/** The TracerPid of `pid` (0: not traced). */
+export function readTracer(pid: number): number {
+  return Number(/TracerPid:\s*(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
 }
 
 /** Whether `pid` has exited: gone from /proc or a zombie. */

@@ -1,9 +1,8 @@
 import { expect } from 'chai';
-import { readFileSync } from 'node:fs';
 import { TreeStateError, getTreeState, snapshot, stopTree } from '../src/index.js';
 import { native, nativeExecutable } from '../src/native.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
-import { betweenNativePasses, countingNativePasses, hasExited, rejection, waitFor } from './helpers.js';
+import { betweenNativePasses, countingNativePasses, hasExited, readTracer, rejection, waitFor } from './helpers.js';
 
 describe('stop', () => {
   it('stops every thread of every process, parents first, and the heartbeats freeze', async () => {
@@ -157,6 +156,3 @@ describe('stop', () => {
   });
 });
 
-function readTracer(pid: number): number {
-  return Number(/TracerPid:\s*(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
-}

@@ -238,7 +238,7 @@ static void serve(struct sockets *s, uint64_t beat) {
 }
 
 static void run_process(struct node self) {
-  static struct thread_arg args[256];
+  struct thread_arg *args = calloc((size_t)threads, sizeof *args);
   static struct sockets socks;
   uint64_t counter = 0;
   prctl(PR_SET_PDEATHSIG, 0);
@@ -248,17 +248,25 @@ static void run_process(struct node self) {
   if (!threaded_forks && self.depth < depth_max) {
     for (int j = 0; j < fanout; j++) fork_child(self, j);
   }
-  for (int t = 1; t <= extra && t < 256; t++) {
+  /* Small stacks: a process may have thousands of threads (a hostile tree). */
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 64 * 1024);
+  for (int t = 1; t <= extra && args; t++) {
     pthread_t th;
     args[t].self = self;
     args[t].thread_no = t;
-    pthread_create(&th, NULL, thread_main, &args[t]);
+    if (pthread_create(&th, &attr, thread_main, &args[t]) != 0) perror("treestate-fixture: pthread_create");
   }
+  pthread_attr_destroy(&attr);
   if (zombie && self.depth == 0) {
     if (fork() == 0) _exit(0); /* never reaped: a zombie inside the tree */
   }
   if (uid_depth == self.depth) {
     if (setgid(drop_uid) < 0 || setuid(drop_uid) < 0) perror("treestate-fixture: setuid");
+    /* A uid change clears the dumpable flag, which hides a process from its
+     * new owner too under /proc's hidepid: keep it that owner's to read. */
+    prctl(PR_SET_DUMPABLE, 1);
   }
   if (memory_mb > 0 && self.depth == 0) {
     size_t size = (size_t)memory_mb << 20;
@@ -404,7 +412,7 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
-  if (depth_max < 0 || fanout < 0 || threads < 1 || threads > 255) {
+  if (depth_max < 0 || fanout < 0 || threads < 1 || threads > 4096) {
     fprintf(stderr, "treestate-fixture: bad shape\n");
     return 2;
   }
