@@ -20,7 +20,7 @@ describe('cgroup: kill through cgroup.kill', () => {
       await waitFor(async () => !(await snapshot(tree.root)).processes.some((p) => p.pid === grandchild), 5000, 'the grandchild to leave the tree');
       expect(procsOf(tree.cgroup)).to.include(grandchild);
       const r = await cli(['kill', String(tree.root), '--json']);
-      expect(r.code, r.stderr).to.equal(0);
+      expect(r.code, r.stdout + r.stderr).to.equal(0);
       expect(JSON.parse(r.stdout).signalled).to.include(grandchild);
       expect(hasExited(grandchild), `grandchild ${grandchild}`).to.equal(true);
       expect(hasExited(tree.root)).to.equal(true);

@@ -48,7 +48,7 @@ describe('safety: processes hidden by hidepid', function () {
       expect(run.stderr, verb).to.include('hidepid');
       for (const child of children) expect(run.stderr, verb).to.include(String(child));
       // The stop (a kill stops first) had stopped the root, and resumed it.
-      if (verb !== 'status') expect(run.stderr, verb).to.match(/the 1 process\(es\) it had stopped were resumed$/m);
+      if (verb !== 'status') expect(run.stderr, verb).to.match(/the 1 process it had stopped was resumed$/m);
       expect(await picture(tree), `after ${verb}`).to.deep.equal(before);
       await tree.waitProgress();
     }

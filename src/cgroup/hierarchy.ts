@@ -149,7 +149,14 @@ export async function waitEvent(cgroup: string, key: string, value: number, time
   };
   if (reached()) return true;
   let wake: (() => void) | undefined;
-  const watcher = watch(join(cgroup, 'cgroup.events'), () => wake?.());
+  let watcher: ReturnType<typeof watch>;
+  try {
+    watcher = watch(join(cgroup, 'cgroup.events'), () => wake?.());
+  } catch (e) {
+    // Removed between the read and the watch: reached() says what that means.
+    if (hasCode(e, 'ENOENT')) return reached();
+    throw e;
+  }
   watcher.on('error', () => wake?.());
   try {
     for (;;) {

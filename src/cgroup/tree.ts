@@ -99,7 +99,15 @@ async function adoptMembers(members: number[], known: Set<number>, subreaper: nu
 
 /** The tree's own cgroup, or undefined when it has none (the signal path is then the only one). */
 export async function ownedCgroup(pid: number): Promise<OwnedTree | undefined> {
-  const r = await inspectOwnership(pid);
+  let r;
+  try {
+    r = await inspectOwnership(pid);
+  } catch (e) {
+    // A process this user cannot read (hidepid) or that is gone: not a run
+    // tree as far as we can tell; the signal path then says what it is.
+    if (hasCode(e, 'ESRCH', 'ENOENT', 'EPERM', 'EACCES')) return undefined;
+    throw e;
+  }
   return 'owned' in r ? r.owned : undefined;
 }
 

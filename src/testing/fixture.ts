@@ -261,7 +261,7 @@ export class TreeFixture {
 const TREE_NUMBERS: { [K in keyof TreeOptions]: NumberRule } = {
   depth: wholeNumber(0, 64),
   fanout: wholeNumber(0, 100_000),
-  threads: wholeNumber(1, 255),
+  threads: wholeNumber(1, 4096),
   uidDepth: wholeNumber(0, 64),
   uid: wholeNumber(0, 4_294_967_294),
   memoryMb: wholeNumber(0, 1 << 20),
