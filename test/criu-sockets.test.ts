@@ -1,5 +1,6 @@
 import { expect } from 'chai';
 import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { createSocket } from 'node:dgram';
 import { connect, createServer } from 'node:net';
 import { continueTree, dump, killTree, restore, type DumpFinalState, type RestoreFinalState } from '../src/index.js';
@@ -164,6 +165,47 @@ describe('criu dump and restore of a tree holding sockets', () => {
       await restore({ imagesDir, finalState: plan.restore, runner: server });
       if (plan.restore === 'stopped') await continueTree(server.root);
       expect(get(), `after dump ${plan.dump}, restore ${plan.restore}`).to.equal('200');
+    }
+  });
+
+  it('a real key-value server (redis-server) keeps its in-memory data and answers after dump and restore with every final state', async function () {
+    const redis = onPath('redis-server') ?? (existsSync('/usr/bin/redis-server') ? '/usr/bin/redis-server' : undefined);
+    if (!redis) {
+      if (process.env.CI) throw new Error('CI needs redis-server (.ci/run installs it)');
+      this.skip();
+    }
+    const port = await new Promise<number>((resolve) => {
+      const probe = createServer().listen(0, '127.0.0.1', () => {
+        const { port } = probe.address() as { port: number };
+        probe.close(() => resolve(port));
+      });
+    });
+    const dir = tempDir();
+    // No persistence: what comes back can only have come from the images.
+    await using server = await spawnSupervised(redis!, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--dir', dir]);
+    const ask = (command: string) =>
+      new Promise<string>((resolve, reject) => {
+        const socket = connect(port, '127.0.0.1', () => socket.write(`${command}\r\nPING\r\n`));
+        let data = '';
+        socket.on('data', (d) => {
+          data += d;
+          if (data.endsWith('+PONG\r\n')) {
+            socket.end();
+            resolve(data.slice(0, -'+PONG\r\n'.length));
+          }
+        });
+        socket.on('error', reject);
+      });
+    await waitFor(async () => (await ask('SET treestate kept').catch(() => '')) === '+OK\r\n', 10_000, 'redis to answer');
+    for (const plan of plans) {
+      const imagesDir = tempDir();
+      await dump(server.root, { imagesDir, finalState: plan.dump });
+      if (plan.dump === 'running') expect(await ask('GET treestate')).to.equal('$4\r\nkept\r\n');
+      if (plan.dump === 'stopped') await continueTree(server.root);
+      if (plan.dump !== 'dead') await killTree(server.root);
+      await restore({ imagesDir, finalState: plan.restore, runner: server });
+      if (plan.restore === 'stopped') await continueTree(server.root);
+      expect(await ask('GET treestate'), `after dump ${plan.dump}, restore ${plan.restore}`).to.equal('$4\r\nkept\r\n');
     }
   });
 });

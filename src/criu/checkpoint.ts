@@ -449,7 +449,7 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
       });
     }
   }
-  // The tree as it was just before the dump is what must come back.
+  // What the images hold must come back (verify.ts reads them).
   const verified = await verifyImages(placed.imagesDir, { ...withNetworkLock(options), criu: b.info.path, expected: before });
   return { ...dumped, verified, elapsedMs: Math.round(performance.now() - b.started) };
 }

@@ -3,7 +3,8 @@
 // and mount namespaces (treestate-reaper --pid-ns --net-ns), left stopped by
 // criu before the program's first instruction, so the copy never runs: no
 // write to a file, no packet to a peer. Every process and thread must be
-// back and in T; then the copy is killed with its namespace.
+// back, with as many threads as the images hold, and in T; then the copy is
+// killed with its namespace.
 import { existsSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { TreeStateError, describePids } from '../errors.js';
@@ -11,6 +12,7 @@ import { getTreeState, type TreeStatus } from '../tree.js';
 import { killTree } from '../transitions.js';
 import type { CriuFlags } from './args.js';
 import { restore, type CriuResult } from './checkpoint.js';
+import { readCheckpoint } from './images/read.js';
 import { innermostPid } from './pidns.js';
 
 export interface ImageVerification {
@@ -63,7 +65,7 @@ async function gone(pid: number, timeoutMs: number): Promise<void> {
 export interface VerifyOptions extends CriuFlags {
   criu?: string;
   timeoutMs?: number;
-  /** The tree as it was dumped: every live process of it, with as many threads, must come back. */
+  /** The tree the images were dumped from (its root names the error); what must come back is read from the images. */
   expected?: TreeStatus;
 }
 
@@ -99,8 +101,12 @@ export async function verifyImages(imagesDir: string, options: VerifyOptions = {
     });
   }
   try {
+    // What must come back: every process the images hold but zombies and
+    // helpers (which criu recreates only to let them go), each with its
+    // threads. Read once criu has restored them: a damaged image is criu's to
+    // name first.
+    const want = (await readCheckpoint(imagesDir)).processes.filter((p) => p.state !== 'zombie' && p.state !== 'helper');
     const status = await getTreeState(copy.root);
-    const want = options.expected?.processes.filter((p) => p.state !== 'dead') ?? [];
     const got = new Map(status.processes.map((p) => [innermostPid(p.pid), p]));
     const missing = want.filter((p) => !got.has(p.pid)).map((p) => p.pid);
     const short = want.filter((p) => got.has(p.pid) && got.get(p.pid)!.threads.length !== p.threads.length).map((p) => p.pid);
@@ -110,7 +116,7 @@ export async function verifyImages(imagesDir: string, options: VerifyOptions = {
         short.length ? `processes ${describePids(short)} came back with another number of threads` : '',
         status.state !== 'stopped' ? `the copy is ${status.state}, not stopped` : '',
       ].filter(Boolean);
-      throw new TreeStateError('EVERIFY', `a test restore of the images in ${imagesDir} differs from the tree: ${why.join('; ')}`, { pid: root, pids: [...missing, ...short], details: { logFile } });
+      throw new TreeStateError('EVERIFY', `a test restore of the images in ${imagesDir} differs from what they hold: ${why.join('; ')}`, { pid: root, pids: [...missing, ...short], details: { logFile } });
     }
     return {
       processes: status.processes.length,
