@@ -31,6 +31,8 @@ static void Fill(Napi::Env env, Napi::Object o, const SysError& e) {
   o.Set("errno", Napi::Number::New(env, -e.err));
   o.Set("syscall", Napi::String::New(env, e.syscall ? e.syscall : ""));
   o.Set("pid", Napi::Number::New(env, e.pid));
+  // The errno's own words, as a field: nothing needs to parse the message.
+  o.Set("description", Napi::String::New(env, e.err != 0 ? strerror(e.err) : ""));
 }
 
 Napi::Object ErrorRecord(Napi::Env env, const SysError& e) {

@@ -3,6 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { ErrorCode, SystemErrorCode } from './errors.js';
 
 export interface NativeThread {
   tid: number;
@@ -30,11 +31,14 @@ export interface NativeProcess {
 }
 
 export interface NativeFailure {
-  code: string;
+  /** An errno's name, or one of the walk's own refusals (EREFUSED …). */
+  code: SystemErrorCode | ErrorCode;
   errno: number;
   syscall: string;
   pid: number;
   message: string;
+  /** strerror's words for errno ("Too many open files"); empty for a policy refusal. */
+  description: string;
 }
 
 export interface NativeWalkResult {

@@ -1,4 +1,5 @@
 // The tree as treestate sees it: a snapshot, and what state it is in.
+import { constants as osConstants } from 'node:os';
 import { frozenCgroupOf } from './cgroup/frozen.js';
 import { TreeStateError, describePids, hasCode, type ThreadRef } from './errors.js';
 import { native, type NativeFailure, type NativeProcess, type NativeWalkCache, type NativeWalkOptions, type NativeWalkResult } from './native.js';
@@ -141,7 +142,7 @@ export async function walkTree(options: NativeWalkOptions): Promise<NativeWalkRe
     const tgid = (e as { tgid?: unknown }).tgid;
     if (hasCode(e, 'EINVAL_PID') && typeof tgid === 'number') throw threadError(options.root, tgid, options.protect ?? []);
     if (hasCode(e, 'ESRCH') && !(e instanceof TreeStateError)) {
-      throw new TreeStateError('ESRCH', `no such process: ${options.root}`, { pid: options.root, errno: -3, syscall: 'open', cause: e });
+      throw new TreeStateError('ESRCH', `no such process: ${options.root}`, { pid: options.root, errno: -osConstants.errno.ESRCH, syscall: 'open', cause: e });
     }
     const f = e as Partial<NativeFailure>;
     if (typeof f.code === 'string' && typeof f.errno === 'number') {
@@ -172,12 +173,12 @@ function threadError(pid: number, tgid: number, protect: number[]): TreeStateErr
 }
 
 /**
- * "too many open files (EMFILE)": the errno's own words, from the native
- * message, then its code. EPERM from open names a process that is alive but
- * that /proc will not show this user (hidepid), not one that is gone.
+ * "too many open files (EMFILE)": the errno's own words (the native error's
+ * description), then its code. EPERM from open names a process that is alive
+ * but that /proc will not show this user (hidepid), not one that is gone.
  */
 export function reason(f: Partial<NativeFailure>): string {
-  const words = new RegExp(`${f.code}: ([^(]*?) \\(`).exec(f.message ?? '')?.[1] ?? 'failed';
+  const words = f.description || 'failed';
   const hidden = f.code === 'EPERM' && f.syscall === 'open' ? ': alive, but /proc does not let this user read it (hidepid)' : '';
   return `${words.charAt(0).toLowerCase()}${words.slice(1)} (${f.code})${hidden}`;
 }
