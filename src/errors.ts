@@ -1,5 +1,15 @@
 // The errors treestate throws: one class, a small set of stable codes.
 
+import type { constants } from 'node:os';
+
+/**
+ * A system error the kernel gave while treestate read or signalled a
+ * process (EMFILE, ENOMEM, EACCES …): an errno's name, as Node's own system
+ * errors carry it. Closed: the errno names Node knows.
+ */
+export type SystemErrorCode = keyof typeof constants.errno;
+
+/** Every code treestate's own errors carry (the README's table), or a system error's. */
 export type ErrorCode =
   | 'EINVAL_PID' // not a positive integer pid
   | 'EREFUSED' // pid 1, a kernel thread, or a tree holding treestate itself
@@ -25,7 +35,8 @@ export type ErrorCode =
   | 'EFROZEN' // stop or continue of a frozen tree: thaw it first
   | 'ESPAWN' // a program that could not be started (treestate/testing's reaper, run)
   | 'ELEAK' // treestate/testing: a test left a process or a supervised tree behind
-  | 'ENOTAWAITED'; // treestate/testing: a test did not await a chai tree assertion
+  | 'ENOTAWAITED' // treestate/testing: a test did not await a chai tree assertion
+  | SystemErrorCode;
 
 export interface ThreadRef {
   pid: number;
@@ -35,7 +46,7 @@ export interface ThreadRef {
 }
 
 export class TreeStateError extends Error {
-  readonly code: ErrorCode | string;
+  readonly code: ErrorCode;
   /** The process the operation was about. */
   readonly pid?: number;
   /** The processes the error concerns (EPERM, EREFUSED, ETIMEDOUT …). */
@@ -48,7 +59,7 @@ export class TreeStateError extends Error {
   readonly details?: Record<string, unknown>;
 
   constructor(
-    code: ErrorCode | string,
+    code: ErrorCode,
     message: string,
     extra: { pid?: number; pids?: number[]; threads?: ThreadRef[]; errno?: number; syscall?: string; details?: Record<string, unknown>; cause?: unknown } = {},
   ) {

@@ -183,3 +183,15 @@ describe('bad input and refusals', () => {
     await tree.waitProgress();
   });
 });
+
+describe('error codes', () => {
+  it('the README\'s table names exactly the codes of the ErrorCode union, and every code thrown is one of them (tsc)', () => {
+    const source = readFileSync(new URL('../src/errors.ts', import.meta.url), 'utf8');
+    const union = new Set([...source.matchAll(/^\s*\| '([A-Z_]+)'/gm)].map((m) => m[1]));
+    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+    const table = readme.slice(readme.indexOf('| code | meaning |'));
+    const documented = new Set([...table.slice(0, table.indexOf('\n\n')).matchAll(/`(E[A-Z_]+)`/g)].map((m) => m[1]));
+    expect([...union].sort()).to.deep.equal([...documented].sort());
+    expect(union.size).to.be.greaterThan(20);
+  });
+});
