@@ -21,6 +21,23 @@ async function message(work: Promise<unknown>): Promise<string> {
 describe('treestate/testing', () => {
   const tempDir = tempDirs();
 
+  it('tells every waiter of a program\'s exit, and forgets a spawn that failed', async () => {
+    await using sup = await spawnSupervised('sleep', ['1000']);
+    const out = join(tempDir(), 'out');
+    const running = await sup.run('sh', ['-c', 'sleep 0.2'], { out });
+    const first = sup.exited(running.pid);
+    const second = sup.exited(running.pid);
+    const within = <T>(p: Promise<T>) => Promise.race([p, new Promise<'waiting'>((r) => setTimeout(() => r('waiting'), 5000))]);
+    expect(await within(first)).to.deep.equal({ code: 0, signal: null });
+    expect(await within(second)).to.deep.equal({ code: 0, signal: null });
+    const e = await sup.run('/nonexistent/program', [], { out }).then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+    expect(e).to.have.property('code', 'ESPAWN');
+    expect((sup as unknown as { spawns: Map<string, unknown> }).spawns.size, 'pending spawns').to.equal(0);
+  });
+
   describe('spawnTree', () => {
     it('has one heartbeat per process, and heartbeats prove running and stopped', async () => {
       await using tree = await spawnTree({ depth: 1, fanout: 3, threads: 2 });

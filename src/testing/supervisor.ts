@@ -31,7 +31,8 @@ export class Supervisor implements CommandRunner {
   readonly pid: number;
   readonly command: string[];
   private readonly exits = new Map<number, CommandExit>();
-  private readonly waiters = new Map<number, (exit: CommandExit) => void>();
+  // Every waiter of a pid is told: a second exited() must not replace the first.
+  private readonly waiters = new Map<number, Array<(exit: CommandExit) => void>>();
   private readonly spawns = new Map<string, { resolve: (pid: number) => void; reject: (e: Error) => void }>();
   private nextId = 1;
   private readonly done: Promise<void>;
@@ -84,7 +85,8 @@ export class Supervisor implements CommandRunner {
     if (kind === 'exit') {
       const exit: CommandExit = { code: Number(b) >= 0 ? Number(b) : null, signal: Number(c) > 0 ? Number(c) : null };
       this.exits.set(Number(a), exit);
-      this.waiters.get(Number(a))?.(exit);
+      for (const wake of this.waiters.get(Number(a)) ?? []) wake(exit);
+      this.waiters.delete(Number(a));
     } else if (kind === 'spawned') {
       this.spawns.get(a!)?.resolve(Number(b));
     } else if (kind === 'spawn-failed') {
@@ -96,7 +98,7 @@ export class Supervisor implements CommandRunner {
   exited(pid: number): Promise<CommandExit> {
     const known = this.exits.get(pid);
     if (known) return Promise.resolve(known);
-    return new Promise((resolve) => this.waiters.set(pid, resolve));
+    return new Promise((resolve) => this.waiters.set(pid, [...(this.waiters.get(pid) ?? []), resolve]));
   }
 
   /**
@@ -111,12 +113,17 @@ export class Supervisor implements CommandRunner {
     const fds = options.fds ?? [];
     // The descriptors go first: the reaper reads them when the command line arrives.
     if (fds.length) await native().sendMessage(this.fdChannel, Buffer.from(id), fds);
-    const pid = await new Promise<number>((resolve, reject) => {
-      this.spawns.set(id, { resolve, reject });
-      const umask = options.umask === undefined ? '' : ` ${(options.umask & 0o777).toString(8)}`;
-      this.child.stdin!.write(`spawn ${id} ${options.out} ${args.length + 1} ${fds.length}${umask}\n${[file, ...args].join('\n')}\n`);
-    });
-    this.spawns.delete(id);
+    let pid: number;
+    try {
+      pid = await new Promise<number>((resolve, reject) => {
+        this.spawns.set(id, { resolve, reject });
+        const umask = options.umask === undefined ? '' : ` ${(options.umask & 0o777).toString(8)}`;
+        this.child.stdin!.write(`spawn ${id} ${options.out} ${args.length + 1} ${fds.length}${umask}\n${[file, ...args].join('\n')}\n`);
+      });
+    } finally {
+      // A failed spawn's entry goes too, not only a successful one's.
+      this.spawns.delete(id);
+    }
     return { pid, exited: this.exited(pid) };
   }
 
