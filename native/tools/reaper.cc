@@ -105,6 +105,28 @@ bool ReceiveFds(int count, std::vector<int>* fds) {
 }
 
 // UMASK < 0: the reaper's own.
+// The exec error a child reports on its close-on-exec pipe: 0 when the exec
+// succeeded (end of file), retried on EINTR so an interrupted read is never
+// taken for a successful exec.
+int ReadExecError(int fd) {
+  int execErr = 0;
+  ssize_t n;
+  do {
+    n = read(fd, &execErr, sizeof execErr);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return errno;
+  return n == sizeof execErr ? execErr : 0;
+}
+
+// "exit PID CODE SIGNAL" for a program this reaper started, once: `started`
+// forgets it as it is said.
+void ReportExit(pid_t pid, int status) {
+  if (!started.erase(pid)) return;
+  int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+  Say("exit " + std::to_string(pid) + " " + std::to_string(code) + " " + std::to_string(sig));
+}
+
 pid_t Start(char* const argv[], bool newSession, bool stopped, const char* out, int mask, int* err,
             const std::vector<int>& fds = {}) {
   int report[2];
@@ -138,17 +160,16 @@ pid_t Start(char* const argv[], bool newSession, bool stopped, const char* out, 
   if (stopped) {
     int e = treestate::DetachStopped(pid);
     if (e) {
-      int execErr = 0;
-      if (read(report[0], &execErr, sizeof execErr) == sizeof execErr) e = execErr;
+      int execErr = ReadExecError(report[0]);
+      if (execErr) e = execErr;
       close(report[0]);
       waitpid(pid, nullptr, 0);
       *err = e;
       return -1;
     }
   } else {
-    int execErr = 0;
-    ssize_t n = read(report[0], &execErr, sizeof execErr);  // EOF when exec succeeded
-    if (n == sizeof execErr) {
+    int execErr = ReadExecError(report[0]);
+    if (execErr) {
       close(report[0]);
       waitpid(pid, nullptr, 0);
       *err = execErr;
@@ -165,11 +186,7 @@ void ReapReady() {
     int status;
     pid_t pid = waitpid(-1, &status, WNOHANG | __WALL);
     if (pid <= 0) return;
-    if (started.erase(pid)) {
-      int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
-      Say("exit " + std::to_string(pid) + " " + std::to_string(code) + " " + std::to_string(sig));
-    }
+    ReportExit(pid, status);
   }
 }
 
@@ -186,11 +203,7 @@ void KillAll() {
     int status;
     pid_t pid = waitpid(-1, &status, __WALL);
     if (pid < 0 && errno == ECHILD) return;
-    if (pid > 0 && started.erase(pid)) {
-      int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
-      Say("exit " + std::to_string(pid) + " " + std::to_string(code) + " " + std::to_string(sig));
-    }
+    if (pid > 0) ReportExit(pid, status);
   }
 }
 
