@@ -70,9 +70,12 @@ class Tally {
   private readonly seen = new Map<number, number>();
   readonly signalled = new Map<number, Identity>();
   private readonly gone = new Set<number>();
+  /** How the passes found the tree: the result says so even when its last pass is not at hand (kill). */
+  private walk: NativeWalkResult['walk'] = 'children';
 
   /** Returns how many processes this pass showed for the first time. */
   add(pass: NativeWalkResult): number {
+    this.walk = pass.walk;
     let fresh = 0;
     for (const p of pass.processes) {
       if (this.seen.get(p.pid) !== p.startTime) {
@@ -107,7 +110,7 @@ class Tally {
       exited: [...exited],
       passes,
       elapsedMs: Math.round((performance.now() - started) * 1000) / 1000,
-      walk: last?.walk ?? 'children',
+      walk: last?.walk ?? this.walk,
       rootStartTime,
     };
   }

@@ -5,6 +5,13 @@ import { spawnSupervised, spawnTree } from '../src/testing/index.js';
 import { betweenNativePasses, countingNativePasses, hasExited, waitFor } from './helpers.js';
 
 describe('kill', () => {
+  it('says which walk found the tree: scan with { scan: true }, children files otherwise', async () => {
+    await using scanned = await spawnTree({ depth: 1, fanout: 2 });
+    expect((await killTree(scanned.root, { scan: true })).walk).to.equal('scan');
+    await using walked = await spawnTree({ depth: 1, fanout: 2 });
+    expect((await killTree(walked.root)).walk).to.equal('children');
+  });
+
   it('kills every process of a running tree and waits until all are gone', async () => {
     await using tree = await spawnTree({ depth: 2, fanout: 3, threads: 2, forkFromThreads: true });
     const pids = tree.pids();
