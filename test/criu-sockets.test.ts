@@ -3,6 +3,16 @@ import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createSocket } from 'node:dgram';
 import { connect, createServer } from 'node:net';
+
+/** A TCP port free on 127.0.0.1 now (for a server the test starts next). */
+function freeLoopbackPort(): Promise<number> {
+  return new Promise((resolve) => {
+    const probe = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = probe.address() as { port: number };
+      probe.close(() => resolve(port));
+    });
+  });
+}
 import { continueTree, dump, killTree, restore, type DumpFinalState, type RestoreFinalState } from '../src/index.js';
 import { onPath } from '../src/criu/locate.js';
 import { spawnSupervised, spawnTree, type TreeFixture } from '../src/testing/index.js';
@@ -141,12 +151,7 @@ describe('criu dump and restore of a tree holding sockets', () => {
       if (process.env.CI) throw new Error('CI needs python3');
       this.skip();
     }
-    const port = await new Promise<number>((resolve) => {
-      const probe = createServer().listen(0, '127.0.0.1', () => {
-        const { port } = probe.address() as { port: number };
-        probe.close(() => resolve(port));
-      });
-    });
+    const port = await freeLoopbackPort();
     await using server = await spawnSupervised(python!, ['-m', 'http.server', String(port), '--bind', '127.0.0.1', '--directory', '/']);
     const get = () => execFileSync(process.execPath, ['-e', `fetch('http://127.0.0.1:${port}/').then(r => console.log(r.status))`], { encoding: 'utf8' }).trim();
     await waitFor(() => {
@@ -174,12 +179,7 @@ describe('criu dump and restore of a tree holding sockets', () => {
       if (process.env.CI) throw new Error('CI needs redis-server (.ci/run installs it)');
       this.skip();
     }
-    const port = await new Promise<number>((resolve) => {
-      const probe = createServer().listen(0, '127.0.0.1', () => {
-        const { port } = probe.address() as { port: number };
-        probe.close(() => resolve(port));
-      });
-    });
+    const port = await freeLoopbackPort();
     const dir = tempDir();
     // No persistence: what comes back can only have come from the images.
     await using server = await spawnSupervised(redis!, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--dir', dir]);

@@ -417,7 +417,7 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
     },
     () => describeTree(root),
   );
-  const stats = readDumpStats(dirname(placed.logFile));
+  const stats = await readDumpStats(dirname(placed.logFile));
   options.onProgress?.({ verb: 'dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
   let continued = false;
   if (finalState === 'running' && before.counts.stopped > 0) {

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Root, Type } from 'protobufjs';
 import { TreeStateError, hasCode } from '../../errors.js';
-import { CRIU_IMAGES_PROTO, FD_TYPE_REG, IMAGES, IMG_COMMON_MAGIC, REMAP_LINKED, TASK_STATES, type ImageKind } from './schema.js';
+import { CRIU_IMAGES_PROTO, FD_TYPE_REG, IMAGES, IMG_COMMON_MAGIC, IMG_SERVICE_MAGIC, REMAP_LINKED, TASK_STATES, type ImageKind } from './schema.js';
 
 export type TaskState = (typeof TASK_STATES)[number] | 'unknown';
 
@@ -50,7 +50,8 @@ function decodeRecords(path: string, buf: Buffer, kind: ImageKind, type: Type): 
   const fail = (why: string) => new TreeStateError('EIMAGES', `${path} is not a readable CRIU ${kind} image: ${why}`, { details: { path } });
   const { magic } = IMAGES[kind];
   let off = 0;
-  const magics = kind === 'inventory' ? [magic] : [IMG_COMMON_MAGIC, magic];
+  const service = 'service' in IMAGES[kind];
+  const magics = kind === 'inventory' ? [magic] : [service ? IMG_SERVICE_MAGIC : IMG_COMMON_MAGIC, magic];
   for (const want of magics) {
     if (buf.length < off + 4) throw fail(`truncated: ${buf.length} bytes, too short for its magic`);
     const got = buf.readUInt32LE(off);

@@ -15,6 +15,8 @@ export const IMAGES = {
   core: { magic: 0x55053847, message: 'core_entry' },
   files: { magic: 0x56303138, message: 'file_entry' },
   'remap-fpath': { magic: 0x59133954, message: 'remap_file_path_entry' },
+  /** stats-dump in criu's work directory (criu/stats.c): a service image, so IMG_SERVICE_MAGIC comes first. */
+  stats: { magic: 0x57093306, message: 'stats_entry', service: true },
 } as const;
 
 export type ImageKind = keyof typeof IMAGES;
@@ -97,5 +99,21 @@ message remap_file_path_entry {
   required uint32 orig_id = 1;
   required uint32 remap_id = 2;
   optional uint32 remap_type = 3;
+}
+
+message dump_stats_entry {
+  required uint32 freezing_time = 1;
+  required uint32 frozen_time = 2;
+  required uint32 memdump_time = 3;
+  required uint32 memwrite_time = 4;
+  required uint64 pages_scanned = 5;
+  required uint64 pages_skipped_parent = 6;
+  required uint64 pages_written = 7;
+  optional uint32 irmap_resolve = 8;
+  required uint64 pages_lazy = 9;
+}
+
+message stats_entry {
+  optional dump_stats_entry dump = 1;
 }
 `;

@@ -108,28 +108,12 @@ message criu_resp {
   optional int32                 status    = 11;
 }
 
-message dump_stats_entry {
-  required uint32 freezing_time        = 1;
-  required uint32 frozen_time          = 2;
-  required uint32 memdump_time         = 3;
-  required uint32 memwrite_time        = 4;
-  required uint64 pages_scanned        = 5;
-  required uint64 pages_skipped_parent = 6;
-  required uint64 pages_written        = 7;
-  optional uint32 irmap_resolve        = 8;
-  required uint64 pages_lazy           = 9;
-}
-
-message stats_entry {
-  optional dump_stats_entry dump = 1;
-}
 `;
 
 const root = protobuf.parse(SCHEMA, { keepCase: true }).root;
 
 export const CriuReq = root.lookupType('criu_req');
 export const CriuResp = root.lookupType('criu_resp');
-export const StatsEntry = root.lookupType('stats_entry');
 
 /** criu_req_type, by name. */
 export const ReqType = {

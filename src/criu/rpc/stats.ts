@@ -1,12 +1,8 @@
 // Dump statistics: criu writes them to `stats-dump` in its work directory
-// (criu/stats.c, write_stats) as a service image: IMG_SERVICE_MAGIC,
-// STATS_MAGIC, then one length-prefixed stats_entry (little-endian u32s).
-import { readFileSync } from 'node:fs';
+// (criu/stats.c, write_stats) as a service image, read like every other
+// image (src/criu/images/).
 import { join } from 'node:path';
-import { StatsEntry } from './proto.js';
-
-const IMG_SERVICE_MAGIC = 0x55105940;
-const STATS_MAGIC = 0x57093306;
+import { readImage } from '../images/read.js';
 
 export interface DumpStats {
   /** Time to freeze the tree (µs → ms, as criu's --display-stats). */
@@ -26,20 +22,14 @@ export interface DumpStats {
 const PAGE_SIZE = 4096;
 
 /** The stats of the last dump in `workDir`; undefined when criu wrote none or they cannot be read. */
-export function readDumpStats(workDir: string): DumpStats | undefined {
-  let data: Buffer;
+export async function readDumpStats(workDir: string): Promise<DumpStats | undefined> {
+  let records: Record<string, unknown>[];
   try {
-    data = readFileSync(join(workDir, 'stats-dump'));
+    records = await readImage(join(workDir, 'stats-dump'), 'stats');
   } catch {
-    return undefined;
+    return undefined; // none written, or not readable: the dump itself succeeded
   }
-  if (data.length < 12 || data.readUInt32LE(0) !== IMG_SERVICE_MAGIC || data.readUInt32LE(4) !== STATS_MAGIC) return undefined;
-  const size = data.readUInt32LE(8);
-  if (12 + size > data.length) return undefined;
-  const entry = StatsEntry.toObject(StatsEntry.decode(data.subarray(12, 12 + size)), { longs: Number }) as {
-    dump?: Record<string, number>;
-  };
-  const d = entry.dump;
+  const d = records[0]?.dump as Record<string, number> | undefined;
   if (!d) return undefined;
   const ms = (us: number | undefined) => Math.round((us ?? 0) / 100) / 10;
   return {
