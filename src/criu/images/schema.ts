@@ -15,6 +15,7 @@ export const IMAGES = {
   core: { magic: 0x55053847, message: 'core_entry' },
   files: { magic: 0x56303138, message: 'file_entry' },
   'remap-fpath': { magic: 0x59133954, message: 'remap_file_path_entry' },
+  pagemap: { magic: 0x56084025, message: 'pagemap_entry' },
 } as const;
 
 export type ImageKind = keyof typeof IMAGES;
@@ -97,5 +98,17 @@ message remap_file_path_entry {
   required uint32 orig_id = 1;
   required uint32 remap_id = 2;
   optional uint32 remap_type = 3;
+}
+
+// A pagemap image is one pagemap_head (field 1: pages_id) and then
+// pagemap_entry records. criu writes the count in nr_pages (5) and 0 in
+// compat_nr_pages (2), required in its schema and optional here, so that
+// the head decodes as an entry of no pages.
+message pagemap_entry {
+  required uint64 vaddr = 1;
+  optional uint32 compat_nr_pages = 2;
+  optional bool in_parent = 3;
+  optional uint32 flags = 4;
+  optional uint64 nr_pages = 5;
 }
 `;
