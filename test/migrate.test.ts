@@ -215,6 +215,25 @@ describe('migrate: a running tree to another host and back', function () {
     await tree.waitProgress();
   });
 
+  it('on a terminal: the phase and elapsed time as it goes, the pages and MB/s once the dump has sent them', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 1, memoryMb: 32 });
+    const command = [process.execPath, cliPath, 'migrate', String(tree.root), '--to', `ssh://root@${hosts.B_ADDR}`, '-i', hosts.KEY, ...sshOptions.flatMap((o) => ['-o', o]), '--remote-treestate', remoteTreestate];
+    // script(1) gives the CLI a terminal; what it wrote there comes back on stdout.
+    const out = await new Promise<string>((resolve, reject) =>
+      execFile('script', ['-qec', command.map(shellWord).join(' '), '/dev/null'], { timeout: 120_000 }, (e, stdout) => (e ? reject(e) : resolve(stdout))),
+    );
+    const shown = out.split(/\r\x1b\[K|\r?\n/).filter(Boolean);
+    expect(shown).to.include.members(['migrate: connect … 0.0 s']);
+    expect(shown.some((l) => /^migrate: dump … \d+\.\d s$/.test(l)), out).to.equal(true);
+    const rate = shown.find((l) => l.startsWith('migrate: send; '));
+    expect(rate, out).to.match(/^migrate: send; \d+ pages \((\d+\.\d) MB\) at \d+\.\d MB\/s … \d+\.\d s$/);
+    expect(Number(/\((\d+\.\d) MB\)/.exec(rate!)![1])).to.be.greaterThan(32);
+    expect(out).to.match(/migrated the tree of \d+ to ssh:\/\/root@[\d.]+: it is running there as (\d+); the source is dead/);
+    const there = Number(/it is running there as (\d+)/.exec(out)![1]);
+    await killTree(await onHost(hosts, 'b', there));
+    await waitFor(async () => (await fixturesOn(hosts, 'b')).length === 0, 5000, 'the tree on B to be gone');
+  });
+
   it('--final-state stopped: the tree arrives stopped', async () => {
     await using tree = await spawnTree({ depth: 1, fanout: 1 });
     const there = await migrate(tree.root, { to: `ssh://root@${hosts.B_ADDR}`, identity: hosts.KEY, sshOptions, remoteTreestate, finalState: 'stopped' });
