@@ -234,6 +234,20 @@ describe('migrate: a running tree to another host and back', function () {
     await waitFor(async () => (await fixturesOn(hosts, 'b')).length === 0, 5000, 'the tree on B to be gone');
   });
 
+  it('a tree of 1093 processes migrates in one command, every process arriving', async function () {
+    this.timeout(240_000);
+    await using tree = await spawnTree({ depth: 6, fanout: 3 });
+    expect(tree.pids()).to.have.length(1093);
+    const there = await migrate(tree.root, { to: `ssh://root@${hosts.B_ADDR}`, identity: hosts.KEY, sshOptions, remoteTreestate });
+    const hostPid = await onHost(hosts, 'b', there.root);
+    const status = await getTreeState(hostPid);
+    expect(status.state).to.equal('running');
+    expect(status.processes).to.have.length(1093);
+    await tree.waitProgress();
+    await killTree(hostPid);
+    await waitFor(async () => (await fixturesOn(hosts, 'b')).length === 0, 10_000, 'the tree on B to be gone');
+  });
+
   it('--final-state stopped: the tree arrives stopped', async () => {
     await using tree = await spawnTree({ depth: 1, fanout: 1 });
     const there = await migrate(tree.root, { to: `ssh://root@${hosts.B_ADDR}`, identity: hosts.KEY, sshOptions, remoteTreestate, finalState: 'stopped' });
