@@ -76,7 +76,7 @@ export function migrateTable(cases: MigrateCase[]): string {
   const phases = ['connect', 'dump', 'send', 'restore', 'pages', 'kill source', 'commit'] as const;
   const head = `| processes | memory | mode | ${phases.join(' | ')} | total | pages |`;
   const rows = cases.map((c) => {
-    if (!c.result) return `| ${c.processes} | ${c.memoryMb} MB | ${c.lazy ? 'lazy' : 'copy'} | failed: ${c.error} |`;
+    if (!c.result) return `| ${c.processes} | ${c.memoryMb} MB | ${c.lazy ? 'lazy' : 'copy'} | failed: ${c.error?.split('\n')[0]} |`;
     const ms = phases.map((p) => (c.result!.phases[p] === undefined ? '—' : `${c.result!.phases[p]} ms`));
     return `| ${c.processes} | ${c.memoryMb} MB | ${c.lazy ? 'lazy' : 'copy'} | ${ms.join(' | ')} | ${c.result.elapsedMs} ms | ${c.result.pages} |`;
   });
