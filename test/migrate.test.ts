@@ -164,6 +164,7 @@ describe('migrate: a running tree to another host and back', function () {
     await using tree = await spawnTree({ depth: 1, fanout: 1, memoryMb: 64 });
     const phases: string[] = [];
     let servedDuringRestore = 0;
+    let boundTo: string[] = [];
     const there = await migrate(tree.root, {
       to: `ssh://root@${hosts.B_ADDR}`,
       identity: hosts.KEY,
@@ -173,10 +174,16 @@ describe('migrate: a running tree to another host and back', function () {
       onProgress: ({ phase }) => {
         phases.push(phase);
         // The source's criu dump serves the pages on A's end of the link, and only there.
-        if (phase === 'restore') servedDuringRestore = lazyServers().length;
+        if (phase === 'restore') {
+          servedDuringRestore = lazyServers().length;
+          boundTo = lazyServers().map((p) => readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0')).map((argv) => argv[argv.indexOf('--address') + 1]!);
+        }
       },
     });
     expect(servedDuringRestore).to.equal(1);
+    expect(boundTo, "the source's page server binds A's end of the link only").to.deep.equal([hosts.A_ADDR]);
+    // Nor is criu left on B: lazy-pages ended with the last page.
+    expect((await snapshot(hostInit(hosts, 'b'))).processes.filter((p) => p.comm === 'criu')).to.deep.equal([]);
     expect(phases).to.include.members(['dump', 'send', 'restore', 'pages', 'kill source', 'commit']);
     expect(there.lazy).to.equal(true);
     expect(there.state).to.deep.equal({ source: 'dead', destination: 'running' });
