@@ -5,12 +5,12 @@
 // tree, and keeps it only when the source says its own copy is dead. With
 // --lazy (post-copy) there is no page server here: `criu lazy-pages` fetches
 // the pages from the source's page server while the restored tree runs.
-import { closeSync, constants, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeSync } from 'node:fs';
+import { closeSync, constants, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, statSync, writeSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { criuErrorLines, restore, type CriuResult } from '../criu/checkpoint.js';
+import { criuErrorLines, readText, restore, type CriuResult } from '../criu/checkpoint.js';
 import { locateCriu } from '../criu/locate.js';
 import { statusPipeRunner, type CommandExit, type RunningCommand } from '../criu/runner.js';
 import { TreeStateError } from '../errors.js';
@@ -36,14 +36,6 @@ export function reachedAddress(env = process.env): string | undefined {
 /** The address the ssh client came from (SSH_CONNECTION's first field). */
 function clientAddress(env = process.env): string | undefined {
   return env.SSH_CONNECTION?.trim().split(/\s+/)[0];
-}
-
-function readLog(path: string): string {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch {
-    return '';
-  }
 }
 
 interface CriuServer {
@@ -151,7 +143,7 @@ export async function receive(options: ReceiveOptions = {}): Promise<number> {
         } catch (e) {
           const err = e as TreeStateError;
           // A restore that lost its lazy-pages says only "Broken pipe": the daemon's own log says why.
-          const lazyLog = command.lazy ? criuErrorLines(readLog(join(workDir, 'lazy-pages.log')), 4) : [];
+          const lazyLog = command.lazy ? criuErrorLines(readText(join(workDir, 'lazy-pages.log')), 4) : [];
           const why = lazyLog.length ? `\n  criu lazy-pages:\n  ${lazyLog.join('\n  ')}` : '';
           say({ event: 'error', phase: 'restore', code: err.code ?? 'ECRIU', message: `${err.message}${why}` });
           return 1;
