@@ -3,7 +3,7 @@ import { execFile, execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { getTreeState, killTree, migrate, snapshot, type MigrateResult } from '../src/index.js';
+import { getTreeState, killTree, migrate, snapshot, type MigrateOptions, type MigrateResult } from '../src/index.js';
 import { packageRoot } from '../src/native.js';
 import { spawnTree } from '../src/testing/index.js';
 import { cliPath, rejection, requireCriu, waitFor } from './helpers.js';
@@ -69,6 +69,17 @@ function lazyServers(): number[] {
       }
     })
     .map(Number);
+}
+
+/** migrate's options to reach host B from here. */
+function toB(h: Hosts): Pick<MigrateOptions, 'to' | 'identity' | 'sshOptions' | 'remoteTreestate'> {
+  return { to: `ssh://root@${h.B_ADDR}`, identity: h.KEY, sshOptions, remoteTreestate };
+}
+
+/** Kills a tree restored on host B (`pid` as this host sees it) and waits until B holds no fixture. */
+async function killOnB(h: Hosts, pid: number): Promise<void> {
+  await killTree(pid);
+  await waitFor(async () => (await fixturesOn(h, 'b')).length === 0, 10_000, 'the tree on B to be gone');
 }
 
 function leftImages(): string[] {
@@ -166,10 +177,7 @@ describe('migrate: a running tree to another host and back', function () {
     let servedDuringRestore = 0;
     let boundTo: string[] = [];
     const there = await migrate(tree.root, {
-      to: `ssh://root@${hosts.B_ADDR}`,
-      identity: hosts.KEY,
-      sshOptions,
-      remoteTreestate,
+      ...toB(hosts),
       lazy: true,
       onProgress: ({ phase }) => {
         phases.push(phase);
@@ -194,18 +202,14 @@ describe('migrate: a running tree to another host and back', function () {
     const hostPid = await onHost(hosts, 'b', there.root);
     expect(netnsOf(hostPid)).to.equal(netnsInode(hosts.B_NS));
     await tree.waitProgress();
-    await killTree(hostPid);
-    await waitFor(async () => (await fixturesOn(hosts, 'b')).length === 0, 5000, 'the tree on B to be gone');
+    await killOnB(hosts, hostPid);
   });
 
   it('--lazy, the restore fails: the source, frozen while it served, runs on and B is clean', async () => {
     await using tree = await spawnTree({ depth: 1, fanout: 1, memoryMb: 16 });
     const e = await rejection(
       migrate(tree.root, {
-        to: `ssh://root@${hosts.B_ADDR}`,
-        identity: hosts.KEY,
-        sshOptions,
-        remoteTreestate,
+        ...toB(hosts),
         lazy: true,
         onProgress: ({ phase }) => {
           if (phase !== 'send') return;
@@ -237,33 +241,30 @@ describe('migrate: a running tree to another host and back', function () {
     expect(Number(/\((\d+\.\d) MB\)/.exec(rate!)![1])).to.be.greaterThan(32);
     expect(out).to.match(/migrated the tree of \d+ to ssh:\/\/root@[\d.]+: it is running there as (\d+); the source is dead/);
     const there = Number(/it is running there as (\d+)/.exec(out)![1]);
-    await killTree(await onHost(hosts, 'b', there));
-    await waitFor(async () => (await fixturesOn(hosts, 'b')).length === 0, 5000, 'the tree on B to be gone');
+    await killOnB(hosts, await onHost(hosts, 'b', there));
   });
 
   it('a tree of 1093 processes migrates in one command, every process arriving', async function () {
     this.timeout(240_000);
     await using tree = await spawnTree({ depth: 6, fanout: 3 });
     expect(tree.pids()).to.have.length(1093);
-    const there = await migrate(tree.root, { to: `ssh://root@${hosts.B_ADDR}`, identity: hosts.KEY, sshOptions, remoteTreestate });
+    const there = await migrate(tree.root, { ...toB(hosts) });
     const hostPid = await onHost(hosts, 'b', there.root);
     const status = await getTreeState(hostPid);
     expect(status.state).to.equal('running');
     expect(status.processes).to.have.length(1093);
     await tree.waitProgress();
-    await killTree(hostPid);
-    await waitFor(async () => (await fixturesOn(hosts, 'b')).length === 0, 10_000, 'the tree on B to be gone');
+    await killOnB(hosts, hostPid);
   });
 
   it('--final-state stopped: the tree arrives stopped', async () => {
     await using tree = await spawnTree({ depth: 1, fanout: 1 });
-    const there = await migrate(tree.root, { to: `ssh://root@${hosts.B_ADDR}`, identity: hosts.KEY, sshOptions, remoteTreestate, finalState: 'stopped' });
+    const there = await migrate(tree.root, { ...toB(hosts), finalState: 'stopped' });
     expect(there.state.destination).to.equal('stopped');
     const hostPid = await onHost(hosts, 'b', there.root);
     expect((await getTreeState(hostPid)).state).to.equal('stopped');
     await tree.assertNoProgress();
-    await killTree(hostPid);
-    await waitFor(async () => (await fixturesOn(hosts, 'b')).length === 0, 5000, 'the tree on B to be gone');
+    await killOnB(hosts, hostPid);
   });
 
   it('pids taken on the destination: the restore fails, the source runs on, B is clean; --pid-ns new then succeeds', async () => {
@@ -275,14 +276,14 @@ describe('migrate: a running tree to another host and back', function () {
       { encoding: 'utf8' },
     ).trim();
     expect(Number(holder)).to.equal(tree.root);
-    const e = await rejection(migrate(tree.root, { to: `ssh://root@${hosts.B_ADDR}`, identity: hosts.KEY, sshOptions, remoteTreestate }));
+    const e = await rejection(migrate(tree.root, { ...toB(hosts) }));
     expect(e.code).to.equal('EMIGRATE');
     expect(e.message).to.match(/^restore: /);
     expect(e.message).to.include('the source was resumed');
     expect((await getTreeState(tree.root)).state).to.equal('running');
     await tree.waitProgress();
     expect(await fixturesOn(hosts, 'b')).to.deep.equal([]);
-    const there = await migrate(tree.root, { to: `ssh://root@${hosts.B_ADDR}`, identity: hosts.KEY, sshOptions, remoteTreestate, pidNamespace: 'new' });
+    const there = await migrate(tree.root, { ...toB(hosts), pidNamespace: 'new' });
     expect(there.pidNamespace).to.include({ pid: tree.root });
     await killTree(await onHost(hosts, 'b', there.root));
     process.kill(await onHost(hosts, 'b', Number(holder)), 'SIGKILL');
@@ -294,10 +295,7 @@ describe('migrate: a running tree to another host and back', function () {
     let killed = 0;
     const e = await rejection(
       migrate(tree.root, {
-        to: `ssh://root@${hosts.B_ADDR}`,
-        identity: hosts.KEY,
-        sshOptions,
-        remoteTreestate,
+        ...toB(hosts),
         onProgress: ({ phase }) => {
           if (phase !== 'dump') return;
           for (const p of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
@@ -325,10 +323,7 @@ describe('migrate: a running tree to another host and back', function () {
     await using tree = await spawnTree({ depth: 1, fanout: 1 });
     const e = await rejection(
       migrate(tree.root, {
-        to: `ssh://root@${hosts.B_ADDR}`,
-        identity: hosts.KEY,
-        sshOptions,
-        remoteTreestate,
+        ...toB(hosts),
         onProgress: ({ phase }) => {
           if (phase !== 'send') return;
           const ssh = readFileSync(`/proc/${process.pid}/task/${process.pid}/children`, 'utf8').trim().split(' ').map(Number).filter((p) => readFileSync(`/proc/${p}/comm`, 'utf8').trim() === 'ssh');
@@ -348,10 +343,7 @@ describe('migrate: a running tree to another host and back', function () {
     await using tree = await spawnTree({ depth: 1, fanout: 1 });
     const e = await rejection(
       migrate(tree.root, {
-        to: `ssh://root@${hosts.B_ADDR}`,
-        identity: hosts.KEY,
-        sshOptions,
-        remoteTreestate,
+        ...toB(hosts),
         onProgress: ({ phase }) => {
           if (phase !== 'send') return;
           const dir = join(tmpdir(), leftImages().find((d) => d.startsWith('treestate-migrate-'))!, 'images');
