@@ -226,6 +226,38 @@ describe('migrate: a running tree to another host and back', function () {
     await tree.waitProgress();
   });
 
+  it('--lazy, lazy-pages dies on B while pages travel: the source runs on and B is clean', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 1, memoryMb: 256 });
+    let killed = 0;
+    const e = await rejection(
+      migrate(tree.root, {
+        ...toB(hosts),
+        lazy: true,
+        onProgress: ({ phase }) => {
+          if (phase !== 'pages') return;
+          for (const p of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+            try {
+              const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
+              if (argv[0]!.startsWith(packageRoot()) && argv[1] === 'lazy-pages' && netnsOf(Number(p)) === netnsInode(hosts.B_NS)) {
+                process.kill(Number(p), 'SIGKILL');
+                killed++;
+              }
+            } catch {
+              // gone
+            }
+          }
+        },
+      }),
+    );
+    expect(killed).to.equal(1);
+    expect(e.code).to.equal('EMIGRATE');
+    expect(e.message).to.match(/^pages: /);
+    expect(e.message).to.include('the source was resumed');
+    expect(lazyServers(), 'a criu page server left on A').to.deep.equal([]);
+    expect((await getTreeState(tree.root)).state).to.equal('running');
+    await tree.waitProgress();
+  });
+
   it('on a terminal: the phase and elapsed time as it goes, the pages and MB/s once the dump has sent them', async () => {
     await using tree = await spawnTree({ depth: 1, fanout: 1, memoryMb: 32 });
     const command = [process.execPath, cliPath, 'migrate', String(tree.root), '--to', `ssh://root@${hosts.B_ADDR}`, '-i', hosts.KEY, ...sshOptions.flatMap((o) => ['-o', o]), '--remote-treestate', remoteTreestate];

@@ -230,6 +230,12 @@ export async function migrate(pid: number, options: MigrateOptions): Promise<Mig
       // fetched every page, leaving the source stopped (verified by dump).
       enter('pages');
       const dumped = await dumping;
+      // criu dump takes a connection closed early for the end of the work:
+      // only lazy-pages itself knows it has every page.
+      receiver.send({ cmd: 'pages' });
+      const fetched = await receiver.next('pages');
+      if (fetched.event !== 'pages') throw new TreeStateError('EMIGRATE', `pages: the destination said ${fetched.event}`);
+      if (fetched.code !== 0) throw new TreeStateError('EMIGRATE', `pages: criu lazy-pages on the destination ended with ${fetched.code ?? fetched.signal}, not with every page`);
       // criu's stats-dump after a lazy dump counts nothing (4.2): the pagemaps say what was there.
       const count = await countPages(dumped.imagesDir);
       pagesBytes = count * PAGE_SIZE;

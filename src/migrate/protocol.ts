@@ -16,6 +16,7 @@ export type ReceiverCommand =
       /** Post-copy: where the source's page server listens. */
       lazy?: { address: string; port: number };
     }
+  | { cmd: 'pages' } // --lazy: the source's page server is done; did lazy-pages get every page?
   | { cmd: 'commit' } // the source is dead: keep the restored tree, remove the images
   | { cmd: 'abort' }; // kill what was restored, remove everything
 
@@ -24,8 +25,9 @@ export type ReceiverEvent =
   // (the one the source's lazy page server binds); no page server here with --lazy.
   | { event: 'ready'; address: string; port?: number; client?: string; imagesDir: string }
   | { event: 'restored'; root: number; pidNamespace?: { pid: number; init: number }; state: string; pagesBytes: number; elapsedMs: number }
-  // `lazyPages`: with --lazy, how criu lazy-pages ended (0: every page arrived).
-  | { event: 'done'; lazyPages?: { code: number | null } }
+  // --lazy: how criu lazy-pages ended (0: every page arrived).
+  | { event: 'pages'; code: number | null; signal: string | number | null }
+  | { event: 'done' }
   | { event: 'error'; phase: string; code: string; message: string };
 
 /** Image file names the receiver accepts: no path, no surprise. */

@@ -149,12 +149,13 @@ export async function receive(options: ReceiveOptions = {}): Promise<number> {
           return 1;
         }
         say({ event: 'restored', root: restored.root, pidNamespace: restored.pidNamespace, state: restored.state, pagesBytes, elapsedMs: restored.elapsedMs });
+      } else if (command.cmd === 'pages') {
+        // The source's criu has ended, so lazy-pages has closed its connection: it exits now, 0 only with every page.
+        const { code, signal } = await pageServer.exited;
+        say({ event: 'pages', code, signal });
       } else if (command.cmd === 'commit') {
         kept = true;
-        // The source's criu ends only once lazy-pages has every page, and it
-        // ended before the source sent commit: this wait is short.
-        const lazyPages = options.lazy ? { code: (await pageServer.exited).code } : undefined;
-        say({ event: 'done', ...(lazyPages ? { lazyPages } : {}) });
+        say({ event: 'done' });
         return 0;
       }
     }
