@@ -7,7 +7,8 @@
 // With `lazy` (post-copy) the pages go the other way and later: the source's
 // criu dump stays, the tree frozen, as a page server for the destination's
 // `criu lazy-pages`, the copy runs before its pages are all there, and the
-// source is killed once criu dump ends, that is once every page arrived.
+// source is killed once criu dump has ended and lazy-pages says it has every
+// page.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
