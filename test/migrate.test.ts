@@ -351,25 +351,29 @@ describe('migrate: a running tree to another host and back', function () {
     expect(await fixturesOn(hosts, 'b')).to.deep.equal([]);
   });
 
-  it('ssh drops while the images travel: the source runs on and B is clean', async () => {
-    await using tree = await spawnTree({ depth: 1, fanout: 1 });
-    const e = await rejection(
-      migrate(tree.root, {
-        ...toB(hosts),
-        onProgress: ({ phase }) => {
-          if (phase !== 'send') return;
-          const ssh = readFileSync(`/proc/${process.pid}/task/${process.pid}/children`, 'utf8').trim().split(' ').map(Number).filter((p) => readFileSync(`/proc/${p}/comm`, 'utf8').trim() === 'ssh');
-          expect(ssh).to.have.length(1);
-          process.kill(ssh[0]!, 'SIGKILL');
-        },
-      }),
-    );
-    expect(e.code).to.equal('EMIGRATE');
-    expect(e.message).to.include('the source was resumed');
-    expect((await getTreeState(tree.root)).state).to.equal('running');
-    await tree.waitProgress();
-    await waitFor(() => leftImages().length === 0, 5000, 'the destination to remove its images');
-  });
+  for (const lazy of [false, true]) {
+    it(`ssh drops while the images travel${lazy ? ", with --lazy while the source's criu serves" : ''}: the source runs on and B is clean`, async () => {
+      await using tree = await spawnTree({ depth: 1, fanout: 1, memoryMb: lazy ? 16 : 0 });
+      const e = await rejection(
+        migrate(tree.root, {
+          ...toB(hosts),
+          lazy,
+          onProgress: ({ phase }) => {
+            if (phase !== 'send') return;
+            const ssh = readFileSync(`/proc/${process.pid}/task/${process.pid}/children`, 'utf8').trim().split(' ').map(Number).filter((p) => readFileSync(`/proc/${p}/comm`, 'utf8').trim() === 'ssh');
+            expect(ssh).to.have.length(1);
+            process.kill(ssh[0]!, 'SIGKILL');
+          },
+        }),
+      );
+      expect(e.code).to.equal('EMIGRATE');
+      expect(e.message).to.include('the source was resumed');
+      expect(lazyServers(), 'a criu page server left on A').to.deep.equal([]);
+      expect((await getTreeState(tree.root)).state).to.equal('running');
+      await tree.waitProgress();
+      await waitFor(() => leftImages().length === 0, 5000, 'the destination to remove its images');
+    });
+  }
 
   it('a damaged image: the restore fails naming it, the source runs on and B is clean', async () => {
     await using tree = await spawnTree({ depth: 1, fanout: 1 });
