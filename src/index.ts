@@ -25,7 +25,7 @@ export {
 } from './transitions.js';
 export { dump, preDump, restore, type CriuOptions, type CriuProgress, type CriuResult, type CriuVerb, type DumpOptions, type PreDumpOptions, type RestoreOptions } from './criu/checkpoint.js';
 export type { DumpFinalState, NetworkLock, RestoreFinalState } from './criu/args.js';
-export { migrate, type MigrateOptions, type MigratePhase, type MigrateResult } from './migrate/migrate.js';
+export { migrate, type MigrateOptions, type MigratePhase, type MigrateProgress, type MigrateResult } from './migrate/migrate.js';
 export { receive, type ReceiveOptions } from './migrate/receive.js';
 export { preflight, type Blocker, type BlockerKind, type PreflightResult } from './criu/preflight.js';
 export { verifyImages, type ImageVerification, type VerifyOptions } from './criu/verify.js';

@@ -1,5 +1,6 @@
 // npm run bench [-- --quick] [-- --json] [-- --runs N] [-- --save FILE] [-- --svg FILE]
 //                [-- --only TOOL,TOOL] [-- --sizes 7,121,1093,3280]   (--only criu: the CRIU case alone)
+//                [-- --only migrate [-- --shapes 6x3,1x1:1024] [-- --lazy]]   (migrate between two hosts of this machine: ./migrate.ts)
 //
 // treestate beside its peers in one run: the same fixture trees, the same
 // operations, every tool in turn (round-robin within each run, so load that
@@ -15,6 +16,7 @@ import { spawnTree, type TreeFixture } from '../../src/testing/index.ts';
 import { drawChart } from './chart.ts';
 import { OPS, tools, type Op, type Tool } from './peers.ts';
 import { criuTable, measureCriu, type CriuCase } from './criu.ts';
+import { measureMigrate, migrateTable, type MigrateCase } from './migrate.ts';
 
 interface Shape {
   label: string;
@@ -47,6 +49,8 @@ export interface BenchReport {
   cases: Case[];
   /** treestate's dump and restore beside plain criu (`--only criu`, or every run as root). */
   criu?: CriuCase[];
+  /** `treestate migrate` between the two hosts of scripts/testhosts.sh (`--only migrate`). */
+  migrate?: MigrateCase[];
 }
 
 const args = process.argv.slice(2);
@@ -234,7 +238,8 @@ async function main(): Promise<void> {
   if (!existsSync(join(packageRoot(), 'dist', 'cli.cjs'))) {
     throw new Error('dist/ is missing: run `npx tsup` first (treestate-cli runs bin/treestate.cjs)');
   }
-  let all = tools();
+  // --only migrate needs none of the peers (nor the bench build of c-floor).
+  let all = only?.every((o) => o === 'migrate') ? [] : tools();
   if (only) all = all.filter((t) => only.includes(t.name));
   const report: BenchReport = {
     machine: machine(),
@@ -244,6 +249,15 @@ async function main(): Promise<void> {
   };
   log(`treestate bench: ${runs} runs after ${warmup} warm-up, ${all.map((t) => t.name).join(', ')}`);
   const withCriu = process.geteuid?.() === 0 && (!only || only.includes('criu'));
+  // Migration is timed only when asked for: it brings up two sshd and a network namespace.
+  if (only?.includes('migrate')) {
+    const shapes = (value('--shapes') ?? '6x3,1x1:1024').split(',').map((s) => {
+      const [shape, mb] = s.split(':');
+      const [depth, fanout] = shape!.split('x').map(Number);
+      return { depth: depth!, fanout: fanout!, memoryMb: Number(mb ?? 0) };
+    });
+    report.migrate = await measureMigrate(shapes, flag('--lazy'));
+  }
   if (!only || all.length) for (const shape of shapes) report.cases.push(...(await measureShape(shape, all)));
   if (withCriu) report.criu = await measureCriu(runs, warmup, log);
   const save = value('--save');
@@ -255,9 +269,12 @@ async function main(): Promise<void> {
   } else {
     const m = report.machine;
     process.stdout.write(`\nmachine: ${m.nproc} × ${m.cpu}, ${m.kernel}, Node ${m.node}, load at start ${m.loadAvgAtStart}\n`);
-    process.stdout.write(`medians of ${runs} runs after ${warmup} warm-up; ratio to c-floor in brackets\n\n`);
-    process.stdout.write(table(report) + '\n');
+    if (report.cases.length) {
+      process.stdout.write(`medians of ${runs} runs after ${warmup} warm-up; ratio to c-floor in brackets\n\n`);
+      process.stdout.write(table(report) + '\n');
+    }
     if (report.criu) process.stdout.write(criuTable(report.criu) + '\n');
+    if (report.migrate) process.stdout.write(migrateTable(report.migrate) + '\n');
     for (const [name, how] of Object.entries(report.tools)) process.stdout.write(`  ${name}: ${how}\n`);
   }
 }

@@ -161,7 +161,8 @@ function withNetworkLock<T extends CriuFlags>(options: T): T {
   return onPath('iptables-restore') ? options : { ...options, networkLock: 'nftables' };
 }
 
-function readText(path: string): string {
+/** A file's text, or '' when it cannot be read (a log criu never wrote). */
+export function readText(path: string): string {
   try {
     return readFileSync(path, 'utf8');
   } catch {

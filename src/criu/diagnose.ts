@@ -75,5 +75,14 @@ export async function diagnoseCriuFailure(lines: string[]): Promise<string | und
       'which this root lacks (a container, or a capability bounding set without it); dump from where root has CAP_SYS_RESOURCE, or trees whose processes all run as one user'
     );
   }
+  // criu/page-xfer.c page_server_serve ignores pipe_read_dest_init's
+  // failure, and its F_SETPIPE_SZ of 4 MB fails over fs.pipe-max-size
+  // without CAP_SYS_RESOURCE: the sink it splices into stays -1.
+  if (/page-pipe: splice: .*Bad file descriptor/.test(text) && /Lazy pages transfer FAILED/.test(text)) {
+    return (
+      "criu's lazy page server could not send pages: it asks the kernel for a 4 MB pipe, over fs.pipe-max-size, which needs CAP_SYS_RESOURCE, and this root lacks it (a container, or a capability bounding set without it), and criu does not stop there; " +
+      'raise fs.pipe-max-size to 4194304 (sysctl -w fs.pipe-max-size=4194304) on the source, or run criu where root has CAP_SYS_RESOURCE'
+    );
+  }
   return undefined;
 }

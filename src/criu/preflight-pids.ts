@@ -60,7 +60,7 @@ export async function waitForImagePids(imagesDir: string, options: { zombieWaitM
       throw new TreeStateError(
         'EPIDTAKEN',
         `cannot restore: the checkpoint needs pid${held.length === 1 ? '' : 's'} ${describePids(held.map((h) => h.pid))} and ${held.length === 1 ? 'it is' : 'they are'} taken${why}: ${held.map(describeHolder).join('; ')}. ` +
-          'criu gives every process its own pid back: end the holder (or have its parent reap it) and restore again; treestate cannot yet restore into a new pid namespace',
+          'criu gives every process its own pid back: end the holder (or have its parent reap it) and restore again, or restore into a new pid namespace (--pid-ns new), where they are free',
         { pids: held.map((h) => h.pid), details: { holders: held } },
       );
     }

@@ -51,22 +51,45 @@ export function withUmask<T>(umask: number | undefined, work: () => T): T {
   }
 }
 
-export const childProcessRunner: CommandRunner = {
-  async run(file, args, { out, umask, fds = [] }) {
-    const fd = openSync(out, OUT_FLAGS, 0o600);
-    try {
-      // libuv dup2s each of `fds` into place in the child, which clears close-on-exec there only.
-      const child = withUmask(umask, () => spawn(file, args, { stdio: ['ignore', fd, fd, ...fds] }));
-      const exited = new Promise<CommandExit>((resolve, reject) => {
-        child.once('error', reject);
-        child.once('exit', (code, signal) => resolve({ code, signal }));
-      });
-      if (child.pid === undefined) {
-        await exited; // rejects with the spawn error (ENOENT, EACCES …)
-      }
-      return { pid: child.pid!, exited };
-    } finally {
-      closeSync(fd);
+async function start(file: string, args: string[], { out, umask, fds = [] }: RunOptions, onStatus?: () => void): Promise<RunningCommand> {
+  const fd = openSync(out, OUT_FLAGS, 0o600);
+  try {
+    // libuv dup2s each of `fds` into place in the child, which clears close-on-exec there only.
+    const child = withUmask(umask, () => spawn(file, args, { stdio: ['ignore', fd, fd, ...fds, ...(onStatus ? (['pipe'] as const) : [])] }));
+    const exited = new Promise<CommandExit>((resolve, reject) => {
+      child.once('error', reject);
+      child.once('exit', (code, signal) => resolve({ code, signal }));
+    });
+    if (child.pid === undefined) {
+      await exited; // rejects with the spawn error (ENOENT, EACCES …)
     }
-  },
+    if (onStatus) {
+      const status = child.stdio[3 + fds.length] as NodeJS.ReadableStream;
+      status.once('data', onStatus);
+      status.on('error', () => {}); // the program's end is seen through `exited`
+    }
+    return { pid: child.pid!, exited };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export const childProcessRunner: CommandRunner = {
+  run: (file, args, options) => start(file, args, options),
 };
+
+/**
+ * The plain runner, with a pipe as the program's next descriptor after `fds`
+ * (fd 3 for a command line): for criu's --status-fd, which gets \0 once criu
+ * serves (a page server, a lazy dump's pages); `onStatus` runs then, and
+ * `onStart` as soon as the program runs, with its pid.
+ */
+export function statusPipeRunner(onStatus: () => void, onStart: (running: RunningCommand) => void): CommandRunner {
+  return {
+    async run(file, args, options) {
+      const running = await start(file, args, options, onStatus);
+      onStart(running);
+      return running;
+    },
+  };
+}

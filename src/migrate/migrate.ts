@@ -4,18 +4,35 @@
 // ssh connection that runs `treestate receive` there; the destination
 // restores and verifies, and only then is the source killed. Any failure
 // before that resumes the source and has the destination remove what it made.
+// With `lazy` (post-copy) the pages go the other way and later: the source's
+// criu dump stays, the tree frozen, as a page server for the destination's
+// `criu lazy-pages`, the copy runs before its pages are all there, and the
+// source is killed once criu dump has ended and lazy-pages says it has every
+// page.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { dump } from '../criu/checkpoint.js';
+import { dump, type CriuResult } from '../criu/checkpoint.js';
+import { countPages } from '../criu/images/read.js';
+import { stopCriu } from '../criu/interrupt.js';
+import { statusPipeRunner, type RunningCommand } from '../criu/runner.js';
 import { TreeStateError, hasCode } from '../errors.js';
 import { checkNotSelf, checkPid, getTreeState } from '../tree.js';
 import { continueTree, killTree } from '../transitions.js';
+import { freePort } from './receive.js';
 import { IMAGE_NAME, type ReceiverCommand, type ReceiverEvent } from './protocol.js';
 
-export type MigratePhase = 'connect' | 'dump' | 'send' | 'restore' | 'kill source' | 'commit';
+/** `pages`: with `lazy`, the copy runs and the source's page server sends it the pages it has not yet. */
+export type MigratePhase = 'connect' | 'dump' | 'send' | 'restore' | 'pages' | 'kill source' | 'commit';
+
+export interface MigrateProgress {
+  phase: MigratePhase;
+  elapsedMs: number;
+  /** Once the dump's pages are counted: how many, and over how long they went (ms). */
+  pages?: { count: number; bytes: number; ms: number };
+}
 
 export interface MigrateOptions {
   /** ssh://[USER@]HOST[:PORT] */
@@ -28,6 +45,13 @@ export interface MigrateOptions {
   finalState?: 'running' | 'stopped';
   /** Restore into a new pid namespace on the destination. */
   pidNamespace?: 'host' | 'new';
+  /**
+   * Post-copy: restore before the pages arrive. The source's criu serves them
+   * (bound to the source's address the destination saw the ssh connection
+   * come from, until the destination has them all), the tree runs on the
+   * destination meanwhile, and the source dies when the last page is there.
+   */
+  lazy?: boolean;
   tcpEstablished?: boolean;
   shellJob?: boolean;
   /** The command that runs treestate on the destination (default `npx treestate`). */
@@ -35,7 +59,7 @@ export interface MigrateOptions {
   criu?: string;
   /** The whole migration's limit (default 300 000 ms). */
   timeoutMs?: number;
-  onProgress?: (p: { phase: MigratePhase; elapsedMs: number }) => void;
+  onProgress?: (p: MigrateProgress) => void;
 }
 
 export interface MigrateResult {
@@ -48,13 +72,17 @@ export interface MigrateResult {
   pidNamespace?: { pid: number; init: number };
   /** The state verified on each side. */
   state: { source: 'dead'; destination: string };
-  /** Memory sent through the page server. */
+  /** Memory sent through the page server (with `lazy`: served by the source's, after the restore). */
   pages: number;
   pagesBytes: number;
+  /** Post-copy (`lazy`). */
+  lazy?: boolean;
   /** Milliseconds per phase. */
   phases: Partial<Record<MigratePhase, number>>;
   elapsedMs: number;
 }
+
+const PAGE_SIZE = 4096;
 
 export function parseDestination(to: string): { user?: string; host: string; port?: number } {
   const m = /^ssh:\/\/(?:([^@/\s]+)@)?(\[[^\]]+\]|[^:/@\s]+)(?::(\d+))?\/?$/.exec(to);
@@ -110,16 +138,18 @@ export async function migrate(pid: number, options: MigrateOptions): Promise<Mig
   const root = checkPid(pid);
   checkNotSelf(root);
   const dest = parseDestination(options?.to ?? '');
+  const lazy = options.lazy === true;
   const started = performance.now();
   const phases: MigrateResult['phases'] = {};
   let phase: MigratePhase = 'connect';
   let mark = started;
+  let pages: MigrateProgress['pages'];
   const enter = (next: MigratePhase) => {
     const now = performance.now();
     phases[phase] = Math.round(now - mark);
     phase = next;
     mark = now;
-    options.onProgress?.({ phase, elapsedMs: now - started });
+    options.onProgress?.({ phase, elapsedMs: now - started, ...(pages ? { pages } : {}) });
   };
   await getTreeState(root); // ESRCH before anything starts
 
@@ -133,36 +163,85 @@ export async function migrate(pid: number, options: MigrateOptions): Promise<Mig
     '--',
     ...(options.remoteTreestate ?? 'npx treestate').split(/\s+/).filter(Boolean),
     'receive',
+    ...(lazy ? ['--lazy'] : []),
   ];
   const receiver = new Receiver(spawn('ssh', ssh, { stdio: ['pipe', 'pipe', 'pipe'] }));
   const localDir = mkdtempSync(join(tmpdir(), 'treestate-migrate-'));
-  const timer = setTimeout(() => receiver.kill(), options.timeoutMs ?? 300_000);
+  const imagesDir = join(localDir, 'images');
+  const timeoutMs = options.timeoutMs ?? 300_000;
+  const timer = setTimeout(() => receiver.kill(), timeoutMs);
   let sourceStopped = false;
+  // With `lazy`: the source's criu dump while it runs (it serves the pages), and its end.
+  let serving: RunningCommand | undefined;
+  let dumping: Promise<CriuResult> | undefined;
   try {
     options.onProgress?.({ phase, elapsedMs: 0 });
     const ready = await receiver.next('connect');
     if (ready.event !== 'ready') throw new TreeStateError('EMIGRATE', `connect: the destination said ${ready.event}, not ready`);
 
     enter('dump');
-    const dumped = await dump(root, {
-      imagesDir: join(localDir, 'images'),
-      finalState: 'stopped',
-      criu: options.criu,
-      tcpEstablished: options.tcpEstablished,
-      shellJob: options.shellJob,
-      extraArgs: ['--page-server', '--address', ready.address, '--port', String(ready.port)],
-    });
+    const dumpOptions = { imagesDir, finalState: 'stopped' as const, criu: options.criu, tcpEstablished: options.tcpEstablished, shellJob: options.shellJob };
+    let lazyServer: { address: string; port: number } | undefined;
+    if (lazy) {
+      if (!ready.client) throw new TreeStateError('EMIGRATE', 'connect: the destination could not tell the address the ssh connection came from (no SSH_CONNECTION there), which the source\'s page server would bind');
+      lazyServer = { address: ready.client, port: await freePort(ready.client) };
+      let listening = () => {};
+      const serves = new Promise<void>((resolve) => (listening = resolve));
+      // A command line, not RPC: over RPC criu answers a dump only when it
+      // ends, which with --lazy-pages is after the last page was served; on
+      // a command line --status-fd says when the images are written and the
+      // page server listens, and the pid lets an abort interrupt it.
+      dumping = dump(root, {
+        ...dumpOptions,
+        timeoutMs,
+        runner: statusPipeRunner(listening, (running) => {
+          serving = running;
+          void running.exited.then(() => (serving = undefined));
+        }),
+        extraArgs: ['--lazy-pages', '--address', lazyServer.address, '--port', String(lazyServer.port), '--status-fd', '3'],
+      });
+      dumping.catch(() => {}); // awaited in the pages phase, or on the way out
+      await Promise.race([serves, dumping]);
+    } else {
+      const dumped = await dump(root, { ...dumpOptions, extraArgs: ['--page-server', '--address', ready.address, '--port', String(ready.port)] });
+      if (dumped.stats) pages = { count: dumped.stats.pagesWritten, bytes: dumped.stats.bytesWritten, ms: Math.round(performance.now() - mark) };
+    }
     sourceStopped = true;
 
     enter('send');
-    for (const name of readdirSync(dumped.imagesDir).filter((f) => IMAGE_NAME.test(f))) {
-      receiver.send({ cmd: 'file', name, data: readFileSync(join(dumped.imagesDir, name)).toString('base64') });
+    for (const name of readdirSync(imagesDir).filter((f) => IMAGE_NAME.test(f))) {
+      receiver.send({ cmd: 'file', name, data: readFileSync(join(imagesDir, name)).toString('base64') });
     }
 
     enter('restore');
-    receiver.send({ cmd: 'restore', finalState: options.finalState ?? 'running', pidNamespace: options.pidNamespace ?? 'host', tcpEstablished: Boolean(options.tcpEstablished), shellJob: Boolean(options.shellJob) });
+    receiver.send({
+      cmd: 'restore',
+      finalState: options.finalState ?? 'running',
+      pidNamespace: options.pidNamespace ?? 'host',
+      tcpEstablished: Boolean(options.tcpEstablished),
+      shellJob: Boolean(options.shellJob),
+      ...(lazyServer ? { lazy: lazyServer } : {}),
+    });
     const restored = await receiver.next('restore');
     if (restored.event !== 'restored') throw new TreeStateError('EMIGRATE', `restore: the destination said ${restored.event}`);
+
+    let pagesBytes = restored.pagesBytes;
+    if (dumping) {
+      // The copy runs; criu dump ends once lazy-pages on the destination has
+      // fetched every page, leaving the source stopped (verified by dump).
+      enter('pages');
+      const dumped = await dumping;
+      // criu dump takes a connection closed early for the end of the work:
+      // only lazy-pages itself knows it has every page.
+      receiver.send({ cmd: 'pages' });
+      const fetched = await receiver.next('pages');
+      if (fetched.event !== 'pages') throw new TreeStateError('EMIGRATE', `pages: the destination said ${fetched.event}`);
+      if (fetched.code !== 0) throw new TreeStateError('EMIGRATE', `pages: criu lazy-pages on the destination ended with ${fetched.code ?? fetched.signal}, not with every page`);
+      // criu's stats-dump after a lazy dump counts nothing (4.2): the pagemaps say what was there.
+      const count = await countPages(dumped.imagesDir);
+      pagesBytes = count * PAGE_SIZE;
+      pages = { count, bytes: pagesBytes, ms: Math.round(performance.now() - mark) };
+    }
 
     // Only now, with the copy verified on the destination, is the source let go.
     enter('kill source');
@@ -180,8 +259,9 @@ export async function migrate(pid: number, options: MigrateOptions): Promise<Mig
       root: restored.root,
       ...(restored.pidNamespace ? { pidNamespace: restored.pidNamespace } : {}),
       state: { source: 'dead', destination: restored.state },
-      pages: Math.ceil(restored.pagesBytes / 4096),
-      pagesBytes: restored.pagesBytes,
+      pages: Math.ceil(pagesBytes / PAGE_SIZE),
+      pagesBytes,
+      ...(lazy ? { lazy } : {}),
       phases,
       elapsedMs: Math.round(performance.now() - started),
     };
@@ -190,6 +270,15 @@ export async function migrate(pid: number, options: MigrateOptions): Promise<Mig
     // drop what it has and give the source back its run.
     const failedIn = phase;
     receiver.send({ cmd: 'abort' });
+    // A lazy dump still serving: SIGALRM makes criu give up, and on its way
+    // out it resumes the tree (see criu/interrupt.ts).
+    if (serving) await stopCriu('dump', serving);
+    const served = await dumping?.then(
+      () => undefined,
+      (x: unknown) => x,
+    );
+    // The destination's error says what it saw (a page server gone); the source's criu may know why.
+    const sourceCause = served instanceof TreeStateError && typeof served.details?.cause === 'string' ? `; the source's criu: ${served.details.cause}` : '';
     if (sourceStopped) {
       try {
         await continueTree(root);
@@ -198,7 +287,7 @@ export async function migrate(pid: number, options: MigrateOptions): Promise<Mig
       }
     }
     const message = e instanceof TreeStateError && e.code === 'EMIGRATE' ? e.message : `${failedIn}: ${(e as Error).message}`;
-    throw new TreeStateError('EMIGRATE', `${message}${sourceStopped ? '; the source was resumed' : ''}; the destination removes what it had made`, { pid: root, cause: e, details: { phase: failedIn } });
+    throw new TreeStateError('EMIGRATE', `${message}${sourceCause}${sourceStopped ? '; the source was resumed' : ''}; the destination removes what it had made`, { pid: root, cause: e, details: { phase: failedIn } });
   } finally {
     clearTimeout(timer);
     receiver.close();

@@ -2,20 +2,22 @@
 // `treestate migrate` over ssh. It starts a criu page server bound to the
 // address the ssh client reached (and only for as long as the migration
 // lasts), takes the other images from the source, restores and verifies the
-// tree, and keeps it only when the source says its own copy is dead.
-import { spawn } from 'node:child_process';
-import { closeSync, constants, mkdtempSync, openSync, readdirSync, rmSync, statSync, writeSync } from 'node:fs';
+// tree, and keeps it only when the source says its own copy is dead. With
+// --lazy (post-copy) there is no page server here: `criu lazy-pages` fetches
+// the pages from the source's page server while the restored tree runs.
+import { closeSync, constants, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, statSync, writeSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { restore, type CriuResult } from '../criu/checkpoint.js';
+import { criuErrorLines, readText, restore, type CriuResult } from '../criu/checkpoint.js';
 import { locateCriu } from '../criu/locate.js';
+import { statusPipeRunner, type CommandExit, type RunningCommand } from '../criu/runner.js';
 import { TreeStateError } from '../errors.js';
 import { killTree } from '../transitions.js';
 import { IMAGE_NAME, type ReceiverCommand, type ReceiverEvent } from './protocol.js';
 
-function freePort(address: string): Promise<number> {
+export function freePort(address: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const probe = createServer();
     probe.once('error', reject);
@@ -31,10 +33,45 @@ export function reachedAddress(env = process.env): string | undefined {
   return env.SSH_CONNECTION?.trim().split(/\s+/)[2];
 }
 
+/** The address the ssh client came from (SSH_CONNECTION's first field). */
+function clientAddress(env = process.env): string | undefined {
+  return env.SSH_CONNECTION?.trim().split(/\s+/)[0];
+}
+
+interface CriuServer {
+  exited: Promise<CommandExit>;
+  kill(): void;
+}
+
+const NO_SERVER: CriuServer = { exited: Promise.resolve({ code: 0, signal: null }), kill: () => {} };
+
+/** Starts a criu that serves (page-server, lazy-pages) and resolves once it does: criu writes \0 to --status-fd then. */
+async function serve(criu: string, args: string[], log: string): Promise<CriuServer> {
+  let running: RunningCommand | undefined;
+  let listening = () => {};
+  const serves = new Promise<void>((resolve) => (listening = resolve));
+  const started = await statusPipeRunner(listening, (r) => (running = r)).run(criu, [...args, '--status-fd', '3', '-o', log, '-v4'], { out: `${log}.out`, umask: 0o077 });
+  const server = {
+    exited: started.exited,
+    kill: () => {
+      try {
+        process.kill(running!.pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    },
+  };
+  const before = await Promise.race([serves.then(() => undefined), started.exited]);
+  if (before) throw new TreeStateError('ECRIU', `criu ${args[0]} exited with ${before.code ?? before.signal} before it served (log ${log})`);
+  return server;
+}
+
 export interface ReceiveOptions {
   /** Address for the page server (default: the one ssh reached). */
   address?: string;
   criu?: string;
+  /** Post-copy: no page server here; the restore fetches pages from the source's (`criu lazy-pages`). */
+  lazy?: boolean;
   input?: NodeJS.ReadableStream;
   output?: (line: string) => void;
 }
@@ -47,25 +84,25 @@ export async function receive(options: ReceiveOptions = {}): Promise<number> {
     say({ event: 'error', phase: 'page server', code: 'EINVAL', message: 'no address for the page server: not started by ssh (no SSH_CONNECTION), and none given' });
     return 1;
   }
-  const imagesDir = mkdtempSync(join(tmpdir(), 'treestate-receive-'));
+  const base = mkdtempSync(join(tmpdir(), 'treestate-receive-'));
+  const imagesDir = join(base, 'images');
+  // criu's work directory for lazy-pages and the restore (their socket, their
+  // logs): the restore refuses an images directory holding anything but files.
+  const workDir = join(base, 'work');
+  mkdirSync(imagesDir, { mode: 0o700 });
+  mkdirSync(workDir, { mode: 0o700 });
   let restored: CriuResult | undefined;
   let kept = false;
-  const pageServer = { exited: Promise.resolve({ code: 0 as number | null }), kill: () => {} };
+  let pageServer = NO_SERVER;
   try {
     const criu = await locateCriu(options.criu);
-    const port = await freePort(address);
-    // criu writes \0 to --status-fd once it listens.
-    const child = spawn(criu.path, ['page-server', '-D', imagesDir, '--address', address, '--port', String(port), '--status-fd', '3', '-o', join(imagesDir, 'page-server.log'), '-v4'], {
-      stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
-    });
-    pageServer.exited = new Promise((resolve) => child.once('exit', (code) => resolve({ code })));
-    pageServer.kill = () => child.kill('SIGKILL');
-    const status = child.stdio[3] as NodeJS.ReadableStream;
-    await new Promise<void>((resolve, reject) => {
-      status.once('data', () => resolve());
-      child.once('exit', (code) => reject(new TreeStateError('ECRIU', `criu page-server exited with ${code} before it listened (log ${join(imagesDir, 'page-server.log')})`)));
-    });
-    say({ event: 'ready', address, port, imagesDir });
+    if (options.lazy) {
+      say({ event: 'ready', address, client: clientAddress(), imagesDir });
+    } else {
+      const port = await freePort(address);
+      pageServer = await serve(criu.path, ['page-server', '-D', imagesDir, '--address', address, '--port', String(port)], join(imagesDir, 'page-server.log'));
+      say({ event: 'ready', address, port, imagesDir });
+    }
 
     const lines = createInterface({ input: options.input ?? process.stdin })[Symbol.asyncIterator]();
     for (;;) {
@@ -82,19 +119,40 @@ export async function receive(options: ReceiveOptions = {}): Promise<number> {
           closeSync(fd);
         }
       } else if (command.cmd === 'restore') {
-        const served = await pageServer.exited;
-        if (served.code !== 0) throw new TreeStateError('ECRIU', `criu page-server exited with ${served.code} (log ${join(imagesDir, 'page-server.log')})`);
+        if (command.lazy) {
+          // Started before the restore, which hands it the tree's userfaultfds
+          // through a socket in the images directory (criu's work directory).
+          pageServer = await serve(criu.path, ['lazy-pages', '--page-server', '--address', command.lazy.address, '--port', String(command.lazy.port), '-D', imagesDir, '-W', workDir], join(workDir, 'lazy-pages.log'));
+        } else {
+          const served = await pageServer.exited;
+          if (served.code !== 0) throw new TreeStateError('ECRIU', `criu page-server exited with ${served.code ?? served.signal} (log ${join(imagesDir, 'page-server.log')})`);
+        }
         const pagesBytes = readdirSync(imagesDir)
           .filter((f) => f.startsWith('pages-'))
           .reduce((n, f) => n + statSync(join(imagesDir, f)).size, 0);
         try {
-          restored = await restore({ imagesDir, finalState: command.finalState, pidNamespace: command.pidNamespace, tcpEstablished: command.tcpEstablished, shellJob: command.shellJob, criu: criu.path });
+          restored = await restore({
+            imagesDir,
+            finalState: command.finalState,
+            pidNamespace: command.pidNamespace,
+            tcpEstablished: command.tcpEstablished,
+            shellJob: command.shellJob,
+            criu: criu.path,
+            ...(command.lazy ? { extraArgs: ['--lazy-pages', '-W', workDir] } : {}),
+          });
         } catch (e) {
           const err = e as TreeStateError;
-          say({ event: 'error', phase: 'restore', code: err.code ?? 'ECRIU', message: err.message });
+          // A restore that lost its lazy-pages says only "Broken pipe": the daemon's own log says why.
+          const lazyLog = command.lazy ? criuErrorLines(readText(join(workDir, 'lazy-pages.log')), 4) : [];
+          const why = lazyLog.length ? `\n  criu lazy-pages:\n  ${lazyLog.join('\n  ')}` : '';
+          say({ event: 'error', phase: 'restore', code: err.code ?? 'ECRIU', message: `${err.message}${why}` });
           return 1;
         }
         say({ event: 'restored', root: restored.root, pidNamespace: restored.pidNamespace, state: restored.state, pagesBytes, elapsedMs: restored.elapsedMs });
+      } else if (command.cmd === 'pages') {
+        // The source's criu has ended, so lazy-pages has closed its connection: it exits now, 0 only with every page.
+        const { code, signal } = await pageServer.exited;
+        say({ event: 'pages', code, signal });
       } else if (command.cmd === 'commit') {
         kept = true;
         say({ event: 'done' });
@@ -110,6 +168,6 @@ export async function receive(options: ReceiveOptions = {}): Promise<number> {
     await pageServer.exited;
     // Nothing of a migration that did not finish stays here.
     if (restored && !kept) await killTree(restored.root).catch(() => undefined);
-    rmSync(imagesDir, { recursive: true, force: true });
+    rmSync(base, { recursive: true, force: true });
   }
 }

@@ -4,7 +4,7 @@
 // each a little-endian u32 size followed by one protobuf message of that size.
 // A file that breaks the framing or a record that does not decode is EIMAGES
 // naming the file and the offset: images are input, never trusted to parse.
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Root, Type } from 'protobufjs';
 import { TreeStateError, hasCode } from '../../errors.js';
@@ -133,4 +133,13 @@ export async function readLinkRemaps(dir: string): Promise<string[]> {
   return files
     .filter((f) => f.type === FD_TYPE_REG && linked.has(f.id as number))
     .map((f) => (f.reg as { name: string }).name);
+}
+
+/** How many memory pages the checkpoint in `dir` records (its pagemap images: pages written, lazy or in a parent alike). */
+export async function countPages(dir: string): Promise<number> {
+  let pages = 0;
+  for (const name of readdirSync(dir).filter((f) => /^pagemap-\d+\.img$/.test(f))) {
+    for (const entry of await readImage(join(dir, name), 'pagemap')) pages += Number(entry.nr_pages || entry.compat_nr_pages || 0);
+  }
+  return pages;
 }

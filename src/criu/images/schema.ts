@@ -17,6 +17,7 @@ export const IMAGES = {
   'remap-fpath': { magic: 0x59133954, message: 'remap_file_path_entry' },
   /** stats-dump in criu's work directory (criu/stats.c): a service image, so IMG_SERVICE_MAGIC comes first. */
   stats: { magic: 0x57093306, message: 'stats_entry', service: true },
+  pagemap: { magic: 0x56084025, message: 'pagemap_entry' },
 } as const;
 
 export type ImageKind = keyof typeof IMAGES;
@@ -115,5 +116,17 @@ message dump_stats_entry {
 
 message stats_entry {
   optional dump_stats_entry dump = 1;
+}
+
+// A pagemap image is one pagemap_head (field 1: pages_id) and then
+// pagemap_entry records. criu writes the count in nr_pages (5) and 0 in
+// compat_nr_pages (2), required in its schema and optional here, so that
+// the head decodes as an entry of no pages.
+message pagemap_entry {
+  required uint64 vaddr = 1;
+  optional uint32 compat_nr_pages = 2;
+  optional bool in_parent = 3;
+  optional uint32 flags = 4;
+  optional uint64 nr_pages = 5;
 }
 `;
