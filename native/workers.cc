@@ -17,8 +17,10 @@ namespace treestate {
 
 namespace {
 
-bool AnyStopped(const WalkResult& r) {
+// Whether a thread the pass may signal is in group-stop (the kept ones stay there).
+bool AnyStopped(const WalkResult& r, const WalkOptions& o) {
   for (const ProcessRecord& p : r.processes) {
+    if (Kept(o, p.pid, p.startTime)) continue;
     for (const ThreadRecord& t : p.threads) {
       if (t.state == 'T') return true;
     }
@@ -163,7 +165,7 @@ class WalkWorker : public Napi::AsyncWorker {
     // The follow-up pass runs on this thread at once: handing the first
     // result to the JS thread and waiting for it to ask again means waiting
     // for a core that the threads just continued are all competing for.
-    if (!followUp_ || !result_.rootFound || !result_.failures.empty() || !AnyStopped(result_)) return;
+    if (!followUp_ || !result_.rootFound || !result_.failures.empty() || !AnyStopped(result_, options_)) return;
     WalkOptions again = options_;
     again.select = followSelect_;
     again.rootStartTime = result_.processes[0].startTime;
@@ -316,6 +318,9 @@ Napi::Value WalkAsync(const Napi::CallbackInfo& info) {
   options.leaderSelects = o.Get("leaderSelects").ToBoolean();
   options.relistAfterSignal = o.Get("relistAfterSignal").ToBoolean();
   options.protect = PidArray(o.Get("protect"));
+  if (o.Get("keep").IsArray()) {
+    for (const Identity& k : IdentityArray(o.Get("keep"))) options.keep[k.pid] = k.startTime;
+  }
   CacheRef cache;
   if (o.Has("cache") && !o.Get("cache").IsUndefined()) {
     CacheRef* ref = CacheOf(o.Get("cache"));

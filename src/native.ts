@@ -87,6 +87,8 @@ export interface NativeWalkOptions {
    */
   relistAfterSignal?: boolean;
   protect?: number[];
+  /** Processes the pass never signals, whatever the selection (matched by pid and start time): the application's own stops, kept by a continue. */
+  keep?: Identity[];
   /** Files kept open from the previous passes of the same operation. */
   cache?: NativeWalkCache;
 }

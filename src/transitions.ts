@@ -6,7 +6,8 @@ import { refuseFrozen } from './cgroup/frozen.js';
 import { killOwnedTree, ownedCgroup } from './cgroup/tree.js';
 import { native, type Identity, type NativeFailure, type NativeWalkResult } from './native.js';
 import { DURATION, checkNumbers, wholeNumber } from './options.js';
-import { checkNotSelf, checkPid, classify, refuseDeadRoot, liveThreads, pidsOf, processState, readFailure, toProcessInfo, walkCache, walkTree, withFrozen, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
+import { recordContinue, recordOf, recordStop, recordsFor, removeRecords } from './stop-records.js';
+import { checkNotSelf, checkPid, classify, refuseDeadRoot, liveThreads, pidsOf, processState, readFailure, toProcessInfo, walkCache, walkTree, withFrozen, withKept, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
 
 export interface TransitionOptions extends WalkOptions {
   /** How long the tree may take to reach the state (default 10 000 ms). */
@@ -37,6 +38,12 @@ export interface TransitionResult {
   settle?: { looks: number; resumedAgain: number[] };
   /** Kill: processes it saw that are still alive at the end (the kill then fails, naming them); empty when it returns. */
   escaped?: number[];
+  /** Stop: processes that were stopped already, by the application, before the stop (a continue keeps them stopped). */
+  alreadyStopped?: number[];
+  /** Continue: processes left stopped because the application, not treestate, had stopped them (see `all`). */
+  keptStopped?: number[];
+  /** What the call could not do as it would have liked, and did otherwise (an unreadable record, nowhere to keep one). */
+  warnings?: string[];
 }
 
 export interface ContinueOptions extends TransitionOptions {
@@ -46,6 +53,11 @@ export interface ContinueOptions extends TransitionOptions {
    * as su mirroring its child's stop); 0 skips it. Default 20 ms.
    */
   settleMs?: number;
+  /**
+   * Continue every process, the application's own stops too (those a stop or
+   * a restore by treestate found stopped and remembered), and forget them.
+   */
+  all?: boolean;
 }
 
 const DEFAULT_TIMEOUT_MS = 10_000;
@@ -187,6 +199,18 @@ export async function stopTree(pid: number, options: StopOptions = {}): Promise<
   return stopPasses(pid, options, false, new Tally());
 }
 
+/**
+ * A stop that succeeded remembers which processes were stopped already (every
+ * thread in T, and this call never signalled them): the application's own
+ * stops, which a continue keeps (src/stop-records.ts).
+ */
+function recordedStop(result: TransitionResult, last: NativeWalkResult, tally: Tally): TransitionResult {
+  const present = last.processes.filter((p) => processState(p.threads) !== 'dead').map((p) => ({ pid: p.pid, startTime: p.startTime }));
+  const found = present.filter((p) => tally.signalled.get(p.pid)?.startTime !== p.startTime);
+  const { kept, warnings } = recordStop({ pid: result.root, startTime: result.rootStartTime }, present, found, 'stop');
+  return { ...result, alreadyStopped: kept.map((p) => p.pid), ...(warnings.length ? { warnings } : {}) };
+}
+
 /** Reads that failed for want of resources, not of permission: a kill goes on through the pins it has. */
 const READ_FAILURES = ['EMFILE', 'ENFILE', 'ENOMEM'] as const;
 
@@ -276,7 +300,9 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
     const unchanged = previousShape === undefined || sameShape(previousShape, shape);
     previousShape = shape;
     if (pass.signalled.length === 0 && notStopped.length === 0 && unchanged) {
-      return tally.result(root, 'stopped', pass, passes, started, rootStartTime);
+      const result = tally.result(root, 'stopped', pass, passes, started, rootStartTime);
+      // Before a kill, nothing is left to continue.
+      return beforeKill ? result : recordedStop(result, pass, tally);
     }
     if (passes > 1 && fresh > 0 && ++growing > maxPasses) {
       const undone = await undo('ENOTSETTLED');
@@ -320,10 +346,43 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
  * Stopped → Running. Depth-first, children before their parent, SIGCONT to
  * every thread of every process; then passes until no live thread is in
  * group-stop. Threads in ptrace-stop cannot be resumed by SIGCONT: they are
- * reported (ETRACED, with their tracer) instead of claiming success.
+ * reported (ETRACED, with their tracer) instead of claiming success. A tree
+ * treestate stopped (or restored) keeps stopped what the application itself
+ * had stopped, as its record says (src/stop-records.ts; `all` continues them
+ * too); a tree with no record is continued whole.
  */
 export async function continueTree(pid: number, options: ContinueOptions = {}): Promise<TransitionResult> {
   const root = checkPid(pid);
+  // Without a record the tree is continued whole, and its records removed.
+  if (options.all) return continueKeeping(root, options, undefined);
+  // The newest record may be the live root's; older ones are of processes
+  // that had the pid before it (the first pass proves which, by start time).
+  const { records, warnings } = recordsFor(root);
+  let result: TransitionResult;
+  try {
+    result = await continueKeeping(root, options, records[0]);
+  } catch (e) {
+    // No such process: whatever was recorded under its pid is stale.
+    if (hasCode(e, 'ESRCH')) removeRecords(root);
+    throw e;
+  }
+  return warnings.length ? { ...result, warnings: [...warnings, ...(result.warnings ?? [])] } : result;
+}
+
+/** What a continue leaves stopped: the application's own stops in the tree of `root`. */
+export interface KeptStops {
+  root: Identity;
+  kept: Identity[];
+}
+
+/**
+ * The continue itself, leaving `keep.kept` stopped when the root is still
+ * `keep.root` (otherwise the pid names another process now, and the whole
+ * tree is continued); afterwards, what it kept is remembered (or the tree
+ * forgotten). For restore and dump, which know the kept processes from the
+ * images or from the tree before the dump.
+ */
+export async function continueKeeping(root: number, options: ContinueOptions, keep: KeptStops | undefined): Promise<TransitionResult> {
   checkNumbers(options, { timeoutMs: DURATION });
   const protect = checkNotSelf(root);
   refuseFrozen(root, 'continue');
@@ -335,27 +394,40 @@ export async function continueTree(pid: number, options: ContinueOptions = {}): 
   let passes = 0;
   using cache = walkCache();
   let followUp: NativeWalkResult | undefined;
+  const kept = new Map((keep?.kept ?? []).map((p) => [p.pid, p.startTime]));
+  const isKept = (p: { pid: number; startTime: number }) => kept.get(p.pid) === p.startTime;
   for (;;) {
-    const pass =
-      followUp ??
-      (await walkTree({
-        root,
-        rootStartTime,
-        scan: options.scan,
-        cache: cache.handle,
-        signal: SIGCONT,
-        select: passes === 0 ? 'all' : 'stopped',
-        order: 'children-first',
-        // Read, then signal: a SIGCONT wakes its process, and reading the rest
-        // of the tree while the woken ones run is slower on every core count
-        // (what runs meanwhile only forks running children, which need no SIGCONT).
-        signalAfterRead: true,
-        // The verifying pass at once, in the same native call: this thread
-        // would otherwise wait for a core behind every thread just woken.
-        followUpIfStopped: passes === 0 ? 'stopped' : undefined,
-        perThread: true,
-        protect,
-      }));
+    let pass: NativeWalkResult;
+    try {
+      pass =
+        followUp ??
+        (await walkTree({
+          root,
+          rootStartTime: rootStartTime ?? keep?.root.startTime,
+          scan: options.scan,
+          cache: cache.handle,
+          signal: SIGCONT,
+          select: passes === 0 ? 'all' : 'stopped',
+          order: 'children-first',
+          // Read, then signal: a SIGCONT wakes its process, and reading the rest
+          // of the tree while the woken ones run is slower on every core count
+          // (what runs meanwhile only forks running children, which need no SIGCONT).
+          signalAfterRead: true,
+          // The verifying pass at once, in the same native call: this thread
+          // would otherwise wait for a core behind every thread just woken.
+          followUpIfStopped: passes === 0 ? 'stopped' : undefined,
+          perThread: true,
+          protect,
+          keep: kept.size ? [...kept].map(([pid, startTime]) => ({ pid, startTime })) : undefined,
+        }));
+    } catch (e) {
+      // The first pass signals nothing when the root is not the record's:
+      // the record is stale, and the tree is continued whole.
+      if (passes > 0 || !keep || !hasCode(e, 'ESRCH')) throw e;
+      keep = undefined;
+      kept.clear();
+      continue;
+    }
     followUp = pass.next;
     passes++;
     if (passes === 1) refuseDeadRoot(pass.processes[0], 'continue');
@@ -371,10 +443,12 @@ export async function continueTree(pid: number, options: ContinueOptions = {}): 
     // (or, on the first pass, that nothing was stopped). The follow-up pass
     // does not re-read the non-leader threads of what the first resumed
     // ('+'): the kernel ended their group-stop as the SIGCONT was sent.
-    const stopped = liveThreads(pass.processes, (s) => s === 'T');
+    // The kept processes may be stopped, and only they.
+    const ours = kept.size ? pass.processes.filter((p) => !isKept(p)) : pass.processes;
+    const stopped = liveThreads(ours, (s) => s === 'T');
     if (stopped.length === 0) {
       const result = tally.result(root, 'running', pass, passes, started, rootStartTime);
-      const traced = liveThreads(pass.processes, (s) => s === 't');
+      const traced = liveThreads(ours, (s) => s === 't');
       if (traced.length > 0) {
         result.state = 'mixed';
         throw new TreeStateError('ETRACED', `continued the tree of ${root}, but ${describeThreads(traced)} ${traced.length === 1 ? 'is' : 'are'} in ptrace-stop, which SIGCONT cannot resume`, {
@@ -384,8 +458,10 @@ export async function continueTree(pid: number, options: ContinueOptions = {}): 
           details: { result },
         });
       }
-      if ((options.settleMs ?? DEFAULT_SETTLE_MS) <= 0) return result;
-      return await settle(result, pass, { root, rootStartTime, protect, options, deadline, cache: cache.handle, tally, started, passes });
+      const keptStopped = pass.processes.filter((p) => isKept(p) && p.threads.some((t) => t.state === 'T')).map((p) => ({ pid: p.pid, startTime: p.startTime }));
+      const settled = (options.settleMs ?? DEFAULT_SETTLE_MS) <= 0 ? result : await settle(result, pass, { root, rootStartTime, protect, options, deadline, cache: cache.handle, tally, started, passes, kept: isKept });
+      recordContinue({ pid: root, startTime: rootStartTime }, keptStopped, 'continue');
+      return { ...settled, keptStopped: keptStopped.map((p) => p.pid) };
     }
     if (performance.now() > deadline) {
       throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not resume within ${options.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms: ${describeThreads(stopped)} still stopped`, {
@@ -408,6 +484,8 @@ interface SettleContext {
   tally: Tally;
   started: number;
   passes: number;
+  /** The application's own stops, which the continue keeps: not resumed again either. */
+  kept: (p: Identity) => boolean;
 }
 
 /**
@@ -427,7 +505,7 @@ async function settle(verified: TransitionResult, verifying: NativeWalkResult, c
   const settleMs = options.settleMs ?? DEFAULT_SETTLE_MS;
   const { SIGCONT } = native().signals;
   // Processes this call saw running; those it has not seen are not its to resume.
-  const resumed = new Map(verifying.processes.filter((p) => processState(p.threads) !== 'dead').map((p) => [p.pid, p.startTime]));
+  const resumed = new Map(verifying.processes.filter((p) => processState(p.threads) !== 'dead' && !ctx.kept(p)).map((p) => [p.pid, p.startTime]));
   const resumedAgain: number[] = [];
   let looks = 0;
   let last = verifying;
@@ -496,7 +574,11 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
   // A tree that owns its cgroup dies through cgroup.kill: in one step, and
   // with the processes that left its parent links (src/cgroup/tree.ts).
   const owned = await ownedCgroup(root);
-  if (owned && !owned.members.includes(process.pid)) return killOwnedTree(owned, options);
+  if (owned && !owned.members.includes(process.pid)) {
+    const result = await killOwnedTree(owned, options);
+    removeRecords(root);
+    return result;
+  }
   const started = performance.now();
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const deadline = started + timeoutMs;
@@ -599,6 +681,7 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
     throw new TreeStateError('EESCAPED', `the tree of ${root} was killed, but ${[alive, gaps].filter(Boolean).join('; and ')}`, { pid: root, pids: escaped.length ? escaped : [...unlisted], details: { result, unlisted: [...unlisted] } });
   }
   // Every process seen is dead now: the tally reports them all as exited.
+  removeRecords(root);
   return result;
 }
 
@@ -607,6 +690,11 @@ export interface WaitOptions extends WalkOptions {
   timeoutMs?: number;
   /** Time between looks (default 10 ms). */
   intervalMs?: number;
+  /**
+   * Processes that may be in T in a `running` tree (the application's own
+   * stops, kept by a continue); by default those the tree's record names.
+   */
+  keptStopped?: Identity[];
 }
 
 /**
@@ -622,13 +710,15 @@ export async function waitForState(pid: number, state: TreeState, options: WaitO
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const deadline = performance.now() + timeoutMs;
   let rootStartTime: number | undefined;
+  let kept = options.keptStopped;
   using cache = walkCache();
   for (;;) {
     let status: TreeStatus;
     try {
       const pass = await walkTree({ root, rootStartTime, scan: options.scan, cache: cache.handle });
       rootStartTime ??= pass.processes[0]!.startTime;
-      status = withFrozen(classify({ root, walk: pass.walk, processes: pass.processes.map(toProcessInfo) }));
+      kept ??= recordOf({ pid: root, startTime: rootStartTime }).record?.kept ?? [];
+      status = withFrozen(withKept(classify({ root, walk: pass.walk, processes: pass.processes.map(toProcessInfo) }), kept));
     } catch (e) {
       if (!hasCode(e, 'ESRCH') || !(e instanceof TreeStateError)) throw e;
       if (state === 'dead') {
