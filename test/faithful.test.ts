@@ -1,9 +1,10 @@
 import { expect } from 'chai';
-import { cpSync, existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { continueTree, dump, getTreeState, killTree, restore, stopTree } from '../src/index.js';
 import { recordsDir } from '../src/stop-records.js';
-import { spawnTree, type TreeFixture } from '../src/testing/index.js';
+import { nativeExecutable } from '../src/native.js';
+import { spawnSupervised, spawnTree, type TreeFixture } from '../src/testing/index.js';
 import { cli, rejection, requireCriu, tempDirs, waitFor } from './helpers.js';
 
 // Every thread's state letter, read here from /proc/PID/task/*/stat, not from treestate.
@@ -154,6 +155,52 @@ describe('faithful final states: what the application stopped stays stopped', ()
     const file = recordFile(tree.root, await rootStartTime(tree.root));
     await killTree(tree.root);
     expect(existsSync(file)).to.equal(false);
+  });
+
+  describe('not as root', () => {
+    const tempDir = tempDirs();
+    const nobody = { uid: 65534, gid: 65534 };
+
+    /** A tree of nobody's whose root has stopped its first child. */
+    async function nobodysTree() {
+      const sup = await spawnSupervised('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', '--', nativeExecutable('treestate-fixture'), '--depth', '1', '--fanout', '2', '--stop-child', '1']);
+      let held = 0;
+      await waitFor(async () => {
+        const status = await getTreeState(sup.root);
+        held = status.processes[1]?.pid ?? 0;
+        return status.processes.length === 3 && status.processes[1]!.state === 'stopped';
+      }, 5000, 'the first child stopped by its parent');
+      return { sup, held };
+    }
+
+    it("keeps records in the user's own $XDG_RUNTIME_DIR/treestate", async () => {
+      const { sup, held } = await nobodysTree();
+      await using _ = sup;
+      const parent = tempDir();
+      chmodSync(parent, 0o711);
+      const runtime = mkdtempSync(join(parent, 'xdg-'));
+      chownSync(runtime, 65534, 65534);
+      const env = { XDG_RUNTIME_DIR: runtime };
+      const stop = await cli(['stop', String(sup.root)], { ...nobody, env });
+      expect(stop.code, stop.stderr).to.equal(0);
+      expect(readdirSync(join(runtime, 'treestate', 'stops'))).to.have.length(1);
+      const cont = await cli(['cont', String(sup.root)], { ...nobody, env });
+      expect(cont.stdout).to.include(`kept stopped (stopped by the application before treestate's stop): ${held}`);
+      expect(threadStates(held)).to.deep.equal(['T']);
+      expect(threadStates(sup.root)[0]).to.be.oneOf(['R', 'S']);
+    });
+
+    it('without a private runtime directory keeps none, and the stop says a continue will resume the application\'s stops', async () => {
+      const { sup, held } = await nobodysTree();
+      await using _ = sup;
+      // Someone else's directory is not the user's own.
+      const stop = await cli(['stop', String(sup.root)], { ...nobody, env: { XDG_RUNTIME_DIR: tempDir() } });
+      expect(stop.code, stop.stderr).to.equal(0);
+      expect(stop.stderr).to.match(new RegExp(`warning: process ${held} was stopped by the application already, but treestate has no private directory`));
+      const cont = await cli(['cont', String(sup.root)], { ...nobody, env: { XDG_RUNTIME_DIR: '' } });
+      expect(cont.stdout).to.not.include('kept stopped');
+      expect(threadStates(held)[0]).to.be.oneOf(['R', 'S']);
+    });
   });
 
   describe('through criu', () => {
