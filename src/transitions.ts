@@ -66,6 +66,8 @@ const DEFAULT_SETTLE_MS = 20;
 const SETTLE_ROUNDS = 5;
 /** A watch goes on past `settleMs`, up to this many times it, while a parent it resumed is still runnable. */
 const SETTLE_LATE_FACTOR = 5;
+/** Looks in which a thread must be in ptrace-stop for a stop to refuse the tree before signalling it. */
+const HELD_LOOKS = 5;
 
 /** No pause at all for 0 ms: the next pass is itself asynchronous, so the event loop still turns. */
 async function pause(ms: number): Promise<void> {
@@ -254,6 +256,18 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
     return rollback(tally, protect);
   };
   using cache = walkCache();
+  // The looks count as passes; the first signalling pass is still the first to stop.
+  let looks = 0;
+  if (!beforeKill) {
+    let look: NativeWalkResult;
+    ({ look, looks } = await refuseHeldThreads(root, options, cache.handle));
+    rootStartTime = look.processes[0]!.startTime;
+    // Nothing runs (and so nothing forks): stopped already.
+    if (liveThreads(look.processes, (s) => s !== 'T').length === 0) {
+      tally.add(look);
+      return recordedStop(tally.result(root, 'stopped', look, looks, started, rootStartTime), look, tally);
+    }
+  }
   for (;;) {
     let pass: NativeWalkResult;
     try {
@@ -282,7 +296,6 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
       throw e;
     }
     passes++;
-    if (passes === 1 && !beforeKill) refuseDeadRoot(pass.processes[0], 'stop');
     rootStartTime ??= pass.processes[0]!.startTime;
     const fresh = tally.add(pass);
     if (pass.failures.length > 0) {
@@ -300,7 +313,7 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
     const unchanged = previousShape === undefined || sameShape(previousShape, shape);
     previousShape = shape;
     if (pass.signalled.length === 0 && notStopped.length === 0 && unchanged) {
-      const result = tally.result(root, 'stopped', pass, passes, started, rootStartTime);
+      const result = tally.result(root, 'stopped', pass, passes + looks, started, rootStartTime);
       // Before a kill, nothing is left to continue.
       return beforeKill ? result : recordedStop(result, pass, tally);
     }
@@ -339,6 +352,34 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
     }
     quiet = fresh > 0 ? 0 : quiet + 1;
     await pause(backoff(quiet));
+  }
+}
+
+/**
+ * A stop looks before it signals: a thread held in ptrace-stop never reaches
+ * group-stop, so the stop could only fail, and a SIGSTOP, or the SIGCONT of
+ * the rollback, sent to a tracee is queued for its tracer to see (ShdPnd),
+ * which a tracer that does not expect it may never handle. A thread shows t
+ * for a moment at each signal its tracer inspects (a signal-delivery-stop):
+ * only one seen there in every one of HELD_LOOKS looks (over ~30 ms)
+ * refuses the stop. Returns the last look, and how many were taken.
+ */
+async function refuseHeldThreads(root: number, options: StopOptions, cache: ReturnType<typeof walkCache>['handle']): Promise<{ look: NativeWalkResult; looks: number }> {
+  let held: ThreadRef[] | undefined;
+  for (let look = 1; ; look++) {
+    const pass = await walkTree({ root, scan: options.scan, cache });
+    refuseDeadRoot(pass.processes[0], 'stop');
+    const traced = liveThreads(pass.processes, (s) => s === 't');
+    held = held === undefined ? traced : traced.filter((t) => held!.some((h) => h.tid === t.tid));
+    if (held.length === 0) return { look: pass, looks: look };
+    if (look >= HELD_LOOKS) {
+      throw new TreeStateError('ETRACED', `cannot stop the tree of ${root}: ${describeThreads(held)} in ptrace-stop, which a stop cannot end; nothing was signalled`, {
+        pid: root,
+        threads: held,
+        pids: pidsOf(held),
+      });
+    }
+    await pause(2 ** look);
   }
 }
 
