@@ -260,7 +260,7 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
   let looks = 0;
   if (!beforeKill) {
     let look: NativeWalkResult;
-    ({ look, looks } = await refuseHeldThreads(root, options, cache.handle));
+    ({ look, looks } = await refuseHeldThreads(root, options, protect, cache.handle));
     rootStartTime = look.processes[0]!.startTime;
     // Nothing runs (and so nothing forks): stopped already.
     if (liveThreads(look.processes, (s) => s !== 'T').length === 0) {
@@ -364,10 +364,17 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
  * only one seen there in every one of HELD_LOOKS looks (over ~30 ms)
  * refuses the stop. Returns the last look, and how many were taken.
  */
-async function refuseHeldThreads(root: number, options: StopOptions, cache: ReturnType<typeof walkCache>['handle']): Promise<{ look: NativeWalkResult; looks: number }> {
+async function refuseHeldThreads(root: number, options: StopOptions, protect: number[], cache: ReturnType<typeof walkCache>['handle']): Promise<{ look: NativeWalkResult; looks: number }> {
   let held: ThreadRef[] | undefined;
   for (let look = 1; ; look++) {
-    const pass = await walkTree({ root, scan: options.scan, cache });
+    let pass: NativeWalkResult;
+    try {
+      pass = await walkTree({ root, scan: options.scan, cache, protect });
+    } catch (e) {
+      // A tree that cannot be read whole (hidepid, EMFILE) is not stopped in part either.
+      if (!(e instanceof TreeStateError) || e.pids.length === 0) throw e;
+      throw new TreeStateError(e.code, `${e.message}${rolledBackNote({ resumed: [], failed: [] })}`, { pid: e.pid, pids: e.pids, errno: e.errno, syscall: e.syscall, cause: e });
+    }
     refuseDeadRoot(pass.processes[0], 'stop');
     const traced = liveThreads(pass.processes, (s) => s === 't');
     held = held === undefined ? traced : traced.filter((t) => held!.some((h) => h.tid === t.tid));
