@@ -188,6 +188,7 @@ int ReadThreadsAndChildren(const ProcStat& st, ProcessFiles* pf, uint64_t pass,
     }
     rec->threads.push_back({tid, state, 0});
     if (state == 't') rec->threads.back().tracer = ReadTracer(st.pid, tid);
+    if (state == 'D') rec->threads.back().vfork = WaitsInVfork(st.pid, tid);
     if (!scanned) {
       Fd* kept = keepThreadFiles || files.children.ok() ? &files.children : nullptr;
       int err = ReadChildrenAt(procfd, st.numThreads <= 1 ? -1 : pf->task.get(), tid, &rec->children, kept);

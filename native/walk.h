@@ -36,6 +36,7 @@ struct ThreadRecord {
   pid_t tid = 0;
   char state = '?';
   pid_t tracer = 0;  // read only for threads in ptrace-stop ('t')
+  bool vfork = false;  // read only for threads in uninterruptible sleep ('D'): waits in vfork
 };
 
 struct ProcessRecord {

@@ -85,8 +85,8 @@ Napi::Array ToArray(Napi::Env env, const std::vector<SysError>& errors) {
 
 // The processes of a walk, packed: a string of comms joined by NUL, and one
 // Float64Array holding, per process in order, pid, ppid, start time, kernel
-// thread (0/1), thread count, child count, then (tid, state letter code,
-// tracer pid) per thread, then the child pids. src/native.ts unpacks it into
+// thread (0/1), thread count, child count, then (tid, state letter code
+// (| 0x100: waits in vfork), tracer pid) per thread, then the child pids. src/native.ts unpacks it into
 // objects: building them in JS costs a fraction of one N-API call per
 // property (10 ms for 3280 processes, more when the JS thread is starved
 // right after a pass has woken thousands of threads).
@@ -109,7 +109,8 @@ void Pack(Napi::Env env, const std::vector<ProcessRecord>& processes, Napi::Obje
     *d++ = static_cast<double>(p.children.size());
     for (const ThreadRecord& t : p.threads) {
       *d++ = t.tid;
-      *d++ = static_cast<unsigned char>(t.state);
+      // The letter, and 0x100 for a thread waiting in vfork.
+      *d++ = static_cast<unsigned char>(t.state) | (t.vfork ? 0x100 : 0);
       *d++ = t.tracer;
     }
     for (pid_t c : p.children) *d++ = c;

@@ -247,6 +247,7 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
   let quiet = 0;
   let tracedOnly = 0;
   let heldOnly = 0;
+  let vforkOnly = 0;
   let previousShape: TreeShape | undefined;
   // A rollback first closes the walk cache: if a read failed for want of
   // descriptors (EMFILE), the rollback needs them.
@@ -328,6 +329,19 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
       const undone = await undo('ETRACED');
       throw new TreeStateError('ETRACED', `cannot stop the tree of ${root}: ${describeThreads(notStopped)} in ptrace-stop${rolledBackNote(undone)}`, { pid: root, threads: notStopped, pids: pidsOf(notStopped) });
     }
+    // A parent waiting in vfork (D) leaves it only when its child execs or
+    // exits: with that child stopped (by us), never, so no SIGSTOP reaches it.
+    // Say so at once rather than wait for the timeout.
+    const vforkHeld = beforeKill ? [] : waitingInVfork(pass);
+    vforkOnly = vforkHeld.length > 0 && notStopped.every((t) => vforkHeld.includes(t.pid)) ? vforkOnly + 1 : 0;
+    if (vforkOnly >= 3) {
+      const undone = await undo('EVFORK');
+      throw new TreeStateError('EVFORK', `cannot stop the tree of ${root}: ${describePids(vforkHeld)} ${vforkHeld.length === 1 ? 'waits' : 'wait'} in vfork for a stopped child, and a process leaves vfork only when its child execs or exits${rolledBackNote(undone)}`, {
+        pid: root,
+        threads: notStopped,
+        pids: vforkHeld,
+      });
+    }
     // A process with a thread in D or t may never finish its group-stop: the
     // kernel can hand the SIGSTOP to that very thread (a vfork parent, say),
     // and its other threads then run on; a kill waits for none of them.
@@ -353,6 +367,12 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
     quiet = fresh > 0 ? 0 : quiet + 1;
     await pause(backoff(quiet));
   }
+}
+
+/** Processes of the pass with a thread waiting in vfork (D) and a child in group-stop. */
+function waitingInVfork(pass: NativeWalkResult): number[] {
+  const stopped = new Set(pass.processes.filter((p) => processState(p.threads) === 'stopped').map((p) => p.pid));
+  return pass.processes.filter((p) => p.threads.some((t) => t.state === 'D' && t.vfork) && p.children.some((c) => stopped.has(c))).map((p) => p.pid);
 }
 
 /**

@@ -131,6 +131,21 @@ describe('stop', () => {
     await tree.waitProgress();
   });
 
+  it('fails fast with EVFORK, naming the parent, when a parent waits in vfork for a child the stop stopped, and resumes the tree', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 2, vforkHold: true });
+    await waitFor(async () => (await getTreeState(tree.root)).processes[0]!.threads[0]!.state === 'D', 5000, 'the root in vfork');
+    const started = performance.now();
+    const e = await rejection(stopTree(tree.root, { timeoutMs: 10_000 }));
+    expect(performance.now() - started, 'well before the 10 s timeout').to.be.below(3000);
+    expect(e.code, e.message).to.equal('EVFORK');
+    expect(e.pids).to.deep.equal([tree.root]);
+    expect(e.message).to.match(new RegExp(`^cannot stop the tree of ${tree.root}: ${tree.root} waits in vfork for a stopped child, .*; the \\d+ processes it had stopped were resumed$`));
+    // The root stays in vfork (its child never execs); everything else runs again.
+    await tree.waitProgress({ except: [tree.root] });
+    const status = await getTreeState(tree.root);
+    expect(status.processes.filter((p) => p.pid !== tree.root).every((p) => p.state === 'running')).to.equal(true);
+  });
+
   it('does not read the other threads of a process it stops behind a running leader, and verifies them after', async () => {
     await using tree = await spawnTree({ depth: 1, fanout: 2, threads: 3 });
     const addon = native();
