@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { continueTree, dump, getTreeState, killTree, restore, stopTree } from '../src/index.js';
 import { recordsDir } from '../src/stop-records.js';
 import { nativeExecutable } from '../src/native.js';
+import { innermostPid } from '../src/criu/pidns.js';
 import { spawnSupervised, spawnTree, type TreeFixture } from '../src/testing/index.js';
 import { cli, rejection, requireCriu, tempDirs, waitFor } from './helpers.js';
 
@@ -268,6 +269,27 @@ describe('faithful final states: what the application stopped stays stopped', ()
       const dumped = await dump(tree.root, { imagesDir: tempDir(), finalState: 'running' });
       expect(dumped.keptStopped).to.deep.equal([held]);
       await expectFaithful(tree, held);
+    });
+
+    it('(c) restore --pid-ns new running keeps the child stopped by its namespace pid', async () => {
+      const { tree, held } = await appStoppedTree();
+      await using _ = tree;
+      const imagesDir = tempDir();
+      await dump(tree.root, { imagesDir, finalState: 'running' });
+      const restored = await restore({ imagesDir, pidNamespace: 'new' });
+      try {
+        expect(restored.keptStopped).to.have.length(1);
+        const kept = restored.keptStopped![0]!;
+        expect(innermostPid(kept), 'the kept process is the held child, by its pid in the namespace').to.equal(held);
+        for (const pid of restored.processes) {
+          for (const s of threadStates(pid)) expect(s, `a thread of ${pid}`).to.be.oneOf(pid === kept ? ['T'] : ['R', 'S', 'D']);
+        }
+      } finally {
+        const init = restored.pidNamespace!.init;
+        const parent = Number(readFileSync(`/proc/${init}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]);
+        await killTree(restored.root);
+        await waitFor(() => !existsSync(`/proc/${init}`) && !existsSync(`/proc/${parent}`), 5000, 'the namespace init and its parent to be gone');
+      }
     });
 
     it('an images directory without core images is EIMAGES before criu runs: nothing restored, nothing left stopped', async () => {
