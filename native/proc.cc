@@ -265,6 +265,17 @@ pid_t ReadTracer(pid_t pid, pid_t tid) {
   return tracer > 0 ? static_cast<pid_t>(tracer) : 0;
 }
 
+bool WaitsInVfork(pid_t pid, pid_t tid) {
+  char path[64];
+  char buf[128];
+  size_t len;
+  snprintf(path, sizeof path, "/proc/%d/task/%d/wchan", pid, tid);
+  if (ReadSmall(path, buf, sizeof buf, &len)) return false;
+  buf[len < sizeof buf ? len : sizeof buf - 1] = '\0';
+  return !strcmp(buf, "wait_for_vfork_done") || !strcmp(buf, "kernel_clone") || !strcmp(buf, "_do_fork") ||
+         !strcmp(buf, "do_fork");
+}
+
 int ReadTgidAt(int procfd, pid_t* tgid) {
   char buf[4096];
   size_t len;

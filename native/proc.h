@@ -69,6 +69,10 @@ int ReadChildrenAt(int procfd, int taskfd, pid_t tid, std::vector<pid_t>* out,
                    Fd* kept = nullptr);
 // TracerPid of one thread (from .../task/TID/status); 0 when not traced.
 pid_t ReadTracer(pid_t pid, pid_t tid);
+// Whether a thread in uninterruptible sleep waits in vfork for its child to
+// exec or exit (its wchan is the clone path: wait_for_vfork_done, inlined
+// into kernel_clone, or _do_fork on older kernels). False when unreadable.
+bool WaitsInVfork(pid_t pid, pid_t tid);
 // The signals a process has handlers for (SigCgt of /proc/PID/status, bit
 // N-1 for signal N); 0 when it cannot be read.
 uint64_t ReadSignalsCaught(pid_t pid);

@@ -188,6 +188,7 @@ int ReadThreadsAndChildren(const ProcStat& st, ProcessFiles* pf, uint64_t pass,
     }
     rec->threads.push_back({tid, state, 0});
     if (state == 't') rec->threads.back().tracer = ReadTracer(st.pid, tid);
+    if (state == 'D') rec->threads.back().vfork = WaitsInVfork(st.pid, tid);
     if (!scanned) {
       Fd* kept = keepThreadFiles || files.children.ok() ? &files.children : nullptr;
       int err = ReadChildrenAt(procfd, st.numThreads <= 1 ? -1 : pf->task.get(), tid, &rec->children, kept);
@@ -256,7 +257,7 @@ bool SignalPinned(int pinfd, pid_t pid, bool refused, int sig, SignalOutcome* ou
 // Sends the pass's signal to one process of the walk, if the pass selects it.
 // Returns whether it was signalled.
 bool Deliver(const WalkOptions& o, int pinfd, const ProcessRecord& rec, SignalOutcome* outcome) {
-  if (o.signal == 0 || !Selected(rec, o.select)) return false;
+  if (o.signal == 0 || !Selected(rec, o.select) || Kept(o, rec.pid, rec.startTime)) return false;
   bool refused = rec.kernelThread || Protected(rec.pid, o.protect);
   if (!SignalPinned(pinfd, rec.pid, refused, o.signal, outcome)) return false;
   if (o.perThread) SignalThreads(rec.pid, rec.threads, o.signal);
@@ -562,7 +563,8 @@ class Pass {
   // process is looked up again by pid and start time when signalled.
   void Queue(size_t index) {
     Node& node = nodes_[index];
-    if (o_.signal == 0 || !Selected(result_->processes[index], o_.select)) return;
+    const ProcessRecord& rec = result_->processes[index];
+    if (o_.signal == 0 || !Selected(rec, o_.select) || Kept(o_, rec.pid, rec.startTime)) return;
     ready_.push_back(index);
     node.queued = true;
     if (node.pin.owned.ok() && ++heldPins_ > PinBudget()) {
@@ -650,6 +652,12 @@ class Pass {
 };
 
 }  // namespace
+
+bool Kept(const WalkOptions& o, pid_t pid, uint64_t startTime) {
+  if (o.keep.empty()) return false;
+  auto it = o.keep.find(pid);
+  return it != o.keep.end() && it->second == startTime;
+}
 
 size_t ProcessFiles::Count() const {
   size_t n = (pin.ok() ? 1 : 0) + (stat.ok() ? 1 : 0) + (task.ok() ? 1 : 0);

@@ -36,6 +36,7 @@ struct ThreadRecord {
   pid_t tid = 0;
   char state = '?';
   pid_t tracer = 0;  // read only for threads in ptrace-stop ('t')
+  bool vfork = false;  // read only for threads in uninterruptible sleep ('D'): waits in vfork
 };
 
 struct ProcessRecord {
@@ -117,6 +118,10 @@ struct WalkOptions {
   // took its pid since started after).
   bool relistAfterSignal = false;
   std::vector<pid_t> protect;  // never signalled (the caller and its ancestors)
+  // Processes (pid -> start time) this pass leaves alone, whatever the
+  // selection: a continue keeps the application's own stops stopped. Matched
+  // by identity, so a process that took one's pid since is signalled.
+  std::unordered_map<pid_t, uint64_t> keep;
   WalkCache* cache = nullptr;  // files kept from earlier passes over the same tree
   // Processes (pid -> start time) an earlier pass of this operation sent
   // SIGCONT, none of whose threads was then in ptrace-stop. A SIGCONT ends
@@ -127,6 +132,9 @@ struct WalkOptions {
   // (the process's stat line, needed for its identity).
   const std::unordered_map<pid_t, uint64_t>* resumed = nullptr;
 };
+
+// Whether `options.keep` names this very process.
+bool Kept(const WalkOptions& options, pid_t pid, uint64_t startTime);
 
 // The state reported for a thread not read again because a SIGCONT of this
 // operation has ended its group-stop (WalkOptions::resumed). Not a letter

@@ -17,8 +17,10 @@ namespace treestate {
 
 namespace {
 
-bool AnyStopped(const WalkResult& r) {
+// Whether a thread the pass may signal is in group-stop (the kept ones stay there).
+bool AnyStopped(const WalkResult& r, const WalkOptions& o) {
   for (const ProcessRecord& p : r.processes) {
+    if (Kept(o, p.pid, p.startTime)) continue;
     for (const ThreadRecord& t : p.threads) {
       if (t.state == 'T') return true;
     }
@@ -83,8 +85,8 @@ Napi::Array ToArray(Napi::Env env, const std::vector<SysError>& errors) {
 
 // The processes of a walk, packed: a string of comms joined by NUL, and one
 // Float64Array holding, per process in order, pid, ppid, start time, kernel
-// thread (0/1), thread count, child count, then (tid, state letter code,
-// tracer pid) per thread, then the child pids. src/native.ts unpacks it into
+// thread (0/1), thread count, child count, then (tid, state letter code
+// (| 0x100: waits in vfork), tracer pid) per thread, then the child pids. src/native.ts unpacks it into
 // objects: building them in JS costs a fraction of one N-API call per
 // property (10 ms for 3280 processes, more when the JS thread is starved
 // right after a pass has woken thousands of threads).
@@ -107,7 +109,8 @@ void Pack(Napi::Env env, const std::vector<ProcessRecord>& processes, Napi::Obje
     *d++ = static_cast<double>(p.children.size());
     for (const ThreadRecord& t : p.threads) {
       *d++ = t.tid;
-      *d++ = static_cast<unsigned char>(t.state);
+      // The letter, and 0x100 for a thread waiting in vfork.
+      *d++ = static_cast<unsigned char>(t.state) | (t.vfork ? 0x100 : 0);
       *d++ = t.tracer;
     }
     for (pid_t c : p.children) *d++ = c;
@@ -163,7 +166,7 @@ class WalkWorker : public Napi::AsyncWorker {
     // The follow-up pass runs on this thread at once: handing the first
     // result to the JS thread and waiting for it to ask again means waiting
     // for a core that the threads just continued are all competing for.
-    if (!followUp_ || !result_.rootFound || !result_.failures.empty() || !AnyStopped(result_)) return;
+    if (!followUp_ || !result_.rootFound || !result_.failures.empty() || !AnyStopped(result_, options_)) return;
     WalkOptions again = options_;
     again.select = followSelect_;
     again.rootStartTime = result_.processes[0].startTime;
@@ -316,6 +319,9 @@ Napi::Value WalkAsync(const Napi::CallbackInfo& info) {
   options.leaderSelects = o.Get("leaderSelects").ToBoolean();
   options.relistAfterSignal = o.Get("relistAfterSignal").ToBoolean();
   options.protect = PidArray(o.Get("protect"));
+  if (o.Get("keep").IsArray()) {
+    for (const Identity& k : IdentityArray(o.Get("keep"))) options.keep[k.pid] = k.startTime;
+  }
   CacheRef cache;
   if (o.Has("cache") && !o.Get("cache").IsUndefined()) {
     CacheRef* ref = CacheOf(o.Get("cache"));

@@ -18,6 +18,7 @@ export type ErrorCode =
   | 'ETIMEDOUT' // the tree did not reach the state in time
   | 'ENOTSETTLED' // the tree kept forking new processes
   | 'ETRACED' // threads in ptrace-stop that SIGCONT cannot resume
+  | 'EVFORK' // a stop of a tree in which a parent waits in vfork for a stopped child
   | 'EESCAPED' // a kill could not prove every process of the tree dead
   | 'EINVAL' // a bad option
   | 'ENOCRIU' // no working criu

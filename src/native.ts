@@ -17,6 +17,8 @@ export interface NativeThread {
   state: string;
   /** Only for threads in ptrace-stop ('t'). */
   tracerPid?: number;
+  /** Only for threads in uninterruptible sleep ('D'): it waits in vfork for its child to exec or exit. */
+  vfork?: boolean;
 }
 
 export interface NativeProcess {
@@ -91,6 +93,8 @@ export interface NativeWalkOptions {
    */
   relistAfterSignal?: boolean;
   protect?: number[];
+  /** Processes the pass never signals, whatever the selection (matched by pid and start time): the application's own stops, kept by a continue. */
+  keep?: Identity[];
   /** Files kept open from the previous passes of the same operation. */
   cache?: NativeWalkCache;
 }
@@ -238,9 +242,10 @@ function unpack(raw: PackedWalkResult): NativeWalkResult {
     const threads: NativeThread[] = new Array(threadCount);
     for (let j = 0; j < threadCount; j++, k += 3) {
       const tid = packed[k]!;
-      const state = letters[packed[k + 1]! & 0x7f]!;
+      const code = packed[k + 1]!;
+      const state = letters[code & 0x7f]!;
       const tracer = packed[k + 2]!;
-      threads[j] = tracer ? { tid, state, tracerPid: tracer } : { tid, state };
+      threads[j] = tracer ? { tid, state, tracerPid: tracer } : code & 0x100 ? { tid, state, vfork: true } : { tid, state };
     }
     const children: number[] = new Array(childCount);
     for (let j = 0; j < childCount; j++) children[j] = packed[k++]!;

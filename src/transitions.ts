@@ -6,7 +6,8 @@ import { refuseFrozen } from './cgroup/frozen.js';
 import { killOwnedTree, ownedCgroup } from './cgroup/tree.js';
 import { native, type Identity, type NativeFailure, type NativeWalkResult } from './native.js';
 import { DURATION, checkNumbers, wholeNumber } from './options.js';
-import { checkNotSelf, checkPid, classify, refuseDeadRoot, liveThreads, pidsOf, processState, readFailure, toProcessInfo, walkCache, walkTree, withFrozen, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
+import { recordContinue, recordOf, recordStop, recordsFor, removeRecords } from './stop-records.js';
+import { checkNotSelf, checkPid, classify, refuseDeadRoot, liveThreads, pidsOf, processState, readFailure, toProcessInfo, walkCache, walkTree, withFrozen, withKept, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
 
 export interface TransitionOptions extends WalkOptions {
   /** How long the tree may take to reach the state (default 10 000 ms). */
@@ -37,6 +38,12 @@ export interface TransitionResult {
   settle?: { looks: number; resumedAgain: number[] };
   /** Kill: processes it saw that are still alive at the end (the kill then fails, naming them); empty when it returns. */
   escaped?: number[];
+  /** Stop: processes that were stopped already, by the application, before the stop (a continue keeps them stopped). */
+  alreadyStopped?: number[];
+  /** Continue: processes left stopped because the application, not treestate, had stopped them (see `all`). */
+  keptStopped?: number[];
+  /** What the call could not do as it would have liked, and did otherwise (an unreadable record, nowhere to keep one). */
+  warnings?: string[];
 }
 
 export interface ContinueOptions extends TransitionOptions {
@@ -46,6 +53,11 @@ export interface ContinueOptions extends TransitionOptions {
    * as su mirroring its child's stop); 0 skips it. Default 20 ms.
    */
   settleMs?: number;
+  /**
+   * Continue every process, the application's own stops too (those a stop or
+   * a restore by treestate found stopped and remembered), and forget them.
+   */
+  all?: boolean;
 }
 
 const DEFAULT_TIMEOUT_MS = 10_000;
@@ -54,6 +66,8 @@ const DEFAULT_SETTLE_MS = 20;
 const SETTLE_ROUNDS = 5;
 /** A watch goes on past `settleMs`, up to this many times it, while a parent it resumed is still runnable. */
 const SETTLE_LATE_FACTOR = 5;
+/** Looks in which a thread must be in ptrace-stop for a stop to refuse the tree before signalling it. */
+const HELD_LOOKS = 5;
 
 /** No pause at all for 0 ms: the next pass is itself asynchronous, so the event loop still turns. */
 async function pause(ms: number): Promise<void> {
@@ -190,6 +204,18 @@ export async function stopTree(pid: number, options: StopOptions = {}): Promise<
   return stopPasses(pid, options, false, new Tally());
 }
 
+/**
+ * A stop that succeeded remembers which processes were stopped already (every
+ * thread in T, and this call never signalled them): the application's own
+ * stops, which a continue keeps (src/stop-records.ts).
+ */
+function recordedStop(result: TransitionResult, last: NativeWalkResult, tally: Tally): TransitionResult {
+  const present = last.processes.filter((p) => processState(p.threads) !== 'dead').map((p) => ({ pid: p.pid, startTime: p.startTime }));
+  const found = present.filter((p) => tally.signalled.get(p.pid)?.startTime !== p.startTime);
+  const { kept, warnings } = recordStop({ pid: result.root, startTime: result.rootStartTime }, present, found, 'stop');
+  return { ...result, alreadyStopped: kept.map((p) => p.pid), ...(warnings.length ? { warnings } : {}) };
+}
+
 /** Reads that failed for want of resources, not of permission: a kill goes on through the pins it has. */
 const READ_FAILURES = ['EMFILE', 'ENFILE', 'ENOMEM'] as const;
 
@@ -224,6 +250,7 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
   let quiet = 0;
   let tracedOnly = 0;
   let heldOnly = 0;
+  let vforkOnly = 0;
   let previousShape: TreeShape | undefined;
   // A rollback first closes the walk cache: if a read failed for want of
   // descriptors (EMFILE), the rollback needs them.
@@ -233,6 +260,18 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
     return rollback(tally, protect);
   };
   using cache = walkCache();
+  // The looks count as passes; the first signalling pass is still the first to stop.
+  let looks = 0;
+  if (!beforeKill) {
+    let look: NativeWalkResult;
+    ({ look, looks } = await refuseHeldThreads(root, options, protect, cache.handle));
+    rootStartTime = look.processes[0]!.startTime;
+    // Nothing runs (and so nothing forks): stopped already.
+    if (liveThreads(look.processes, (s) => s !== 'T').length === 0) {
+      tally.add(look);
+      return recordedStop(tally.result(root, 'stopped', look, looks, started, rootStartTime), look, tally);
+    }
+  }
   for (;;) {
     let pass: NativeWalkResult;
     try {
@@ -261,7 +300,6 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
       throw e;
     }
     passes++;
-    if (passes === 1 && !beforeKill) refuseDeadRoot(pass.processes[0], 'stop');
     rootStartTime ??= pass.processes[0]!.startTime;
     const fresh = tally.add(pass);
     if (pass.failures.length > 0) {
@@ -279,7 +317,9 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
     const unchanged = previousShape === undefined || sameShape(previousShape, shape);
     previousShape = shape;
     if (pass.signalled.length === 0 && notStopped.length === 0 && unchanged) {
-      return tally.result(root, 'stopped', pass, passes, started, rootStartTime);
+      const result = tally.result(root, 'stopped', pass, passes + looks, started, rootStartTime);
+      // Before a kill, nothing is left to continue.
+      return beforeKill ? result : recordedStop(result, pass, tally);
     }
     if (passes > 1 && fresh > 0 && ++growing > maxPasses) {
       const undone = await undo('ENOTSETTLED');
@@ -291,6 +331,19 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
     if (tracedOnly >= 8) {
       const undone = await undo('ETRACED');
       throw new TreeStateError('ETRACED', `cannot stop the tree of ${root}: ${describeThreads(notStopped)} in ptrace-stop${rolledBackNote(undone)}`, { pid: root, threads: notStopped, pids: pidsOf(notStopped) });
+    }
+    // A parent waiting in vfork (D) leaves it only when its child execs or
+    // exits: with that child stopped (by us), never, so no SIGSTOP reaches it.
+    // Say so at once rather than wait for the timeout.
+    const vforkHeld = beforeKill ? [] : waitingInVfork(pass);
+    vforkOnly = vforkHeld.length > 0 && notStopped.every((t) => vforkHeld.includes(t.pid)) ? vforkOnly + 1 : 0;
+    if (vforkOnly >= 3) {
+      const undone = await undo('EVFORK');
+      throw new TreeStateError('EVFORK', `cannot stop the tree of ${root}: ${describePids(vforkHeld)} ${vforkHeld.length === 1 ? 'waits' : 'wait'} in vfork for a stopped child, and a process leaves vfork only when its child execs or exits${rolledBackNote(undone)}`, {
+        pid: root,
+        threads: notStopped,
+        pids: vforkHeld,
+      });
     }
     // A process with a thread in D or t may never finish its group-stop: the
     // kernel can hand the SIGSTOP to that very thread (a vfork parent, say),
@@ -319,14 +372,88 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
   }
 }
 
+/** Processes of the pass with a thread waiting in vfork (D) and a child in group-stop. */
+function waitingInVfork(pass: NativeWalkResult): number[] {
+  const stopped = new Set(pass.processes.filter((p) => processState(p.threads) === 'stopped').map((p) => p.pid));
+  return pass.processes.filter((p) => p.threads.some((t) => t.state === 'D' && t.vfork) && p.children.some((c) => stopped.has(c))).map((p) => p.pid);
+}
+
+/**
+ * A stop looks before it signals: a thread held in ptrace-stop never reaches
+ * group-stop, so the stop could only fail, and a SIGSTOP, or the SIGCONT of
+ * the rollback, sent to a tracee is queued for its tracer to see (ShdPnd),
+ * which a tracer that does not expect it may never handle. A thread shows t
+ * for a moment at each signal its tracer inspects (a signal-delivery-stop):
+ * only one seen there in every one of HELD_LOOKS looks (over ~30 ms)
+ * refuses the stop. Returns the last look, and how many were taken.
+ */
+async function refuseHeldThreads(root: number, options: StopOptions, protect: number[], cache: ReturnType<typeof walkCache>['handle']): Promise<{ look: NativeWalkResult; looks: number }> {
+  let held: ThreadRef[] | undefined;
+  for (let look = 1; ; look++) {
+    let pass: NativeWalkResult;
+    try {
+      pass = await walkTree({ root, scan: options.scan, cache, protect });
+    } catch (e) {
+      // A tree that cannot be read whole (hidepid, EMFILE) is not stopped in part either.
+      if (!(e instanceof TreeStateError) || e.pids.length === 0) throw e;
+      throw new TreeStateError(e.code, `${e.message}${rolledBackNote({ resumed: [], failed: [] })}`, { pid: e.pid, pids: e.pids, errno: e.errno, syscall: e.syscall, cause: e });
+    }
+    refuseDeadRoot(pass.processes[0], 'stop');
+    const traced = liveThreads(pass.processes, (s) => s === 't');
+    held = held === undefined ? traced : traced.filter((t) => held!.some((h) => h.tid === t.tid));
+    if (held.length === 0) return { look: pass, looks: look };
+    if (look >= HELD_LOOKS) {
+      throw new TreeStateError('ETRACED', `cannot stop the tree of ${root}: ${describeThreads(held)} in ptrace-stop, which a stop cannot end; nothing was signalled`, {
+        pid: root,
+        threads: held,
+        pids: pidsOf(held),
+      });
+    }
+    await pause(2 ** look);
+  }
+}
+
 /**
  * Stopped → Running. Depth-first, children before their parent, SIGCONT to
  * every thread of every process; then passes until no live thread is in
  * group-stop. Threads in ptrace-stop cannot be resumed by SIGCONT: they are
- * reported (ETRACED, with their tracer) instead of claiming success.
+ * reported (ETRACED, with their tracer) instead of claiming success. A tree
+ * treestate stopped (or restored) keeps stopped what the application itself
+ * had stopped, as its record says (src/stop-records.ts; `all` continues them
+ * too); a tree with no record is continued whole.
  */
 export async function continueTree(pid: number, options: ContinueOptions = {}): Promise<TransitionResult> {
   const root = checkPid(pid);
+  // Without a record the tree is continued whole, and its records removed.
+  if (options.all) return continueKeeping(root, options, undefined);
+  // The newest record may be the live root's; older ones are of processes
+  // that had the pid before it (the first pass proves which, by start time).
+  const { records, warnings } = recordsFor(root);
+  let result: TransitionResult;
+  try {
+    result = await continueKeeping(root, options, records[0]);
+  } catch (e) {
+    // No such process: whatever was recorded under its pid is stale.
+    if (hasCode(e, 'ESRCH')) removeRecords(root);
+    throw e;
+  }
+  return warnings.length ? { ...result, warnings: [...warnings, ...(result.warnings ?? [])] } : result;
+}
+
+/** What a continue leaves stopped: the application's own stops in the tree of `root`. */
+export interface KeptStops {
+  root: Identity;
+  kept: Identity[];
+}
+
+/**
+ * The continue itself, leaving `keep.kept` stopped when the root is still
+ * `keep.root` (otherwise the pid names another process now, and the whole
+ * tree is continued); afterwards, what it kept is remembered (or the tree
+ * forgotten). For restore and dump, which know the kept processes from the
+ * images or from the tree before the dump.
+ */
+export async function continueKeeping(root: number, options: ContinueOptions, keep: KeptStops | undefined): Promise<TransitionResult> {
   checkNumbers(options, { timeoutMs: DURATION });
   const protect = checkNotSelf(root);
   refuseFrozen(root, 'continue');
@@ -338,27 +465,40 @@ export async function continueTree(pid: number, options: ContinueOptions = {}): 
   let passes = 0;
   using cache = walkCache();
   let followUp: NativeWalkResult | undefined;
+  const kept = new Map((keep?.kept ?? []).map((p) => [p.pid, p.startTime]));
+  const isKept = (p: { pid: number; startTime: number }) => kept.get(p.pid) === p.startTime;
   for (;;) {
-    const pass =
-      followUp ??
-      (await walkTree({
-        root,
-        rootStartTime,
-        scan: options.scan,
-        cache: cache.handle,
-        signal: SIGCONT,
-        select: passes === 0 ? 'all' : 'stopped',
-        order: 'children-first',
-        // Read, then signal: a SIGCONT wakes its process, and reading the rest
-        // of the tree while the woken ones run is slower on every core count
-        // (what runs meanwhile only forks running children, which need no SIGCONT).
-        signalAfterRead: true,
-        // The verifying pass at once, in the same native call: this thread
-        // would otherwise wait for a core behind every thread just woken.
-        followUpIfStopped: passes === 0 ? 'stopped' : undefined,
-        perThread: true,
-        protect,
-      }));
+    let pass: NativeWalkResult;
+    try {
+      pass =
+        followUp ??
+        (await walkTree({
+          root,
+          rootStartTime: rootStartTime ?? keep?.root.startTime,
+          scan: options.scan,
+          cache: cache.handle,
+          signal: SIGCONT,
+          select: passes === 0 ? 'all' : 'stopped',
+          order: 'children-first',
+          // Read, then signal: a SIGCONT wakes its process, and reading the rest
+          // of the tree while the woken ones run is slower on every core count
+          // (what runs meanwhile only forks running children, which need no SIGCONT).
+          signalAfterRead: true,
+          // The verifying pass at once, in the same native call: this thread
+          // would otherwise wait for a core behind every thread just woken.
+          followUpIfStopped: passes === 0 ? 'stopped' : undefined,
+          perThread: true,
+          protect,
+          keep: kept.size ? [...kept].map(([pid, startTime]) => ({ pid, startTime })) : undefined,
+        }));
+    } catch (e) {
+      // The first pass signals nothing when the root is not the record's:
+      // the record is stale, and the tree is continued whole.
+      if (passes > 0 || !keep || !hasCode(e, 'ESRCH')) throw e;
+      keep = undefined;
+      kept.clear();
+      continue;
+    }
     followUp = pass.next;
     passes++;
     if (passes === 1) refuseDeadRoot(pass.processes[0], 'continue');
@@ -374,10 +514,12 @@ export async function continueTree(pid: number, options: ContinueOptions = {}): 
     // (or, on the first pass, that nothing was stopped). The follow-up pass
     // does not re-read the non-leader threads of what the first resumed
     // ('+'): the kernel ended their group-stop as the SIGCONT was sent.
-    const stopped = liveThreads(pass.processes, (s) => s === 'T');
+    // The kept processes may be stopped, and only they.
+    const ours = kept.size ? pass.processes.filter((p) => !isKept(p)) : pass.processes;
+    const stopped = liveThreads(ours, (s) => s === 'T');
     if (stopped.length === 0) {
       const result = tally.result(root, 'running', pass, passes, started, rootStartTime);
-      const traced = liveThreads(pass.processes, (s) => s === 't');
+      const traced = liveThreads(ours, (s) => s === 't');
       if (traced.length > 0) {
         result.state = 'mixed';
         throw new TreeStateError('ETRACED', `continued the tree of ${root}, but ${describeThreads(traced)} ${traced.length === 1 ? 'is' : 'are'} in ptrace-stop, which SIGCONT cannot resume`, {
@@ -387,8 +529,10 @@ export async function continueTree(pid: number, options: ContinueOptions = {}): 
           details: { result },
         });
       }
-      if ((options.settleMs ?? DEFAULT_SETTLE_MS) <= 0) return result;
-      return await settle(result, pass, { root, rootStartTime, protect, options, deadline, cache: cache.handle, tally, started, passes });
+      const keptStopped = pass.processes.filter((p) => isKept(p) && p.threads.some((t) => t.state === 'T')).map((p) => ({ pid: p.pid, startTime: p.startTime }));
+      const settled = (options.settleMs ?? DEFAULT_SETTLE_MS) <= 0 ? result : await settle(result, pass, { root, rootStartTime, protect, options, deadline, cache: cache.handle, tally, started, passes, kept: isKept });
+      recordContinue({ pid: root, startTime: rootStartTime }, keptStopped, 'continue');
+      return { ...settled, keptStopped: keptStopped.map((p) => p.pid) };
     }
     if (performance.now() > deadline) {
       throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not resume within ${options.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms: ${describeThreads(stopped)} still stopped`, {
@@ -411,6 +555,8 @@ interface SettleContext {
   tally: Tally;
   started: number;
   passes: number;
+  /** The application's own stops, which the continue keeps: not resumed again either. */
+  kept: (p: Identity) => boolean;
 }
 
 /**
@@ -430,7 +576,7 @@ async function settle(verified: TransitionResult, verifying: NativeWalkResult, c
   const settleMs = options.settleMs ?? DEFAULT_SETTLE_MS;
   const { SIGCONT } = native().signals;
   // Processes this call saw running; those it has not seen are not its to resume.
-  const resumed = new Map(verifying.processes.filter((p) => processState(p.threads) !== 'dead').map((p) => [p.pid, p.startTime]));
+  const resumed = new Map(verifying.processes.filter((p) => processState(p.threads) !== 'dead' && !ctx.kept(p)).map((p) => [p.pid, p.startTime]));
   const resumedAgain: number[] = [];
   let looks = 0;
   let last = verifying;
@@ -499,7 +645,11 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
   // A tree that owns its cgroup dies through cgroup.kill: in one step, and
   // with the processes that left its parent links (src/cgroup/tree.ts).
   const owned = await ownedCgroup(root);
-  if (owned && !owned.members.includes(process.pid)) return killOwnedTree(owned, options);
+  if (owned && !owned.members.includes(process.pid)) {
+    const result = await killOwnedTree(owned, options);
+    removeRecords(root);
+    return result;
+  }
   const started = performance.now();
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const deadline = started + timeoutMs;
@@ -607,6 +757,7 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
     throw new TreeStateError('EESCAPED', `the tree of ${root} was killed, but ${[alive, gaps].filter(Boolean).join('; and ')}`, { pid: root, pids: escaped.length ? escaped : [...unlisted], details: { result, unlisted: [...unlisted] } });
   }
   // Every process seen is dead now: the tally reports them all as exited.
+  removeRecords(root);
   return result;
 }
 
@@ -615,6 +766,11 @@ export interface WaitOptions extends WalkOptions {
   timeoutMs?: number;
   /** Time between looks (default 10 ms). */
   intervalMs?: number;
+  /**
+   * Processes that may be in T in a `running` tree (the application's own
+   * stops, kept by a continue); by default those the tree's record names.
+   */
+  keptStopped?: Identity[];
 }
 
 /**
@@ -630,13 +786,15 @@ export async function waitForState(pid: number, state: TreeState, options: WaitO
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const deadline = performance.now() + timeoutMs;
   let rootStartTime: number | undefined;
+  let kept = options.keptStopped;
   using cache = walkCache();
   for (;;) {
     let status: TreeStatus;
     try {
       const pass = await walkTree({ root, rootStartTime, scan: options.scan, cache: cache.handle });
       rootStartTime ??= pass.processes[0]!.startTime;
-      status = withFrozen(classify({ root, walk: pass.walk, processes: pass.processes.map(toProcessInfo) }));
+      kept ??= recordOf({ pid: root, startTime: rootStartTime }).record?.kept ?? [];
+      status = withFrozen(withKept(classify({ root, walk: pass.walk, processes: pass.processes.map(toProcessInfo) }), kept));
     } catch (e) {
       if (!hasCode(e, 'ESRCH') || !(e instanceof TreeStateError)) throw e;
       if (state === 'dead') {

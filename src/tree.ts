@@ -2,7 +2,8 @@
 import { constants as osConstants } from 'node:os';
 import { frozenCgroupOf } from './cgroup/frozen.js';
 import { TreeStateError, describePids, hasCode, type ThreadRef } from './errors.js';
-import { native, type NativeFailure, type NativeProcess, type NativeWalkCache, type NativeWalkOptions, type NativeWalkResult } from './native.js';
+import { recordOf } from './stop-records.js';
+import { native, type Identity, type NativeFailure, type NativeProcess, type NativeWalkCache, type NativeWalkOptions, type NativeWalkResult } from './native.js';
 
 /**
  * The three final states CRIU defines, `frozen` (a `run` tree held by its
@@ -44,6 +45,12 @@ export interface TreeStatus extends TreeSnapshot {
   counts: Record<Exclude<ProcessState, 'mixed'>, number>;
   /** Only for a frozen `run` tree: its cgroup. */
   cgroup?: string;
+  /**
+   * A `running` tree in which these processes are stopped all the same: the
+   * application stopped them itself, and treestate keeps them stopped (see
+   * continueTree). The only threads in T are theirs.
+   */
+  keptStopped?: number[];
 }
 
 export interface WalkOptions {
@@ -242,7 +249,28 @@ export function classify(snap: TreeSnapshot): TreeStatus {
 
 /** The tree's state now. A process that does not exist is an ESRCH error, not `dead`. */
 export async function getTreeState(pid: number, options: WalkOptions = {}): Promise<TreeStatus> {
-  return withFrozen(classify(await snapshot(pid, options)));
+  const status = classify(await snapshot(pid, options));
+  const root = status.processes[0];
+  return withFrozen(withKept(status, root && recordOf({ pid: root.pid, startTime: root.startTime }).record?.kept));
+}
+
+/**
+ * `running` for a tree whose only threads in T are those of `kept`, the
+ * application's own stops that treestate keeps (naming them in
+ * `keptStopped`); any other status as it is.
+ */
+export function withKept(status: TreeStatus, kept: Identity[] | undefined): TreeStatus {
+  if (!kept?.length || status.state !== 'mixed') return status;
+  const keys = new Map(kept.map((p) => [p.pid, p.startTime]));
+  const isKept = (p: ProcessInfo) => keys.get(p.pid) === p.startTime;
+  const off = status.processes.some((p) =>
+    p.threads.some((t) => {
+      const s = threadState(t.state);
+      return s !== 'dead' && s !== 'running' && !(s === 'stopped' && isKept(p));
+    }),
+  );
+  if (off) return status;
+  return { ...status, state: 'running', differing: [], keptStopped: status.processes.filter((p) => isKept(p) && p.threads.some((t) => t.state === 'T')).map((p) => p.pid) };
 }
 
 /** `frozen` for a run tree its cgroup's freezer holds: frozen threads show S or D, like running ones, so only the cgroup knows. */

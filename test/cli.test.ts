@@ -91,7 +91,7 @@ describe('CLI', () => {
     const out: string[] = [];
     await main(['stop', String(tree.root), '--json'], { out: (t) => out.push(t), err: () => {}, tty: false });
     const printed = JSON.parse(out[0]!);
-    expect(printed).to.have.keys('root', 'state', 'processes', 'signalled', 'exited', 'passes', 'elapsedMs', 'walk', 'rootStartTime');
+    expect(printed).to.have.keys('root', 'state', 'processes', 'signalled', 'exited', 'passes', 'elapsedMs', 'walk', 'rootStartTime', 'alreadyStopped');
     expect(printed.rootStartTime).to.equal((await getTreeState(tree.root)).processes[0]!.startTime);
   });
 

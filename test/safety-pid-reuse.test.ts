@@ -122,13 +122,14 @@ describe('safety: pid reuse', function () {
     const walk = addon.walk;
     let calls = 0;
     const successors: Unrelated[] = [];
-    // Between the first pass (which stops the whole tree) and the second, the
+    // Between the first pass that stops (the whole tree; after the stop's
+    // look, which signals nothing) and the second, the
     // whole tree dies (its reaper reaps it; the root's pid is free only once
     // its session is empty) and unrelated processes, which we stop ourselves,
     // take every one of its pids. The second pass finds the root gone
     // (ESRCH), so stopTree rolls back: SIGCONT to what it stopped, by identity.
     addon.walk = async (options: NativeWalkOptions): Promise<NativeWalkResult> => {
-      if (++calls === 2) {
+      if (++calls === 3) {
         await pause(30); // a later clock tick than the tree's start times
         for (const pid of original) process.kill(pid, 'SIGKILL');
         for (const pid of original) {
@@ -149,7 +150,7 @@ describe('safety: pid reuse', function () {
     } finally {
       addon.walk = walk;
     }
-    expect(calls, 'passes').to.be.at.least(2);
+    expect(calls, 'passes').to.be.at.least(3);
     expect(successors.map((s) => s.pid)).to.deep.equal(original);
     expect(error).to.be.instanceOf(TreeStateError);
     expect((error as TreeStateError).code).to.equal('ESRCH');

@@ -1,4 +1,5 @@
 import { expect } from 'chai';
+import { readFileSync } from 'node:fs';
 import { TreeStateError, getTreeState, snapshot, stopTree } from '../src/index.js';
 import { native, nativeExecutable } from '../src/native.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
@@ -96,20 +97,19 @@ describe('stop', () => {
     await tree.waitProgress();
   });
 
-  it('times out with ETIMEDOUT naming the threads, and resumes what it stopped', async () => {
+  it('refuses a tree with a thread held in ptrace-stop before it signals anything, leaving the tracee\'s pending signals untouched', async () => {
     await using tree = await spawnTree({ depth: 1, fanout: 2 });
     // A traced thread never reaches group-stop while its tracer holds it.
     const leaf = tree.pids()[2]!;
     await using tracer = await spawnSupervised(nativeExecutable('treestate-fixture'), ['--trace', String(leaf)]);
     await waitFor(async () => (await getTreeState(tree.root)).processes.some((p) => p.threads.some((t) => t.state === 't')));
-    try {
-      await stopTree(tree.root, { timeoutMs: 200 });
-      expect.fail('stopTree resolved');
-    } catch (e) {
-      expect((e as TreeStateError).code).to.be.oneOf(['ETRACED', 'ETIMEDOUT']);
-      expect((e as TreeStateError).message).to.include(`pid ${leaf} (t, traced by ${tracer.root})`);
-      expect((e as TreeStateError).message).to.match(/were resumed$/);
-    }
+    const pending = () => /ShdPnd:\s*(\w+)/.exec(readFileSync(`/proc/${leaf}/status`, 'utf8'))![1];
+    expect(pending()).to.equal('0000000000000000');
+    const e = await rejection(stopTree(tree.root, { timeoutMs: 200 }));
+    // A signal sent to a tracee waits for its tracer (SIGSTOP, or the rollback's SIGCONT: 0x20000).
+    expect(pending()).to.equal('0000000000000000');
+    expect(e.code).to.equal('ETRACED');
+    expect(e.message).to.equal(`cannot stop the tree of ${tree.root}: pid ${leaf} (t, traced by ${tracer.root}) in ptrace-stop, which a stop cannot end; nothing was signalled`);
     const status = await getTreeState(tree.root);
     expect(status.processes.filter((p) => p.pid !== leaf).every((p) => p.state === 'running')).to.equal(true);
   });
@@ -117,10 +117,8 @@ describe('stop', () => {
   it('ends ETRACED, without waiting for its timeout, when only a traced leader is left of a stopped process', async () => {
     await using tree = await spawnTree({ depth: 1, fanout: 1, threads: 3 });
     const leaf = tree.pids()[1]!;
-    // Only the leader thread is traced; the other two reach group-stop. A
-    // pass reads every thread of a process whose leader is in ptrace-stop
-    // (the first skips them only behind a running or sleeping leader), so
-    // it sees that nothing but the traced thread is left.
+    // Only the leader thread is traced, held in ptrace-stop: the stop's
+    // looks before it signals see it, and it refuses at once.
     await using tracer = await spawnSupervised(nativeExecutable('treestate-fixture'), ['--trace', String(leaf)]);
     await waitFor(async () => (await getTreeState(tree.root)).processes.find((p) => p.pid === leaf)?.threads[0]?.state === 't');
     const error = await stopTree(tree.root, { timeoutMs: 30_000 }).then(
@@ -131,6 +129,21 @@ describe('stop', () => {
     expect(error.threads).to.deep.equal([{ pid: leaf, tid: leaf, state: 't', tracerPid: tracer.root }]);
     await tracer.dispose();
     await tree.waitProgress();
+  });
+
+  it('fails fast with EVFORK, naming the parent, when a parent waits in vfork for a child the stop stopped, and resumes the tree', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 2, vforkHold: true });
+    await waitFor(async () => (await getTreeState(tree.root)).processes[0]!.threads[0]!.state === 'D', 5000, 'the root in vfork');
+    const started = performance.now();
+    const e = await rejection(stopTree(tree.root, { timeoutMs: 10_000 }));
+    expect(performance.now() - started, 'well before the 10 s timeout').to.be.below(3000);
+    expect(e.code, e.message).to.equal('EVFORK');
+    expect(e.pids).to.deep.equal([tree.root]);
+    expect(e.message).to.match(new RegExp(`^cannot stop the tree of ${tree.root}: ${tree.root} waits in vfork for a stopped child, .*; the \\d+ processes it had stopped were resumed$`));
+    // The root stays in vfork (its child never execs); everything else runs again.
+    await tree.waitProgress({ except: [tree.root] });
+    const status = await getTreeState(tree.root);
+    expect(status.processes.filter((p) => p.pid !== tree.root).every((p) => p.state === 'running')).to.equal(true);
   });
 
   it('does not read the other threads of a process it stops behind a running leader, and verifies them after', async () => {

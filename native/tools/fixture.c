@@ -3,7 +3,7 @@
  *   treestate-fixture [--depth D] [--fanout F] [--threads T] [--fork-from-threads]
  *                     [--shm FILE] [--interval-ms N] [--storm] [--subreaper]
  *                     [--uid-depth D --uid U] [--memory-mb N] [--zombie] [--exit-on-cont]
- *                     [--vfork-hold] [--sockets FILE] [--tcp-pair]
+ *                     [--vfork-hold] [--sockets FILE] [--tcp-pair] [--stop-child N]
  *   treestate-fixture --trace PID      (ptrace-stop PID and hold it until killed)
  *   treestate-fixture --swallow-stops PID  (trace PID and discard every stop signal it gets)
  *   treestate-fixture --mirror-stop MS  (a parent that stops itself MS ms after its child stopped, like su)
@@ -12,6 +12,11 @@
  * Levels 0..D, F children per process, T threads per process (main included).
  * With --fork-from-threads, children are forked by the non-leader threads, so
  * they appear only in those threads' /proc/PID/task/TID/children files.
+ *
+ * With --stop-child N, the root stops its N-th child itself (SIGSTOP, once
+ * the child's heartbeat has started) and keeps it stopped: a process the
+ * application stopped on purpose, as a supervisor holding a worker or a
+ * shell's job control does.
  *
  * Heartbeats: FILE (created here, so it must not exist) is a shared mapping of a header and one slot per process,
  * in pre-order. Each process keeps its counter in private memory and copies
@@ -66,7 +71,7 @@ static int storm = 0, subreaper = 0, uid_depth = -1, zombie = 0, exit_on_cont = 
 static long interval_ms = 5, memory_mb = 0;
 static uid_t drop_uid = 0;
 static const char *shm_path = NULL, *sockets_path = NULL;
-static int tcp_pair = 0;
+static int tcp_pair = 0, stop_child = 0;
 static struct slot *slots = NULL;
 
 struct node {
@@ -107,6 +112,11 @@ static void fork_child(struct node parent, int j) {
   if (pid == 0) {
     run_process(child);
     _exit(0);
+  }
+  if (parent.depth == 0 && j + 1 == stop_child) {
+    /* Its heartbeat first: the harness waits for every process to beat once. */
+    for (int tries = 0; slots && slots[child.index].counter == 0 && tries < 10000; tries++) sleep_ms(1);
+    kill(pid, SIGSTOP);
   }
 }
 
@@ -403,6 +413,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--vfork-hold")) vfork_hold = 1;
     else if (!strcmp(a, "--sockets") && v) sockets_path = argv[++i];
     else if (!strcmp(a, "--tcp-pair")) tcp_pair = 1;
+    else if (!strcmp(a, "--stop-child") && v) stop_child = atoi(argv[++i]);
     else if (!strcmp(a, "--trace") && v) return trace((pid_t)atoi(argv[++i]));
     else if (!strcmp(a, "--swallow-stops") && v) return swallow_stops((pid_t)atoi(argv[++i]));
     else if (!strcmp(a, "--mirror-stop") && v) return mirror_stop(atol(argv[++i]), 0);

@@ -11,7 +11,7 @@ import { cgroupCommands } from './cgroup.js';
 import { criuCommands } from './criu.js';
 import { demo } from './demo.js';
 import { migrateCommands } from './migrate.js';
-import { drawTree, printableLines, summary } from './render.js';
+import { drawTree, printable, printableLines, summary } from './render.js';
 
 export interface Io {
   out: (text: string) => void;
@@ -44,21 +44,26 @@ function transitionText(verb: string, r: TransitionResult): string {
   const count = killed ? r.signalled.length : r.processes.length || r.signalled.length;
   const meanwhile = exited.length ? `, ${exited.length} exited meanwhile` : '';
   const again = r.settle?.resumedAgain.length ? `, ${plural(r.settle.resumedAgain.length, 'process')} resumed again after stopping itself` : '';
-  return `${verb} the tree of ${r.root}: ${plural(count, 'process')}${meanwhile}${again} (${plural(r.passes, 'pass')}, ${r.elapsedMs.toFixed(1)} ms)`;
+  const lines = [`${verb} the tree of ${r.root}: ${plural(count, 'process')}${meanwhile}${again} (${plural(r.passes, 'pass')}, ${r.elapsedMs.toFixed(1)} ms)`];
+  if (r.alreadyStopped?.length) lines.push(`already stopped by the application (a continue keeps them stopped): ${r.alreadyStopped.join(', ')}`);
+  if (r.keptStopped?.length) lines.push(`kept stopped (stopped by the application before treestate's stop): ${r.keptStopped.join(', ')}; --all continues them`);
+  return lines.join('\n');
 }
 
-function transition(verb: string, past: string, op: (pid: number, options: ContinueOptions) => Promise<TransitionResult>, settle = false): Command {
+function transition(verb: string, past: string, op: (pid: number, options: ContinueOptions) => Promise<TransitionResult>, cont = false): Command {
   return {
-    usage: `${verb} PID [--timeout MS]${settle ? ' [--settle MS]' : ''} [--json] [--scan]`,
+    usage: `${verb} PID [--timeout MS]${cont ? ' [--settle MS] [--all]' : ''} [--json] [--scan]`,
     summary: '',
-    flags: { ...json, ...timeout, ...scan, ...(settle ? { '--settle': { value: true } } : {}) },
+    flags: { ...json, ...timeout, ...scan, ...(cont ? { '--settle': { value: true }, '--all': {} } : {}) },
     async run(args, io) {
       const pid = parsePid(args.positionals, verb);
       const result = await op(pid, {
         timeoutMs: parseMs('--timeout', args.flags.get('--timeout')),
         scan: args.flags.has('--scan'),
         settleMs: parseMs('--settle', args.flags.get('--settle')),
+        all: args.flags.has('--all'),
       });
+      for (const warning of result.warnings ?? []) io.err(`treestate: warning: ${printable(warning)}`);
       print(io, args, result, () => transitionText(past, result));
       return 0;
     },
@@ -127,6 +132,7 @@ const optionHelp: Array<[string, string]> = [
   ['--timeout MS', 'how long the operation may take (default 10000; for dump, restore and predump 120000)'],
   ['--scan', 'walk /proc/*/stat instead of the children files'],
   ['--settle MS', 'cont: how long to watch for processes that stop themselves again once resumed, and resume them (default 20; 0: no watch)'],
+  ['--all', "cont: continue the application's own stops too (kept by default), and forget them"],
   ['--state STATE', 'wait: running, stopped, dead or mixed'],
   ['-D, --images-dir DIR', 'the CRIU images directory'],
   ['--final-state STATE', 'dump: dead (default), running or stopped; restore, migrate: running (default) or stopped'],

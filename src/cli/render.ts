@@ -54,5 +54,6 @@ export function drawTree(status: TreeStatus, colour: boolean): string {
 
 export function summary(status: TreeStatus, colour: boolean): string {
   const threads = status.processes.reduce((n, p) => n + p.threads.length, 0);
-  return `${status.root}: ${paint(status.state, status.state, colour)} (${plural(status.processes.length, 'process')}, ${plural(threads, 'thread')})`;
+  const kept = status.keptStopped?.length ? `; kept stopped, as the application stopped ${status.keptStopped.length === 1 ? 'it' : 'them'}: ${status.keptStopped.join(', ')}` : '';
+  return `${status.root}: ${paint(status.state, status.state, colour)} (${plural(status.processes.length, 'process')}, ${plural(threads, 'thread')}${kept})`;
 }

@@ -6,8 +6,12 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, join, relative } from 'node:path';
 import { TreeStateError, describePids, describeThreads, hasCode, plural } from '../errors.js';
 import { DURATION, checkNumbers } from '../options.js';
-import { checkNotSelf, checkPid, getTreeState, refuseDeadRoot, type TreeState } from '../tree.js';
-import { continueTree, killTree, waitForState } from '../transitions.js';
+import { checkNotSelf, checkPid, getTreeState, refuseDeadRoot, type TreeState, type TreeStatus } from '../tree.js';
+import { continueKeeping, waitForState } from '../transitions.js';
+import type { Identity } from '../native.js';
+import { applicationStops, noteImageStops, readImageStops, recordStop, removeRecords } from '../stop-records.js';
+import { readCheckpoint, type Checkpoint } from './images/read.js';
+import { innermostPid } from './pidns.js';
 import { cgroupRestoreRunner } from '../cgroup/run.js';
 import { ownedCgroup } from '../cgroup/tree.js';
 import { dumpArgs, preDumpArgs, restoreArgs, type CriuFlags, type DumpFinalState, type RestoreFinalState } from './args.js';
@@ -128,6 +132,12 @@ export interface CriuResult {
   cgroup?: string;
   /** Whether treestate continued the tree after criu to reach Running (see restore, and dump of a tree that was stopped). */
   continued?: boolean;
+  /**
+   * Running: processes left stopped because the application had stopped them
+   * (restore: stopped in the images; dump: stopped before the dump, not by treestate).
+   * Stopped: the application's own stops, which a later continue keeps.
+   */
+  keptStopped?: number[];
   /**
    * A dump with `tcpEstablished` that left the tree stopped: criu keeps the
    * tree's established connections locked (their packets dropped) until a
@@ -336,11 +346,10 @@ async function describeTree(pid: number): Promise<string> {
   }
 }
 
-/** Confirms the final state; a mismatch is EMISMATCH naming the processes. */
-async function verify(verb: CriuVerb, root: number, state: TreeState, options: CriuOptions): Promise<number[]> {
+/** Confirms the final state (Running with `kept`, by default the tree's record, allowed in T); a mismatch is EMISMATCH naming the processes. */
+async function verify(verb: CriuVerb, root: number, state: TreeState, options: CriuOptions, kept?: Identity[]): Promise<TreeStatus> {
   try {
-    const status = await waitForState(root, state, { timeoutMs: options.verifyTimeoutMs ?? 5000 });
-    return status.processes.filter((p) => p.state !== 'dead').map((p) => p.pid);
+    return await waitForState(root, state, { timeoutMs: options.verifyTimeoutMs ?? 5000, keptStopped: kept });
   } catch (e) {
     if (!(e instanceof TreeStateError) || !['ETIMEDOUT', 'ESRCH'].includes(e.code)) throw e;
     throw new TreeStateError('EMISMATCH', `criu ${verb} succeeded, but ${await describeTree(root)}, not ${state}`, { pid: root, threads: e.threads, cause: e });
@@ -367,6 +376,15 @@ interface Placed {
 
 function place(verb: CriuVerb, options: CriuOptions, images: { dir: string; warnings: string[] }): Placed {
   return { imagesDir: images.dir, logFile: checkLogFile(options.logFile ?? join(images.dir, `${verb}.log`)), warnings: images.warnings };
+}
+
+/** The live processes of a verified tree. */
+function alive(status: TreeStatus): number[] {
+  return status.processes.filter((p) => p.state !== 'dead').map((p) => p.pid);
+}
+
+function identitiesOf(processes: Array<{ pid: number; startTime: number }>): Identity[] {
+  return processes.map((p) => ({ pid: p.pid, startTime: p.startTime }));
 }
 
 function result(verb: CriuVerb, root: number, state: TreeState, processes: number[], b: { info: CriuInfo; started: number }, placed: Placed, argv: string[]): CriuResult {
@@ -421,10 +439,22 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
   const stats = await readDumpStats(dirname(placed.logFile));
   options.onProgress?.({ verb: 'dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
   let continued = false;
+  const rootId = { pid: root, startTime: before.processes[0]!.startTime };
+  // The application's own stops: what was stopped before the dump and not by treestate.
+  const foundStopped = identitiesOf(before.processes.filter((p) => p.state === 'stopped'));
+  const warnings: string[] = [];
+  const appStopped = applicationStops(rootId, foundStopped, warnings);
+  // The images say stopped for what treestate stopped too: note which, so
+  // that a restore to Running resumes those and keeps the rest.
+  const appKeys = new Set(appStopped.map((p) => p.pid));
+  noteImageStops(placed.imagesDir, foundStopped.filter((p) => !appKeys.has(p.pid)).map((p) => p.pid));
+  let kept: Identity[] = [];
   if (finalState === 'running' && before.counts.stopped > 0) {
     // --leave-running puts processes that were stopped before the dump back
     // into T, by detaching with SIGSTOP (so T shows a moment later). The
-    // caller asked for Running: wait for those stops to land, then continue.
+    // caller asked for Running, as the application had it: wait for those
+    // stops to land, then continue what treestate had stopped, and keep
+    // what the application had.
     const wereStopped = before.processes.filter((p) => p.state === 'stopped' || p.state === 'mixed').map((p) => p.pid);
     const deadline = performance.now() + 2000;
     while (performance.now() < deadline) {
@@ -432,13 +462,24 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
       if (wereStopped.every((pid) => now.processes.find((p) => p.pid === pid)?.threads.some((t) => t.state === 'T') ?? true)) break;
       await new Promise((r) => setTimeout(r, 5));
     }
-    await continueTree(root);
+    kept = appStopped;
+    await continueKeeping(root, {}, { root: rootId, kept });
     continued = true;
   }
-  const processes = await verify('dump', root, finalState, options);
+  const status = await verify('dump', root, finalState, options, kept);
+  const processes = alive(status);
+  let keptStopped = status.keptStopped ?? [];
+  if (finalState === 'stopped') {
+    const recorded = recordStop(rootId, identitiesOf(status.processes.filter((p) => p.state !== 'dead')), foundStopped, 'dump');
+    keptStopped = recorded.kept.map((p) => p.pid);
+    warnings.push(...recorded.warnings);
+  } else if (finalState === 'dead') {
+    removeRecords(root);
+  }
   const networkLocked = finalState === 'stopped' && Boolean(options.tcpEstablished);
   const linkRemaps = finalState === 'dead' || options.keepLinkRemaps ? undefined : await removeLinkRemaps(placed.imagesDir, root);
-  const dumped = { ...result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, placed, argv), request, ...(stats ? { stats } : {}), continued, ...(linkRemaps?.removed.length || linkRemaps?.left.length ? { linkRemaps } : {}), ...(networkLocked ? { networkLocked } : {}), ...(freezeCgroup ? { cgroup: freezeCgroup } : {}) };
+  const done = result('dump', root, finalState, finalState === 'dead' ? [] : processes, b, placed, argv);
+  const dumped = { ...done, warnings: [...done.warnings, ...warnings], request, ...(stats ? { stats } : {}), continued, ...(keptStopped.length ? { keptStopped } : {}), ...(linkRemaps?.removed.length || linkRemaps?.left.length ? { linkRemaps } : {}), ...(networkLocked ? { networkLocked } : {}), ...(freezeCgroup ? { cgroup: freezeCgroup } : {}) };
   if (!options.verify) return dumped;
   options.onProgress?.({ verb: 'dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
   if (finalState !== 'dead') {
@@ -453,6 +494,18 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
   // What the images hold must come back (verify.ts reads them).
   const verified = await verifyImages(placed.imagesDir, { ...withNetworkLock(options), criu: b.info.path, expected: before });
   return { ...dumped, verified, elapsedMs: Math.round(performance.now() - b.started) };
+}
+
+/**
+ * The restored processes (host identities) that the images say were stopped
+ * at dump time, but those treestate had stopped (its note beside the images). In a new pid namespace the images' pids are the namespace's:
+ * each restored process is matched by its pid there.
+ */
+function imageStops(checkpoint: Checkpoint | undefined, stoppedByTreestate: number[], restored: TreeStatus, inNamespace: boolean): Identity[] {
+  const ours = new Set(stoppedByTreestate);
+  const stopped = new Set((checkpoint?.processes ?? []).filter((p) => p.state === 'stopped' && !ours.has(p.pid)).map((p) => p.pid));
+  if (stopped.size === 0) return [];
+  return identitiesOf(restored.processes.filter((p) => p.state !== 'dead' && stopped.has(inNamespace ? innermostPid(p.pid) : p.pid)));
 }
 
 /** criu pre-dump: the tree keeps running. Refused before criu runs where the kernel has no dirty-memory tracking. */
@@ -482,7 +535,7 @@ export async function preDump(pid: number, options: PreDumpOptions): Promise<Cri
     () => describeTree(root),
   );
   options.onProgress?.({ verb: 'pre-dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
-  return { ...result('pre-dump', root, 'running', await verify('pre-dump', root, 'running', options), b, placed, argv), request };
+  return { ...result('pre-dump', root, 'running', alive(await verify('pre-dump', root, 'running', options)), b, placed, argv), request };
 }
 
 /** criu restore --restore-detached, leaving the tree running (default) or stopped; resolves with the restored root. */
@@ -499,8 +552,21 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
   if (ownNetwork && !inNewNamespace) throw new TreeStateError('EINVAL', 'networkNamespace "new" goes with pidNamespace "new"');
   const namespace = inNewNamespace ? new PidNamespaceRunner(ownNetwork) : undefined;
   let kept = false;
+  // What criu will restore, and which processes were stopped at dump time.
+  // On the host the pids must be free, so images that cannot be read are
+  // EIMAGES here, before criu runs; in a new pid namespace criu is left to
+  // name the damage (dump --verify's test restore), and if it restores them
+  // all the same, nothing is kept stopped, which the result says.
+  let checkpoint: Checkpoint | undefined;
+  const unread: string[] = [];
+  try {
+    checkpoint = await readCheckpoint(placed.imagesDir);
+  } catch (e) {
+    if (!inNewNamespace || !hasCode(e, 'EIMAGES')) throw e;
+    unread.push(`which processes were stopped at dump time cannot be read from the images (${(e as Error).message}): none is kept stopped on that account`);
+  }
   // In a new pid namespace the images' pids are free whatever the host runs.
-  if (!inNewNamespace) await waitForImagePids(placed.imagesDir, { onWait: () => options.onProgress?.({ verb: 'restore', phase: 'waiting for pids', elapsedMs: performance.now() - b.started }) });
+  if (checkpoint && !inNewNamespace) await waitForImagePids(checkpoint, { onWait: () => options.onProgress?.({ verb: 'restore', phase: 'waiting for pids', elapsedMs: performance.now() - b.started }) });
   // criu refuses to overwrite a pid file: give it a fresh one.
   const pidDir = mkdtempSync(join(tmpdir(), 'treestate-restore-'));
   const pidFile = join(pidDir, 'root.pid');
@@ -531,10 +597,27 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
     const located = namespace?.locate(written);
     const root = located?.host ?? written;
     options.onProgress?.({ verb: 'restore', phase: 'verifying', elapsedMs: performance.now() - b.started });
-    await verify('restore', root, 'stopped', options);
-    if (finalState === 'running') await continueTree(root);
+    const restored = await verify('restore', root, 'stopped', options);
+    // Stopped at dump time is the application's own stop: a restore to
+    // Running leaves it stopped, as criu's own restore does; a restore to
+    // Stopped remembers it, for the continue to come.
+    const rootId = { pid: root, startTime: restored.processes[0]!.startTime };
+    const note = readImageStops(placed.imagesDir);
+    const warnings: string[] = [...unread, ...(note.warning ? [note.warning] : [])];
+    const appStops = imageStops(checkpoint, note.stoppedByTreestate, restored, Boolean(namespace));
+    if (finalState === 'running') await continueKeeping(root, {}, { root: rootId, kept: appStops });
+    else warnings.push(...recordStop(rootId, identitiesOf(restored.processes.filter((p) => p.state !== 'dead')), appStops, 'restore').warnings);
     const cgroup = (runner as { cgroup?: string } | undefined)?.cgroup;
-    const done = { ...result('restore', root, finalState, await verify('restore', root, finalState, options), b, placed, argv), request, continued: finalState === 'running', ...(inOwnCgroup && cgroup ? { cgroup } : {}) };
+    const status = await verify('restore', root, finalState, options, finalState === 'running' ? appStops : undefined);
+    const keptStopped = finalState === 'running' ? status.keptStopped ?? [] : appStops.map((p) => p.pid);
+    const done = {
+      ...result('restore', root, finalState, alive(status), b, placed, argv),
+      request,
+      continued: finalState === 'running',
+      ...(keptStopped.length ? { keptStopped } : {}),
+      ...(inOwnCgroup && cgroup ? { cgroup } : {}),
+    };
+    done.warnings.push(...warnings);
     kept = true;
     return located ? { ...done, pidNamespace: { pid: located.pid, init: located.init } } : done;
   } finally {

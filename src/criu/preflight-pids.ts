@@ -5,7 +5,7 @@
 // seconds: wait for those, bounded, and name any other holder at once.
 import { TreeStateError, describePids, hasCode } from '../errors.js';
 import { snapshot } from '../tree.js';
-import { readCheckpoint } from './images/read.js';
+import type { Checkpoint } from './images/read.js';
 
 /** What holds a pid the images need. */
 export interface PidHolder {
@@ -42,12 +42,11 @@ function describeHolder(h: PidHolder): string {
 }
 
 /**
- * Resolves once every pid and thread id of the checkpoint in `imagesDir` is
+ * Resolves once every pid and thread id of the checkpoint (read by readCheckpoint) is
  * free on this host, waiting up to `zombieWaitMs` for zombies to be reaped;
  * otherwise rejects with EPIDTAKEN naming each holder and its parent.
  */
-export async function waitForImagePids(imagesDir: string, options: { zombieWaitMs?: number; onWait?: (zombies: PidHolder[]) => void } = {}): Promise<void> {
-  const checkpoint = await readCheckpoint(imagesDir);
+export async function waitForImagePids(checkpoint: Checkpoint, options: { zombieWaitMs?: number; onWait?: (zombies: PidHolder[]) => void } = {}): Promise<void> {
   let needed = checkpoint.processes.flatMap((p) => p.threads);
   const deadline = performance.now() + (options.zombieWaitMs ?? ZOMBIE_WAIT_MS);
   let announced = false;

@@ -44,6 +44,12 @@ export interface TreeOptions extends TreeShape {
   sockets?: boolean;
   /** With `sockets`: the root also holds an established loopback TCP connection to itself (dumps need `tcpEstablished`). */
   tcpPair?: boolean;
+  /**
+   * The root stops its N-th child (1-based) itself, once that child's
+   * heartbeat has started, and keeps it stopped: a process the application
+   * stopped on purpose. Its heartbeat does not advance (see `waitProgress`'s `except`).
+   */
+  stopChild?: number;
   /** Heartbeat period in ms (default 5). */
   intervalMs?: number;
   /** How long the tree may take to come up (default 20 000 ms). */
@@ -158,6 +164,7 @@ function fixtureArgs(o: TreeOptions, heartbeatFile: string): string[] {
   if (o.intervalMs) args.push('--interval-ms', String(o.intervalMs));
   if (o.sockets || o.tcpPair) args.push('--sockets', socketsFile(heartbeatFile));
   if (o.tcpPair) args.push('--tcp-pair');
+  if (o.stopChild) args.push('--stop-child', String(o.stopChild));
   return args;
 }
 
@@ -217,15 +224,15 @@ export class TreeFixture {
     return this.heartbeats().map((h) => h.pid);
   }
 
-  /** Resolves once every counter has advanced; rejects naming the processes whose counters did not. */
-  async waitProgress(options: { timeoutMs?: number } = {}): Promise<void> {
+  /** Resolves once every counter (but those of `except`'s pids) has advanced; rejects naming the processes whose counters did not. */
+  async waitProgress(options: { timeoutMs?: number; except?: number[] } = {}): Promise<void> {
     checkNumbers(options, { timeoutMs: DURATION });
     const timeoutMs = options.timeoutMs ?? 5000;
     const before = this.heartbeats();
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const now = this.heartbeats();
-      const still = now.filter((h, i) => h.counter <= before[i]!.counter).map((h) => h.pid);
+      const still = now.filter((h, i) => h.counter <= before[i]!.counter && !options.except?.includes(h.pid)).map((h) => h.pid);
       if (still.length === 0) return;
       if (Date.now() > deadline) {
         throw new TreeStateError('ETIMEDOUT', `heartbeat did not advance within ${timeoutMs} ms for ${describePids(still)}`, { pids: still });
@@ -267,6 +274,7 @@ const TREE_NUMBERS: { [K in keyof TreeOptions]: NumberRule } = {
   memoryMb: wholeNumber(0, 1 << 20),
   intervalMs: wholeNumber(1, 2_147_483_647),
   readyTimeoutMs: DURATION,
+  stopChild: wholeNumber(0, 100_000),
 };
 
 export async function spawnTree(options: TreeOptions = {}): Promise<TreeFixture> {
