@@ -4,7 +4,9 @@
 // signal. Every generated case carries at least one defect the CLI must
 // detect before acting, so it may name a real pid (the sentinel tree's) and
 // still must not touch it.
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { expect } from 'chai';
 import { main } from '../src/cli/main.js';
 import { native, type NativeAddon } from '../src/native.js';
@@ -265,6 +267,18 @@ function checkAnswer(argv: string[], code: number, out: string, err: string): vo
 describe('safety: bad input', function () {
   this.timeout(300_000);
   let sentinel: TreeFixture;
+  // Garbage images directories are relative paths: they must land in a
+  // directory of the test's own (removed after), never in the checkout.
+  const home = process.cwd();
+  let scratch = '';
+  before(() => {
+    scratch = mkdtempSync(join(tmpdir(), 'treestate-fuzz-'));
+    process.chdir(scratch);
+  });
+  after(() => {
+    process.chdir(home);
+    rmSync(scratch, { recursive: true, force: true });
+  });
 
   beforeEach(async () => {
     sentinel = await spawnTree({ depth: 1, fanout: 2, intervalMs: 20 });
