@@ -7,10 +7,6 @@ import { packageRoot } from '../native.js';
 import { getTreeState } from '../tree.js';
 import { continueTree, killTree, stopTree, waitForState, type ContinueOptions, type TransitionResult } from '../transitions.js';
 import { UsageError, optionsPart, parseArgs, parseChoice, parseMs, parsePid, quote, type FlagSpec, type Parsed } from './args.js';
-import { cgroupCommands } from './cgroup.js';
-import { criuCommands } from './criu.js';
-import { demo } from './demo.js';
-import { migrateCommands } from './migrate.js';
 import { drawTree, printableLines, summary } from './render.js';
 
 export interface Io {
@@ -65,7 +61,8 @@ function transition(verb: string, past: string, op: (pid: number, options: Conti
   };
 }
 
-export const commands: Record<string, Command> = {
+/** The tree commands: their code is the engine's, loaded with the CLI. */
+const core: Record<string, Command> = {
   status: {
     usage: 'status PID [--json] [--scan]',
     summary: "the tree's state: running, stopped, dead or mixed (naming what differs)",
@@ -107,19 +104,45 @@ export const commands: Record<string, Command> = {
       return 0;
     },
   },
-  ...cgroupCommands,
-  ...criuCommands,
-  ...migrateCommands,
-  demo: {
-    usage: 'demo',
-    summary: 'spawn a fixture tree and walk it through every state (and a checkpoint, with criu)',
-    flags: {},
-    async run(args, io) {
-      if (args.positionals.length) throw new UsageError('demo takes no operands');
-      return demo(io);
-    },
-  },
 };
+
+/**
+ * The other commands, by group: a group's module (and what it imports:
+ * protobufjs, child_process, net …) is loaded only when one of its commands
+ * runs, so a cold `treestate status` loads the tree engine and nothing else.
+ * The names are listed here so that finding a command loads one group only;
+ * `loadCommands` checks them against what the modules define.
+ */
+const groups: Array<{ names: readonly string[]; load: () => Promise<Record<string, Command>> }> = [
+  { names: ['run', 'freeze', 'thaw'], load: () => import('./cgroup.js').then((m) => m.cgroupCommands) },
+  { names: ['dump', 'restore', 'predump', 'preflight', 'check'], load: () => import('./criu.js').then((m) => m.criuCommands) },
+  { names: ['migrate', 'receive'], load: () => import('./migrate.js').then((m) => m.migrateCommands) },
+  { names: ['demo'], load: () => import('./demo.js').then((m) => m.demoCommands) },
+];
+
+/** Every command's name, in --help's order, without loading any command's code. */
+export function commandNames(): string[] {
+  return [...Object.keys(core), ...groups.flatMap((g) => g.names)];
+}
+
+/** The command called `name` (loading its group), or undefined. */
+async function findCommand(name: string): Promise<Command | undefined> {
+  if (Object.hasOwn(core, name)) return core[name];
+  const group = groups.find((g) => g.names.includes(name));
+  return group && (await group.load())[name];
+}
+
+/** Every command, each group loaded: for --help and the tests. */
+export async function loadCommands(): Promise<Record<string, Command>> {
+  const all: Record<string, Command> = { ...core };
+  for (const group of groups) {
+    const loaded = await group.load();
+    const names = Object.keys(loaded);
+    if (names.join() !== group.names.join()) throw new Error(`treestate: the CLI lists ${group.names.join(', ')} but the module defines ${names.join(', ')}`);
+    Object.assign(all, loaded);
+  }
+  return all;
+}
 
 /** Options as --help explains them: every flag a command accepts must be here. */
 const optionHelp: Array<[string, string]> = [
@@ -167,7 +190,7 @@ function wrap(text: string, first: string, indent: string): string[] {
   return lines;
 }
 
-function help(): string {
+function help(commands: Record<string, Command>): string {
   const name = Math.max(...optionHelp.map(([n]) => n.length));
   return [
     'usage: treestate <command> [options]',
@@ -211,14 +234,13 @@ export async function main(argv: string[], io?: Partial<Io>): Promise<number> {
   };
   const [name, ...rest] = argv;
   if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
-    (name === undefined ? out.err : out.out)(help());
+    (name === undefined ? out.err : out.out)(help(await loadCommands()));
     return name === undefined ? 2 : 0;
   }
   if (name === '-V' || name === '--version') {
     out.out(version());
     return 0;
   }
-  const command = Object.hasOwn(commands, name) ? commands[name] : undefined;
   const options = optionsPart(rest);
   const json = options.includes('--json');
   const fail = (e: unknown, text: string, code: number): number => {
@@ -226,7 +248,9 @@ export async function main(argv: string[], io?: Partial<Io>): Promise<number> {
     else out.err(text);
     return code;
   };
+  let command: Command | undefined;
   try {
+    command = await findCommand(name);
     if (!command) throw new UsageError(`unknown command ${quote(name)}`);
     if (options.includes('-h') || options.includes('--help')) {
       out.out([...wrap(command.usage, 'usage: treestate ', '    '), '', ...wrap(command.summary, '', '')].join('\n'));
