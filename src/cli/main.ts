@@ -211,11 +211,22 @@ export function version(): string {
   return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
 }
 
+// By name as well as class: a command group is imported on demand, and a
+// loader may give it its own copy of args.ts and errors.ts (tsx running the
+// tests as CommonJS imports it as ESM), where instanceof alone would miss.
+function isUsageError(e: unknown): e is UsageError {
+  return e instanceof UsageError || (e instanceof Error && e.name === 'UsageError');
+}
+
+function isTreeStateError(e: unknown): e is TreeStateError {
+  return e instanceof TreeStateError || (e instanceof Error && e.name === 'TreeStateError' && typeof (e as { code?: unknown }).code === 'string');
+}
+
 /** An error as `--json` prints it: the code, the message and whatever else the error carries. */
 function errorJson(e: unknown): string {
   let error: Record<string, unknown>;
-  if (e instanceof UsageError) error = { code: 'EUSAGE', message: e.message };
-  else if (e instanceof TreeStateError) {
+  if (isUsageError(e)) error = { code: 'EUSAGE', message: e.message };
+  else if (isTreeStateError(e)) {
     const { code, message, pid, pids, threads, errno, syscall, details } = e;
     error = { code, message, pid, pids, threads, errno, syscall, details };
   } else {
@@ -260,10 +271,10 @@ export async function main(argv: string[], io?: Partial<Io>): Promise<number> {
     if (args.extra.length > 0 && !command.extra) throw new UsageError(`${name} takes nothing after --`);
     return await command.run(args, out);
   } catch (e) {
-    if (e instanceof UsageError) {
+    if (isUsageError(e)) {
       return fail(e, `treestate: ${e.message}\nusage: treestate ${command?.usage ?? '<command> [options]'} (see treestate --help)`, 2);
     }
-    if (e instanceof TreeStateError) {
+    if (isTreeStateError(e)) {
       return fail(e, `treestate: ${printableLines(e.message)}`, e.code === 'EINVAL_PID' ? 2 : 1);
     }
     const detail = process.env.TREESTATE_DEBUG && e instanceof Error ? `\n${e.stack}` : '';
