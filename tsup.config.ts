@@ -9,6 +9,7 @@ export default defineConfig({
   // import.meta.url in the CommonJS build, __dirname in the ESM one.
   shims: true,
   clean: true,
+  splitting: true,
   sourcemap: true,
   // chai is the user's own copy, for the assertion plugin.
   external: ['chai'],

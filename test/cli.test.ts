@@ -1,8 +1,10 @@
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { expect } from 'chai';
 import { getTreeState, stopTree } from '../src/index.js';
-import { commands, main } from '../src/cli/main.js';
+import { commandNames, loadCommands, main } from '../src/cli/main.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
 import { cli, inCI, requireCriu, tempDirs, waitFor } from './helpers.js';
 
@@ -132,7 +134,7 @@ describe('CLI', () => {
     expect(help.code).to.equal(0);
     const long = help.stdout.split('\n').filter((line) => [...line].length > 80);
     expect(long, 'lines over 80 columns').to.deep.equal([]);
-    for (const [name, command] of Object.entries(commands)) {
+    for (const [name, command] of Object.entries(await loadCommands())) {
       const own = (await cli([name, '--help'])).stdout;
       expect(own.split('\n').filter((line) => [...line].length > 80), `${name} --help`).to.deep.equal([]);
       for (const [flag, spec] of Object.entries(command.flags)) {
@@ -176,6 +178,36 @@ describe('CLI', () => {
     const kill = await cli(['kill', String(three.root)]);
     expect(kill.code).to.equal(0);
     expect(kill.stdout).to.match(new RegExp(`^killed the tree of ${three.root}: 3 processes \\(\\d+ pass(es)?, [\\d.]+ ms\\)\n$`));
+  });
+
+  it("loads a command's code only when it runs: a tree command needs neither protobufjs nor criu's, cgroup's or migrate's code", async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 2 });
+    const dir = mkdtempSync(join(tmpdir(), 'treestate-probe-'));
+    try {
+      // Every module file the process loaded, printed on stderr as it exits.
+      const probe = join(dir, 'probe.cjs');
+      writeFileSync(probe, "process.on('exit', () => require('fs').writeSync(2, '\\nLOADED ' + JSON.stringify(Object.keys(require.cache))));");
+      const loaded = async (args: string[]) => {
+        const run = await cli(args, { env: { NODE_OPTIONS: `--require ${probe}` } });
+        expect(run.code, run.stderr).to.equal(0);
+        return JSON.parse(run.stderr.split('\nLOADED ').at(-1)!) as string[];
+      };
+      for (const command of ['status', 'tree', 'stop', 'cont', 'kill']) {
+        const files = await loaded([command, String(tree.root)]);
+        expect(files.filter((f) => f.includes('/protobufjs/') || /\/dist\/(criu|cgroup|migrate|demo)-/.test(f)), command).to.deep.equal([]);
+      }
+      // The same probe sees them when a command needs them (and --help shows every command).
+      for (const args of [['dump', '--help'], ['--help']]) {
+        const files = await loaded(args);
+        expect(files.some((f) => f.includes('/protobufjs/')), args.join(' ')).to.equal(true);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('lists every command without loading it, as the modules define them', async () => {
+    expect(commandNames()).to.deep.equal(Object.keys(await loadCommands()));
   });
 
   it('refuses arguments after -- where nothing takes them', async () => {

@@ -14,6 +14,9 @@ const COLORS: Record<string, string> = {
   'ps-tree': '#2ca02c',
   'tree-kill': '#9467bd',
   pkill: '#ff7f0e',
+  'c-floor-exec': '#aaaaaa',
+  'treestate-cli-settle0': '#e377c2',
+  'pstree_cont.py': '#8c564b',
 };
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');

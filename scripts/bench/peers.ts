@@ -14,8 +14,8 @@ const require = createRequire(import.meta.url);
 const psTree = require('ps-tree') as (pid: number, cb: (err: Error | null, children: { PID: string; PPID: string; STAT: string }[]) => void) => void;
 const treeKill = require('tree-kill') as (pid: number, signal: string, cb: (err?: Error) => void) => void;
 
-export type Op = 'snapshot' | 'status' | 'stop' | 'cont' | 'freeze' | 'thaw';
-/** freeze and thaw: treestate's only (the tree is a `run` tree, in a cgroup of its own). */
+export type Op = 'snapshot' | 'status' | 'stop' | 'cont' | 'freeze' | 'thaw' | 'kill';
+/** freeze and thaw: treestate's only (the tree is a `run` tree, in a cgroup of its own). kill is timed once per tree, last (run.ts). */
 export const OPS: Op[] = ['snapshot', 'status', 'stop', 'cont', 'freeze', 'thaw'];
 
 export interface Tool {
@@ -103,6 +103,7 @@ export function tools(): Tool[] {
     return r.ms;
   };
   const node = process.execPath;
+  const pyCont = join(packageRoot(), 'scripts', 'bench', 'pstree_cont.py');
   return [
     {
       name: 'c-floor',
@@ -136,6 +137,35 @@ export function tools(): Tool[] {
         cont: (root) => timed(() => mustRun(node, [cli, 'cont', String(root), '--json'])),
         freeze: (root) => timed(() => mustRun(node, [cli, 'freeze', String(root), '--json'])),
         thaw: (root) => timed(() => mustRun(node, [cli, 'thaw', String(root), '--json'])),
+      },
+    },
+    {
+      name: 'c-floor-exec',
+      how: 'the same C program timed as a whole process from here (exec and process start included), as a user runs a command',
+      ops: {
+        snapshot: (root) => timed(() => floor('snapshot', root)),
+        status: (root) => timed(() => floor('status', root)),
+        stop: (root) => timed(() => floor('stop', root, 'stopped')),
+        cont: (root) => timed(() => floor('cont', root, 'running')),
+      },
+    },
+    {
+      name: 'treestate-cli-settle0',
+      how: 'whole process: node bin/treestate.cjs cont PID --settle 0 --json (a continue without the settle watch), verifies itself',
+      ops: {
+        cont: (root) => timed(() => mustRun(node, [cli, 'cont', String(root), '--settle', '0', '--json'])),
+      },
+    },
+    {
+      name: 'pstree_cont.py',
+      how: "whole process: the seed's Python continuer (scripts/bench/pstree_cont.py: leader's children file only, SIGCONT children first, no verification); verified with treestate waitForState (1 ms poll), untimed",
+      ops: {
+        cont: async (root) => {
+          const ms = await timed(() => mustRun('python3', [pyCont, String(root)]));
+          // Untimed: the seed's script claims nothing, so it is given no verification time.
+          await verify(root, 'running');
+          return ms;
+        },
       },
     },
     {

@@ -1,6 +1,7 @@
 // npm run bench [-- --quick] [-- --json] [-- --runs N] [-- --save FILE] [-- --svg FILE]
 //                [-- --only TOOL,TOOL] [-- --sizes 7,121,1093,3280]   (--only criu: the CRIU case alone)
 //                [-- --only migrate [-- --shapes 6x3,1x1:1024] [-- --lazy]]   (migrate between two hosts of this machine: ./migrate.ts)
+//                [-- --big]   (adds 11111 processes × 1 thread: fanout 10, depth 4; pid_max is often 32768)
 //
 // treestate beside its peers in one run: the same fixture trees, the same
 // operations, every tool in turn (round-robin within each run, so load that
@@ -10,7 +11,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
-import { continueTree, getTreeState, thawTree } from '../../src/index.ts';
+import { continueTree, getTreeState, killTree, stopTree, thawTree } from '../../src/index.ts';
 import { packageRoot } from '../../src/native.ts';
 import { spawnTree, type TreeFixture } from '../../src/testing/index.ts';
 import { drawChart } from './chart.ts';
@@ -22,6 +23,8 @@ interface Shape {
   label: string;
   depth: number;
   fanout: number;
+  /** Threads per process (default THREADS). */
+  threads?: number;
   /** An idle tree of this many processes runs beside it: cost must follow the tree, not the host. */
   background?: { depth: number; fanout: number };
 }
@@ -60,6 +63,7 @@ const value = (name: string) => {
   return i >= 0 ? args[i + 1] : undefined;
 };
 const quick = flag('--quick');
+const big = flag('--big');
 const json = flag('--json');
 const runs = Number(value('--runs') ?? (quick ? 3 : 5));
 const warmup = 1;
@@ -79,6 +83,8 @@ const allShapes: Shape[] = quick
       { label: '1093', depth: 6, fanout: 3 },
       { label: '3280', depth: 7, fanout: 3 },
     ];
+// 10,000 processes and more, one thread each: what grows with the tree shows here.
+if (big) allShapes.push({ label: '11111', depth: 4, fanout: 10, threads: 1 });
 const shapes = sizes ? allShapes.filter((s) => sizes.includes(s.label.split(' ')[0]!)) : allShapes;
 
 // Progress goes to stderr, so --json leaves stdout one JSON document.
@@ -108,6 +114,15 @@ function machine(): Record<string, string | number> {
   };
 }
 
+async function timedKill(root: number): Promise<number> {
+  const t = performance.now();
+  // killTree proves its result (every process gone or a zombie); the run tree's root is reaped at once.
+  const result = await killTree(root, { timeoutMs: 120_000 });
+  const ms = performance.now() - t;
+  if (result.state !== 'dead') throw new Error(`treestate-lib kill: the tree is ${result.state}, expected dead`);
+  return ms;
+}
+
 /** The state every tool must leave the tree in, checked after each timed call (untimed). */
 function pause(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -132,11 +147,12 @@ async function measureShape(shape: Shape, all: Tool[]): Promise<Case[]> {
       background = await spawnTree({ ...shape.background, threads: 1, intervalMs: 1000, readyTimeoutMs: 120_000 });
     }
     // A run tree (a cgroup of its own), so that freeze and thaw can be measured beside stop and cont.
-    tree = await spawnTree({ depth: shape.depth, fanout: shape.fanout, threads: THREADS, intervalMs: HEARTBEAT_MS, readyTimeoutMs: 120_000, cgroup: true });
+    const threads = shape.threads ?? THREADS;
+    tree = await spawnTree({ depth: shape.depth, fanout: shape.fanout, threads, intervalMs: HEARTBEAT_MS, readyTimeoutMs: 300_000, cgroup: true });
     const root = tree.root;
     const processes = tree.size;
     const host = hostProcesses();
-    log(`tree of ${processes} processes x ${THREADS} threads (root ${root}), ${host} processes on the host`);
+    log(`tree of ${processes} processes x ${threads} threads (root ${root}), ${host} processes on the host`);
     const used = all.filter((t) => (t.maxProcesses ?? Infinity) >= processes);
     const samples = new Map<string, number[]>();
     // A tool that fails (does not reach the state, throws) is reported and not run again on this tree.
@@ -177,7 +193,7 @@ async function measureShape(shape: Shape, all: Tool[]): Promise<Case[]> {
       const failure = failed.get(tool.name);
       for (const op of OPS) {
         if (failure?.op === op) {
-          cases.push({ op, processes, threads: THREADS, hostProcesses: host, busyHost: !!shape.background, tool: tool.name, medianMs: null, minMs: null, maxMs: null, runs: 0, error: failure.error });
+          cases.push({ op, processes, threads, hostProcesses: host, busyHost: !!shape.background, tool: tool.name, medianMs: null, minMs: null, maxMs: null, runs: 0, error: failure.error });
           continue;
         }
         // A failed tool's other operations are not reported: the runs stopped early.
@@ -186,7 +202,7 @@ async function measureShape(shape: Shape, all: Tool[]): Promise<Case[]> {
         cases.push({
           op,
           processes,
-          threads: THREADS,
+          threads,
           hostProcesses: host,
           busyHost: !!shape.background,
           tool: tool.name,
@@ -196,6 +212,13 @@ async function measureShape(shape: Shape, all: Tool[]): Promise<Case[]> {
           runs: xs.length,
         });
       }
+    }
+    // Kill ends the tree, so it is timed once, last, with the library (the
+    // tree is stopped first, as a kill of a stopped tree is the case that reads before it signals).
+    if (used.some((t) => t.name === 'treestate-lib')) {
+      await stopTree(root, { timeoutMs: 60_000 });
+      const ms = await timedKill(root);
+      cases.push({ op: 'kill', processes, threads, hostProcesses: host, busyHost: !!shape.background, tool: 'treestate-lib', medianMs: ms, minMs: ms, maxMs: ms, runs: 1 });
     }
     return cases;
   } finally {
@@ -211,7 +234,7 @@ function fmt(ms: number): string {
 export function table(report: BenchReport): string {
   const toolNames = Object.keys(report.tools);
   const lines: string[] = [];
-  for (const op of OPS) {
+  for (const op of [...OPS, 'kill' as const]) {
     const cases = report.cases.filter((c) => c.op === op);
     if (cases.length === 0) continue;
     const names = toolNames.filter((t) => cases.some((c) => c.tool === t));
@@ -220,7 +243,8 @@ export function table(report: BenchReport): string {
     for (const size of sizes) {
       const row = cases.filter((c) => `${c.processes}${c.busyHost ? ' busy' : ''}` === size);
       const floor = row.find((c) => c.tool === 'c-floor')?.medianMs ?? undefined;
-      const label = row[0]!.busyHost ? `${row[0]!.processes} (host: ${row[0]!.hostProcesses})` : String(row[0]!.processes);
+      const threads = row[0]!.threads === THREADS ? '' : ` (${row[0]!.threads} thread${row[0]!.threads === 1 ? '' : 's'} each)`;
+      const label = row[0]!.busyHost ? `${row[0]!.processes} (host: ${row[0]!.hostProcesses})` : `${row[0]!.processes}${threads}`;
       const cells = names.map((t) => {
         const c = row.find((x) => x.tool === t);
         if (!c) return 'n/a';
@@ -243,7 +267,7 @@ async function main(): Promise<void> {
   if (only) all = all.filter((t) => only.includes(t.name));
   const report: BenchReport = {
     machine: machine(),
-    settings: { quick, runs, warmup, threadsPerProcess: THREADS, heartbeatMs: HEARTBEAT_MS, settle: 'after every call: an untimed state check, then 20 ms + 1 ms per 20 processes' },
+    settings: { quick, big, runs, warmup, threadsPerProcess: THREADS, heartbeatMs: HEARTBEAT_MS, settle: 'after every call: an untimed state check, then 20 ms + 1 ms per 20 processes' },
     tools: Object.fromEntries(all.map((t) => [t.name, t.how])),
     cases: [],
   };

@@ -11,7 +11,8 @@ import { packageRoot } from '../native.js';
 import { spawnTree, type TreeFixture } from '../testing/fixture.js';
 import { getTreeState } from '../tree.js';
 import { continueTree, killTree, stopTree } from '../transitions.js';
-import type { Io } from './main.js';
+import { UsageError } from './args.js';
+import type { Command, Io } from './main.js';
 import { drawTree } from './render.js';
 
 async function show(io: Io, title: string, pid: number): Promise<void> {
@@ -95,3 +96,15 @@ export async function demo(io: Io): Promise<number> {
     await tree.dispose();
   }
 }
+
+export const demoCommands: Record<string, Command> = {
+  demo: {
+    usage: 'demo',
+    summary: 'spawn a fixture tree and walk it through every state (and a checkpoint, with criu)',
+    flags: {},
+    async run(args, io) {
+      if (args.positionals.length) throw new UsageError('demo takes no operands');
+      return demo(io);
+    },
+  },
+};

@@ -7,10 +7,6 @@ import { packageRoot } from '../native.js';
 import { getTreeState } from '../tree.js';
 import { continueTree, killTree, stopTree, waitForState, type ContinueOptions, type TransitionResult } from '../transitions.js';
 import { UsageError, optionsPart, parseArgs, parseChoice, parseMs, parsePid, quote, type FlagSpec, type Parsed } from './args.js';
-import { cgroupCommands } from './cgroup.js';
-import { criuCommands } from './criu.js';
-import { demo } from './demo.js';
-import { migrateCommands } from './migrate.js';
 import { drawTree, printable, printableLines, summary } from './render.js';
 
 export interface Io {
@@ -70,7 +66,8 @@ function transition(verb: string, past: string, op: (pid: number, options: Conti
   };
 }
 
-export const commands: Record<string, Command> = {
+/** The tree commands: their code is the engine's, loaded with the CLI. */
+const core: Record<string, Command> = {
   status: {
     usage: 'status PID [--json] [--scan]',
     summary: "the tree's state: running, stopped, dead or mixed (naming what differs)",
@@ -112,19 +109,45 @@ export const commands: Record<string, Command> = {
       return 0;
     },
   },
-  ...cgroupCommands,
-  ...criuCommands,
-  ...migrateCommands,
-  demo: {
-    usage: 'demo',
-    summary: 'spawn a fixture tree and walk it through every state (and a checkpoint, with criu)',
-    flags: {},
-    async run(args, io) {
-      if (args.positionals.length) throw new UsageError('demo takes no operands');
-      return demo(io);
-    },
-  },
 };
+
+/**
+ * The other commands, by group: a group's module (and what it imports:
+ * protobufjs, child_process, net …) is loaded only when one of its commands
+ * runs, so a cold `treestate status` loads the tree engine and nothing else.
+ * The names are listed here so that finding a command loads one group only;
+ * `loadCommands` checks them against what the modules define.
+ */
+const groups: Array<{ names: readonly string[]; load: () => Promise<Record<string, Command>> }> = [
+  { names: ['run', 'freeze', 'thaw'], load: () => import('./cgroup.js').then((m) => m.cgroupCommands) },
+  { names: ['dump', 'restore', 'predump', 'preflight', 'check'], load: () => import('./criu.js').then((m) => m.criuCommands) },
+  { names: ['migrate', 'receive'], load: () => import('./migrate.js').then((m) => m.migrateCommands) },
+  { names: ['demo'], load: () => import('./demo.js').then((m) => m.demoCommands) },
+];
+
+/** Every command's name, in --help's order, without loading any command's code. */
+export function commandNames(): string[] {
+  return [...Object.keys(core), ...groups.flatMap((g) => g.names)];
+}
+
+/** The command called `name` (loading its group), or undefined. */
+async function findCommand(name: string): Promise<Command | undefined> {
+  if (Object.hasOwn(core, name)) return core[name];
+  const group = groups.find((g) => g.names.includes(name));
+  return group && (await group.load())[name];
+}
+
+/** Every command, each group loaded: for --help and the tests. */
+export async function loadCommands(): Promise<Record<string, Command>> {
+  const all: Record<string, Command> = { ...core };
+  for (const group of groups) {
+    const loaded = await group.load();
+    const names = Object.keys(loaded);
+    if (names.join() !== group.names.join()) throw new Error(`treestate: the CLI lists ${group.names.join(', ')} but the module defines ${names.join(', ')}`);
+    Object.assign(all, loaded);
+  }
+  return all;
+}
 
 /** Options as --help explains them: every flag a command accepts must be here. */
 const optionHelp: Array<[string, string]> = [
@@ -173,7 +196,7 @@ function wrap(text: string, first: string, indent: string): string[] {
   return lines;
 }
 
-function help(): string {
+function help(commands: Record<string, Command>): string {
   const name = Math.max(...optionHelp.map(([n]) => n.length));
   return [
     'usage: treestate <command> [options]',
@@ -194,11 +217,22 @@ export function version(): string {
   return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
 }
 
+// By name as well as class: a command group is imported on demand, and a
+// loader may give it its own copy of args.ts and errors.ts (tsx running the
+// tests as CommonJS imports it as ESM), where instanceof alone would miss.
+function isUsageError(e: unknown): e is UsageError {
+  return e instanceof UsageError || (e instanceof Error && e.name === 'UsageError');
+}
+
+function isTreeStateError(e: unknown): e is TreeStateError {
+  return e instanceof TreeStateError || (e instanceof Error && e.name === 'TreeStateError' && typeof (e as { code?: unknown }).code === 'string');
+}
+
 /** An error as `--json` prints it: the code, the message and whatever else the error carries. */
 function errorJson(e: unknown): string {
   let error: Record<string, unknown>;
-  if (e instanceof UsageError) error = { code: 'EUSAGE', message: e.message };
-  else if (e instanceof TreeStateError) {
+  if (isUsageError(e)) error = { code: 'EUSAGE', message: e.message };
+  else if (isTreeStateError(e)) {
     const { code, message, pid, pids, threads, errno, syscall, details } = e;
     error = { code, message, pid, pids, threads, errno, syscall, details };
   } else {
@@ -217,14 +251,13 @@ export async function main(argv: string[], io?: Partial<Io>): Promise<number> {
   };
   const [name, ...rest] = argv;
   if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
-    (name === undefined ? out.err : out.out)(help());
+    (name === undefined ? out.err : out.out)(help(await loadCommands()));
     return name === undefined ? 2 : 0;
   }
   if (name === '-V' || name === '--version') {
     out.out(version());
     return 0;
   }
-  const command = Object.hasOwn(commands, name) ? commands[name] : undefined;
   const options = optionsPart(rest);
   const json = options.includes('--json');
   const fail = (e: unknown, text: string, code: number): number => {
@@ -232,7 +265,9 @@ export async function main(argv: string[], io?: Partial<Io>): Promise<number> {
     else out.err(text);
     return code;
   };
+  let command: Command | undefined;
   try {
+    command = await findCommand(name);
     if (!command) throw new UsageError(`unknown command ${quote(name)}`);
     if (options.includes('-h') || options.includes('--help')) {
       out.out([...wrap(command.usage, 'usage: treestate ', '    '), '', ...wrap(command.summary, '', '')].join('\n'));
@@ -242,10 +277,10 @@ export async function main(argv: string[], io?: Partial<Io>): Promise<number> {
     if (args.extra.length > 0 && !command.extra) throw new UsageError(`${name} takes nothing after --`);
     return await command.run(args, out);
   } catch (e) {
-    if (e instanceof UsageError) {
+    if (isUsageError(e)) {
       return fail(e, `treestate: ${e.message}\nusage: treestate ${command?.usage ?? '<command> [options]'} (see treestate --help)`, 2);
     }
-    if (e instanceof TreeStateError) {
+    if (isTreeStateError(e)) {
       return fail(e, `treestate: ${printableLines(e.message)}`, e.code === 'EINVAL_PID' ? 2 : 1);
     }
     const detail = process.env.TREESTATE_DEBUG && e instanceof Error ? `\n${e.stack}` : '';
