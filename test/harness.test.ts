@@ -21,6 +21,25 @@ async function message(work: Promise<unknown>): Promise<string> {
 describe('treestate/testing', () => {
   const tempDir = tempDirs();
 
+  it('does not blame a loader\'s esbuild --service for a leak, but any other process', async () => {
+    const dir = tempDir();
+    const esbuild = join(dir, 'esbuild');
+    // Waits on its stdin, with no child of its own, as esbuild's service does.
+    writeFileSync(esbuild, '#!/bin/sh\nread line\n', { mode: 0o755 });
+    await recordBaseline();
+    const service = spawn(esbuild, ['--service=0.25.0', '--ping'], { stdio: ['pipe', 'ignore', 'ignore'] });
+    const other = spawn(esbuild, ['--bundle'], { stdio: ['pipe', 'ignore', 'ignore'] });
+    try {
+      await waitFor(() => [service, other].every((c) => readFileSync(`/proc/${c.pid}/comm`, 'utf8').trim() === 'esbuild'), 5000, 'both to run');
+      const e = await checkNoLeaks().then(() => undefined, (err: unknown) => err as TreeStateError);
+      expect(e?.pids).to.deep.equal([other.pid]);
+    } finally {
+      for (const c of [service, other]) c.kill('SIGKILL');
+      await Promise.all([service, other].map((c) => new Promise((r) => (c.exitCode !== null || c.signalCode !== null ? r(null) : c.once('exit', r)))));
+      await recordBaseline();
+    }
+  });
+
   it('tells every waiter of a program\'s exit, and forgets a spawn that failed', async () => {
     await using sup = await spawnSupervised('sleep', ['1000']);
     const out = join(tempDir(), 'out');

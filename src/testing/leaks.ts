@@ -2,6 +2,7 @@
 // the test process must have no descendant (running or zombie) that was not
 // there before the test began (a loader's service process, say). What is
 // left is killed and reaped, then reported.
+import { readFileSync } from 'node:fs';
 import { TreeStateError, describePids, hasCode, plural } from '../errors.js';
 import { killTree } from '../transitions.js';
 import { snapshot } from '../tree.js';
@@ -27,8 +28,25 @@ export async function recordBaseline(): Promise<void> {
   baseline = await descendants();
 }
 
+/**
+ * A loader's own service, not the test's: tsx (and other esbuild-based
+ * loaders) start `esbuild --service` as a child of the test process the
+ * first time a module is loaded with import() — which happens inside a test
+ * when the code under test loads a module lazily (treestate's own CLI does).
+ * It lives as long as the loader wants it, and killing it would break the
+ * loader.
+ */
+function loaderService(pid: number, p: Descendant): boolean {
+  if (p.ppid !== process.pid || p.comm !== 'esbuild') return false;
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').some((arg) => arg.startsWith('--service'));
+  } catch {
+    return false;
+  }
+}
+
 async function strays(): Promise<Array<[number, Descendant]>> {
-  return [...(await descendants())].filter(([pid, p]) => baseline.get(pid)?.startTime !== p.startTime);
+  return [...(await descendants())].filter(([pid, p]) => baseline.get(pid)?.startTime !== p.startTime && !loaderService(pid, p));
 }
 
 /**
