@@ -705,11 +705,13 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
       passes++;
       if (from === undefined) rootStartTime ??= pass.processes[0]!.startTime;
       tally.add(pass);
-      // A process none of whose threads could run when read (stopped, traced,
-      // in uninterruptible sleep such as a parent waiting in vfork, or
-      // exiting) could not have forked before its SIGKILL: its children were
-      // all listed already (test: kill.test.ts, a root held in vfork).
-      const couldFork = (pid: number) => pass.processes.find((p) => p.pid === pid)?.threads.some((t) => !'TtDZX'.includes(t.state)) ?? true;
+      // Only a process with a thread running (R) when read can have forked in
+      // the microseconds before its SIGKILL; one whose threads all slept,
+      // were stopped, traced, in uninterruptible sleep (a parent waiting in
+      // vfork) or exiting would first have to be woken: the same residual
+      // window as a childless process's (docs/safety.md). (Test: kill.test.ts,
+      // a root held in vfork beside sleeping threads, flagged 1 run in 3.)
+      const couldFork = (pid: number) => pass.processes.find((p) => p.pid === pid)?.threads.some((t) => t.state === 'R' || t.state === '?') ?? true;
       for (const p of pass.unlisted) if (couldFork(p)) unlisted.add(p);
       const refusals = pass.failures.filter((f) => f.syscall === 'pidfd_send_signal' || !(READ_FAILURES as readonly string[]).includes(f.code));
       if (refusals.length > 0) throw failureError(refusals, 'kill', '');
