@@ -45,9 +45,17 @@ export function leaveNoCgroups(): void {
   });
 }
 
-/** The pids of a cgroup, read straight from cgroup.procs. */
+/** The pids of a cgroup, read straight from cgroup.procs; none once the run helper has removed it. */
 export function procsOf(cgroup: string): number[] {
-  return readFileSync(join(cgroup, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number);
+  let text: string;
+  try {
+    text = readFileSync(join(cgroup, 'cgroup.procs'), 'utf8');
+  } catch (e) {
+    // Removed between a check for it and this read: empty, as it had to be.
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw e;
+  }
+  return text.split('\n').filter(Boolean).map(Number);
 }
 
 /** The state letters of every thread of `pid`, straight from /proc (empty once it is gone). */
