@@ -81,6 +81,30 @@ describe('criu dump and restore of a tree holding sockets', () => {
   requireCriu();
   const tempDir = tempDirs();
 
+  /** criu's iptables network-lock rules on this host (they carry its mark, 0xc114), or [] without iptables. */
+  const lockRules = (): string[] => {
+    if (!onPath('iptables-save')) return [];
+    return execFileSync('iptables-save', { encoding: 'utf8' }).split('\n').filter((l) => l.includes('0xc114'));
+  };
+  let rulesBefore: string[] = [];
+  before(() => {
+    rulesBefore = lockRules();
+  });
+  after(() => {
+    // Every dump here that killed or stopped a tree with established
+    // connections was restored, which unlocks them: nothing stays locked.
+    expect(lockRules(), 'criu network-lock rules left on the host').to.deep.equal(rulesBefore);
+  });
+
+  it('`treestate check`, proving established connections dump, leaves no network lock on the host', async () => {
+    const state = tempDir(); // no kept verdict: the socket dumps run
+    const before = lockRules();
+    const run = await cli(['check'], { env: { TREESTATE_STATE_DIR: state } });
+    expect(run.code, run.stderr).to.equal(0);
+    expect(run.stdout).to.match(/dump of an established TCP connection \(--tcp-established\): ok$/m);
+    expect(lockRules()).to.deep.equal(before);
+  });
+
   for (const plan of plans) {
     it(`TCP (listening and established), UDP and unix sockets: dump --final-state ${plan.dump}, restore --final-state ${plan.restore}`, async () => {
       await using tree = await spawnTree({ depth: 1, fanout: 1, sockets: true, tcpPair: true });

@@ -24,7 +24,11 @@ async function dumpOnce(info: CriuInfo, held: string, tcpPair: boolean): Promise
   const dir = mkdtempSync(join(tmpdir(), 'treestate-check-'));
   const tree = await spawnTree({ depth: 0, sockets: true, tcpPair });
   try {
-    await dump(tree.root, { imagesDir: join(dir, 'images'), criu: info.path, finalState: 'dead', tcpEstablished: tcpPair });
+    // Left running, then killed with the fixture: a dump that kills the tree
+    // leaves its established connections locked on the host (iptables rules
+    // or an nftables table) until a restore unlocks them, and this one is
+    // never restored.
+    await dump(tree.root, { imagesDir: join(dir, 'images'), criu: info.path, finalState: 'running', tcpEstablished: tcpPair });
     return { held, ok: true, elapsedMs: Math.round(performance.now() - started) };
   } catch (e) {
     return { held, ok: false, error: (e as Error).message, elapsedMs: Math.round(performance.now() - started) };
