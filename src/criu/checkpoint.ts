@@ -483,7 +483,7 @@ export async function dump(pid: number, options: DumpOptions): Promise<CriuResul
   if (!options.verify) return dumped;
   options.onProgress?.({ verb: 'dump', phase: 'verifying', elapsedMs: performance.now() - b.started });
   if (finalState !== 'dead') {
-    const bound = pathBoundUnixSockets(processes);
+    const bound = await pathBoundUnixSockets(processes);
     if (bound.length) {
       throw new TreeStateError('EVERIFY', `criu dump succeeded, but the images were not test-restored: the tree, still alive, holds unix sockets bound to ${bound.slice(0, 3).join(', ')}, and a test restore would unlink and re-create those files under it (verify a dump with --final-state dead, or one of a tree without path-bound unix sockets)`, {
         pid: root,

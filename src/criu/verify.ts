@@ -5,9 +5,10 @@
 // write to a file, no packet to a peer. Every process and thread must be
 // back, with as many threads as the images hold, and in T; then the copy is
 // killed with its namespace.
-import { existsSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { TreeStateError, describePids } from '../errors.js';
+import { native } from '../native.js';
 import { getTreeState, type TreeStatus } from '../tree.js';
 import { killTree } from '../transitions.js';
 import type { CriuFlags } from './args.js';
@@ -30,28 +31,13 @@ export interface ImageVerification {
  * private mount namespace does not contain (the filesystem is shared): a test
  * restore would take the path away from the running original.
  */
-export function pathBoundUnixSockets(pids: number[]): string[] {
-  const inodes = new Set<string>();
-  for (const pid of pids) {
-    let fds: string[] = [];
-    try {
-      fds = readdirSync(`/proc/${pid}/fd`);
-    } catch {
-      continue; // exited
-    }
-    for (const fd of fds) {
-      try {
-        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
-        if (m) inodes.add(m[1]!);
-      } catch {
-        // closed meanwhile
-      }
-    }
-  }
-  if (inodes.size === 0 || pids.length === 0) return [];
-  // Num RefCount Protocol Flags Type St Inode Path; abstract names start with @.
-  const table = readFileSync(`/proc/${pids[0]}/net/unix`, 'utf8').split('\n').slice(1);
-  return table.map((l) => l.trim().split(/\s+/)).filter((f) => f.length >= 8 && inodes.has(f[6]!) && f[7]!.startsWith('/')).map((f) => f[7]!);
+export async function pathBoundUnixSockets(pids: number[]): Promise<string[]> {
+  // The sockets the processes hold and the unix socket table, read once by
+  // the native inspect that preflight uses (sock_diag: the caller's network
+  // namespace); abstract names start with @ and unnamed ones are empty.
+  const facts = await native().inspect(pids);
+  const held = new Set(facts.processes.flatMap((p) => p.sockets));
+  return facts.unix.filter((s) => held.has(s.inode) && s.path.startsWith('/')).map((s) => s.path);
 }
 
 async function gone(pid: number, timeoutMs: number): Promise<void> {
