@@ -18,6 +18,10 @@ struct ProcessFacts {
   pid_t pgid = 0;
   pid_t sid = 0;
   int ttyNr = 0;
+  // Its session / process group is led from outside its own pid namespace
+  // (NSsid / NSpgid end in 0): criu cannot dump it, even with --shell-job.
+  bool sidOutsideNs = false;
+  bool pgidOutsideNs = false;
   pid_t tracer = 0;               // of any thread; 0 when none is traced
   std::vector<uint64_t> sockets;  // inodes of the sockets it holds
   int err = 0;                    // errno when it could not be read (ESRCH: gone)

@@ -119,6 +119,10 @@ export interface NativeProcessFacts {
   sid: number;
   /** Controlling terminal (device number); 0: none. */
   ttyNr: number;
+  /** Its session is led from outside its own pid namespace (NSsid ends in 0). */
+  sidOutsideNs: boolean;
+  /** Its process group is led from outside its own pid namespace (NSpgid ends in 0). */
+  pgidOutsideNs: boolean;
   /** Tracer of any of its threads; 0: none. */
   tracer: number;
   /** Inodes of the sockets it holds. */

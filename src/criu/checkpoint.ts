@@ -272,7 +272,7 @@ async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFail
       const how = resp
         ? `failed: ${cause ?? (first || 'criu gave no reason')}`
         : `${exit.code === null ? `was killed by signal ${exit.signal}` : `exited with ${exit.code}${run.request ? ' without answering' : ''}`}${cause ? `: ${cause}` : ''}`;
-      const hint = /Iptables configuration failed|nftables.*(fail|error)|Can't lock network/i.test(log) ? ` (${NETWORK_LOCK_HINT})` : '';
+      const hint = criuHint(log);
       throw new TreeStateError('ECRIU', `criu ${verb} ${how}${hint}; ${await afterFailure()}; log: ${run.logFile}${lines.length ? `\n  ${lines.join('\n  ')}` : ''}`, {
         ...(resp?.cr_errno ? { errno: resp.cr_errno } : {}),
         details: { logFile: run.logFile, argv: run.argv, exitCode: exit.code, signal: exit.signal, errors: lines, ...(cause ? { cause } : {}), ...(resp?.cr_errmsg ? { criuError: resp.cr_errmsg } : {}) },
@@ -282,6 +282,15 @@ async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFail
   } finally {
     clearInterval(tick);
   }
+}
+
+/** What to do about a criu failure whose log shows a cause treestate knows the fix of, as " (…)"; "" otherwise. */
+function criuHint(log: string): string {
+  if (/Iptables configuration failed|nftables.*(fail|error)|Can't lock network/i.test(log)) return ` (${NETWORK_LOCK_HINT})`;
+  if (/A session leader of .* is outside of its pid namespace/.test(log)) {
+    return ' (the tree belongs to session 0 as its pid namespace sees it: a session led from outside the namespace, as for a tree started by `docker exec` or `unshare -p` without setsid, or by no process at all, under an init that never called setsid; --shell-job cannot help; start the tree in a session of its own: setsid, or treestate run)';
+  }
+  return '';
 }
 
 /**

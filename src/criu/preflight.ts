@@ -3,6 +3,7 @@
 // CRIU failures users meet most (criu's own words in quotes): a socket whose
 // peer is outside the tree ("External socket is used"), a session or terminal
 // that belongs to the shell ("A session leader of … is outside of the tree"),
+// or to a process outside the tree's pid namespace,
 // established TCP ("Connected TCP socket, consider using --tcp-established"),
 // a traced process ("Unseizable non-zombie"), no dirty-memory tracking for
 // pre-dump, and the pids a restore on this host would find taken.
@@ -86,9 +87,25 @@ export async function preflight(pid: number, options: { criu?: string } = {}): P
 
   // The shell's session and terminal.
   const rootFacts = present.find((f) => f.pid === root);
-  const outsideLeaders = [...new Set(present.flatMap((f) => [f.sid, f.pgid]).filter((l) => l !== 0 && !inTree.has(l)))];
+  // Session 0 as the tree's own pid namespace sees it: a session led from
+  // outside the namespace (a tree started by `docker exec`, `unshare -p` or
+  // `nsenter` without setsid), or none at all (an init that never called
+  // setsid, whose children all share its session 0). criu refuses it
+  // whatever the options.
+  const outsideNs = present.filter((f) => f.sidOutsideNs || f.pgidOutsideNs).map((f) => f.pid);
+  const outsideNsSet = new Set(outsideNs);
+  if (outsideNs.length) {
+    blockers.push({
+      kind: 'session',
+      blocks: 'dump',
+      pids: outsideNs,
+      message: `${describePids(outsideNs)} ${outsideNs.length === 1 ? 'belongs' : 'belong'} to session 0 as ${outsideNs.length === 1 ? 'its' : 'their'} pid namespace sees it: a session led from outside the namespace, or by no process at all (an init that never called setsid); --shell-job cannot help (criu: "A session leader of … is outside of its pid namespace")`,
+      fix: 'start the tree in a session of its own (setsid, or treestate run)',
+    });
+  }
+  const outsideLeaders = [...new Set(present.filter((f) => !outsideNsSet.has(f.pid)).flatMap((f) => [f.sid, f.pgid]).filter((l) => l !== 0 && !inTree.has(l)))];
   if (outsideLeaders.length) {
-    const who = present.filter((f) => !inTree.has(f.sid) || !inTree.has(f.pgid)).map((f) => f.pid);
+    const who = present.filter((f) => !outsideNsSet.has(f.pid) && (!inTree.has(f.sid) || !inTree.has(f.pgid))).map((f) => f.pid);
     blockers.push({
       kind: 'session',
       blocks: 'dump',
