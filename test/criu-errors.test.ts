@@ -72,8 +72,8 @@ describe('criu errors', () => {
   });
 
   it('a failing dump is ECRIU with the log path and its error lines, and the tree keeps running', async () => {
-    // Not a session leader and sharing our session: criu refuses it without --shell-job.
-    await using sup = await spawnSupervised('sleep', ['1000'], { setsid: false });
+    // Not a session leader, in the reaper's session: criu refuses it without --shell-job.
+    await using sup = await spawnSupervised('sleep', ['1000'], { setsid: 'reaper' });
     const imagesDir = tempDir();
     const e = await rejection(dump(sup.root, { imagesDir }));
     expect(e.code).to.equal('ECRIU');

@@ -63,13 +63,37 @@ describe('preflight: what would stop a dump, before it runs', () => {
   });
 
   it('names a session led from outside the tree; --shell-job then dumps', async () => {
-    await using child = await plainChild('ignore', false);
-    const r = await preflight(child.pid!);
+    // The reaper leads the session: outside the tree, whatever session runs the tests.
+    await using sup = await spawnSupervised('sleep', ['1000'], { setsid: 'reaper' });
+    const r = await preflight(sup.root);
     const b = blocker(r.blockers, 'session');
-    expect(b.pids).to.deep.equal([child.pid]);
+    expect(b.pids).to.deep.equal([sup.root]);
+    expect(b.outside).to.deep.equal([sup.pid]);
     expect(b.fix).to.include('--shell-job');
-    expect((await rejection(dump(child.pid!, { imagesDir: tempDir(), finalState: 'running' }))).code).to.equal('ECRIU');
-    await dump(child.pid!, { imagesDir: tempDir(), finalState: 'running', shellJob: true });
+    expect((await rejection(dump(sup.root, { imagesDir: tempDir(), finalState: 'running' }))).message).to.include('is not a session leader');
+    await dump(sup.root, { imagesDir: tempDir(), finalState: 'running', shellJob: true });
+  });
+
+  it('names a session led from outside the tree\'s pid namespace, which --shell-job cannot help, and the failed dump says what to do', async () => {
+    // unshare leads a session of its own and forks sleep into a new pid
+    // namespace: the sleep's session (NSsid "N 0") is led from outside it, as
+    // for a tree started by `docker exec` or `unshare -p` without setsid.
+    await using sup = await spawnSupervised('unshare', ['--pid', '--fork', '--mount-proc', 'sleep', '1000']);
+    let pid = 0;
+    await waitFor(async () => {
+      pid = (await getTreeState(sup.root)).processes.find((p) => p.comm === 'sleep')?.pid ?? 0;
+      return pid > 0;
+    }, 5000, 'sleep in its namespace');
+    const r = await preflight(pid);
+    const b = blocker(r.blockers, 'session');
+    expect(b.pids).to.deep.equal([pid]);
+    expect(b.message).to.include('session 0 as its pid namespace sees it');
+    expect(b.fix).to.not.include('--shell-job');
+    expect(r.blockers.filter((x) => x.kind === 'session')).to.have.length(1);
+    const e = await rejection(dump(pid, { imagesDir: tempDir(), finalState: 'running', shellJob: true }));
+    expect(e.code).to.equal('ECRIU');
+    expect(e.message).to.match(/outside of its pid namespace \(.*--shell-job cannot help; start the tree in a session of its own: setsid/);
+    expect((await getTreeState(pid)).state).to.equal('running');
   });
 
   it('names a controlling terminal (a pty); --shell-job then dumps', async function () {

@@ -4,7 +4,7 @@
 // (which on some machines reaps only every few seconds, keeping pids taken
 // and making `criu restore` fail with "Can't fork for PID: File exists").
 //
-//   treestate-reaper [--setsid] [--stopped] [--pid-ns [--net-ns]] [--out FILE] [--fds-from FD] -- PROGRAM [ARG...]
+//   treestate-reaper [--setsid | --lead-session] [--stopped] [--pid-ns [--net-ns]] [--out FILE] [--fds-from FD] -- PROGRAM [ARG...]
 //
 // stdout (one line per event):  pid N | spawned ID N | spawn-failed ID ERRNO
 //                                exit N CODE SIGNAL (only for programs it started) | done
@@ -15,6 +15,9 @@
 //                                UMASK (octal) is the program's umask
 //                                kill  -- or EOF: kill every descendant, reap, exit
 //                                detach  -- stop listening; reap until no child is left, then exit
+// --setsid starts the program in a session of its own; --lead-session makes
+// the reaper a session leader and the program a member of its session (a
+// session led from outside the tree, whatever the caller's session is).
 // PR_SET_PDEATHSIG makes it clean up the same way if its parent dies.
 //
 // --pid-ns: the reaper becomes pid 1 of a new pid namespace, with a mount
@@ -333,11 +336,12 @@ Command HandleCommands(std::string* buffer) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool newSession = false, stopped = false, pidNamespace = false, netNamespace = false;
+  bool newSession = false, leadSession = false, stopped = false, pidNamespace = false, netNamespace = false;
   const char* out = "-";
   int i = 1;
   for (; i < argc; i++) {
     if (strcmp(argv[i], "--setsid") == 0) newSession = true;
+    else if (strcmp(argv[i], "--lead-session") == 0) leadSession = true;
     else if (strcmp(argv[i], "--stopped") == 0) stopped = true;
     else if (strcmp(argv[i], "--pid-ns") == 0) pidNamespace = true;
     else if (strcmp(argv[i], "--net-ns") == 0) netNamespace = true;
@@ -347,7 +351,7 @@ int main(int argc, char** argv) {
     else break;
   }
   if (i >= argc) {
-    fprintf(stderr, "usage: treestate-reaper [--setsid] [--stopped] [--pid-ns [--net-ns]] [--out FILE] [--fds-from FD] -- PROGRAM [ARG...]\n");
+    fprintf(stderr, "usage: treestate-reaper [--setsid | --lead-session] [--stopped] [--pid-ns [--net-ns]] [--out FILE] [--fds-from FD] -- PROGRAM [ARG...]\n");
     return 2;
   }
   if (pidNamespace) {
@@ -356,6 +360,10 @@ int main(int argc, char** argv) {
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() == 1) return 1;  // the parent is already gone
+    if (leadSession && setsid() < 0) {
+      Say(std::string("error ") + std::to_string(errno) + " setsid: " + strerror(errno));
+      return 1;
+    }
   }
 
   sigset_t mask;

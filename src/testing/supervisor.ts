@@ -9,8 +9,13 @@ import { TreeStateError } from '../errors.js';
 import { native, nativeExecutable } from '../native.js';
 
 export interface SuperviseOptions {
-  /** Start the program in a session of its own (what CRIU wants of a tree it dumps without --shell-job). Default true. */
-  setsid?: boolean;
+  /**
+   * The program's session. true (default): a session of its own, what CRIU
+   * wants of a tree it dumps without --shell-job. 'reaper': the reaper's
+   * session, led from outside the tree whatever the caller's session is (a
+   * tree started from a shell, as CRIU sees it). false: the caller's session.
+   */
+  setsid?: boolean | 'reaper';
   /** Start it stopped right after its execve (ptrace TRACEME, exec, detach with SIGSTOP). */
   stopped?: boolean;
   /** File for the program's stdout and stderr (default /dev/null). */
@@ -59,7 +64,8 @@ export class Supervisor implements CommandRunner {
   }
 
   static async start(file: string, args: string[] = [], options: SuperviseOptions = {}): Promise<Supervisor> {
-    const flags = [...(options.setsid === false ? [] : ['--setsid']), ...(options.stopped ? ['--stopped'] : []), ...(options.out ? ['--out', options.out] : []), '--fds-from', '3'];
+    const session = options.setsid === 'reaper' ? ['--lead-session'] : options.setsid === false ? [] : ['--setsid'];
+    const flags = [...session, ...(options.stopped ? ['--stopped'] : []), ...(options.out ? ['--out', options.out] : []), '--fds-from', '3'];
     const [fdChannel, reaperEnd] = native().seqpacketPair();
     let child: ChildProcess;
     try {
