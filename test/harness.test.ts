@@ -1,5 +1,5 @@
 import * as chai from 'chai';
-import { chownSync, existsSync, lstatSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, lstatSync, mkdirSync, readFileSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { TreeStateError, continueTree, getTreeState, killTree, snapshot, stopTree } from '../src/index.js';
 import { native, nativeExecutable } from '../src/native.js';
@@ -113,21 +113,24 @@ describe('treestate/testing', () => {
       expect(readFileSync(victim, 'utf8')).to.equal('root only\n');
     });
 
-    it('removes the heartbeat directories of dead runs that are ours, and no other', async () => {
+    it('removes the heartbeat directories of dead runs that are ours, of our pid namespace, and no other', async () => {
       const base = tempDir();
       await using gone = await spawnSupervised('true');
       await gone.exited(gone.root);
-      const dead = join(base, `treestate-heartbeats-${gone.root}-AbC123`);
-      const deadNobodys = join(base, `treestate-heartbeats-${gone.root}-XyZ789`);
-      const live = join(base, `treestate-heartbeats-${process.ppid}-QwE456`);
-      for (const dir of [dead, deadNobodys, live]) mkdirSync(dir, { mode: 0o700 });
+      const ns = /\[(\d+)\]/.exec(readlinkSync('/proc/self/ns/pid'))![1];
+      const dead = join(base, `treestate-heartbeats-${ns}-${gone.root}-AbC123`);
+      const deadNobodys = join(base, `treestate-heartbeats-${ns}-${gone.root}-XyZ789`);
+      const live = join(base, `treestate-heartbeats-${ns}-${process.ppid}-QwE456`);
+      // A run in another pid namespace: its pid says nothing here.
+      const otherNamespace = join(base, `treestate-heartbeats-1${ns}-${gone.root}-PoI098`);
+      for (const dir of [dead, deadNobodys, live, otherNamespace]) mkdirSync(dir, { mode: 0o700 });
       writeFileSync(join(dead, 'heartbeats'), '');
       chownSync(deadNobodys, 65534, 65534);
       const saved = process.env.TREESTATE_HEARTBEAT_DIR;
       process.env.TREESTATE_HEARTBEAT_DIR = base;
       try {
         await using tree = await spawnTree({ depth: 0 });
-        expect([existsSync(dead), existsSync(deadNobodys), existsSync(live)]).to.deep.equal([false, true, true]);
+        expect([existsSync(dead), existsSync(deadNobodys), existsSync(live), existsSync(otherNamespace)]).to.deep.equal([false, true, true, true]);
         expect(dirname(dirname(tree.heartbeatFile))).to.equal(base);
       } finally {
         if (saved === undefined) delete process.env.TREESTATE_HEARTBEAT_DIR;

@@ -1,6 +1,6 @@
 // Fixture trees with a heartbeat: the semantic proof of a state. Running
 // means every counter advances; Stopped means none does.
-import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { TreeStateError, describePids } from '../errors.js';
@@ -100,14 +100,28 @@ export interface Heartbeat {
 
 const HEADER = 16;
 const SLOT = 16;
-/** Heartbeat files live in `PREFIX<pid>-XXXXXX/`, a private directory per tree. */
+/**
+ * Heartbeat files live in `PREFIX<pid namespace>-<pid>-XXXXXX/`, a private
+ * directory per tree. The pid namespace is in the name because /dev/shm may
+ * be shared with runs in other pid namespaces, whose pids mean nothing here.
+ */
 const PREFIX = 'treestate-heartbeats-';
+
+/** The inode of our pid namespace ("pid:[4026531836]"), or 0 where it cannot be read. */
+function pidNamespaceId(): number {
+  try {
+    return Number(/\[(\d+)\]/.exec(readlinkSync('/proc/self/ns/pid'))?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
 
 /**
  * Removes the heartbeat directories that crashed runs left in `base`: only
- * our own (a directory, not a link, of our uid), of a pid that no longer runs.
+ * our own (a directory, not a link, of our uid), of a pid of our pid
+ * namespace that no longer runs.
  */
-function removeStaleHeartbeats(base: string): void {
+function removeStaleHeartbeats(base: string, ns: number): void {
   let names: string[];
   try {
     names = readdirSync(base);
@@ -116,8 +130,9 @@ function removeStaleHeartbeats(base: string): void {
   }
   const uid = process.geteuid?.() ?? 0;
   for (const name of names) {
-    const pid = Number(/^treestate-heartbeats-(\d+)-\w+$/.exec(name)?.[1]);
-    if (!pid || pid === process.pid) continue;
+    const match = /^treestate-heartbeats-(\d+)-(\d+)-\w+$/.exec(name);
+    const pid = Number(match?.[2]);
+    if (!match || Number(match[1]) !== ns || !pid || pid === process.pid) continue;
     try {
       process.kill(pid, 0);
       continue; // alive (or another user's: EPERM, below)
@@ -141,8 +156,9 @@ function removeStaleHeartbeats(base: string): void {
  */
 function heartbeatPath(): string {
   const base = process.env.TREESTATE_HEARTBEAT_DIR ?? (process.platform === 'linux' ? '/dev/shm' : tmpdir());
-  removeStaleHeartbeats(base);
-  return join(mkdtempSync(join(base, `${PREFIX}${process.pid}-`)), 'heartbeats');
+  const ns = pidNamespaceId();
+  removeStaleHeartbeats(base, ns);
+  return join(mkdtempSync(join(base, `${PREFIX}${ns}-${process.pid}-`)), 'heartbeats');
 }
 
 export function treeSize({ depth = 1, fanout = 2 }: TreeShape): number {
