@@ -74,6 +74,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("createWalkCache", Napi::Function::New(env, treestate::CreateWalkCache, "createWalkCache"));
   exports.Set("releaseWalkCache", Napi::Function::New(env, treestate::ReleaseWalkCache, "releaseWalkCache"));
   exports.Set("signalList", Napi::Function::New(env, treestate::SignalListAsync, "signalList"));
+  exports.Set("leaderStates", Napi::Function::New(env, treestate::LeaderStatesAsync, "leaderStates"));
   exports.Set("waitExit", Napi::Function::New(env, treestate::WaitExitAsync, "waitExit"));
   exports.Set("inspect", Napi::Function::New(env, treestate::InspectAsync, "inspect"));
   exports.Set("socketHolders", Napi::Function::New(env, treestate::SocketHoldersAsync, "socketHolders"));

@@ -684,6 +684,15 @@ void Walk(const WalkOptions& o, WalkResult* result) {
   }
 }
 
+std::string LeaderStates(const std::vector<Identity>& targets) {
+  std::string states(targets.size(), '-');
+  for (size_t i = 0; i < targets.size(); i++) {
+    ProcStat st;
+    if (ReadStat(targets[i].pid, &st) == 0 && st.startTime == targets[i].startTime) states[i] = st.state;
+  }
+  return states;
+}
+
 void SignalList(const std::vector<Identity>& targets, int sig, bool perThread,
                 const std::vector<pid_t>& protect, SignalListResult* result) {
   for (const Identity& target : targets) {

@@ -178,6 +178,12 @@ using SignalListResult = SignalOutcome;
 void SignalList(const std::vector<Identity>& targets, int sig, bool perThread,
                 const std::vector<pid_t>& protect, SignalListResult* result);
 
+// The state letter of each target's leader thread (its /proc/PID/stat),
+// one per target in order; '-' for a target that is gone or whose pid now
+// names another process. For a watch that looks at a few known processes
+// without walking the whole tree.
+std::string LeaderStates(const std::vector<Identity>& targets);
+
 // Waits (poll on pidfds) until every target has exited (zombie or reaped) or
 // the timeout passes. Returns the targets still alive.
 std::vector<pid_t> WaitExit(const std::vector<Identity>& targets, int timeoutMs);

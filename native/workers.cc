@@ -270,6 +270,27 @@ class SignalListWorker : public Napi::AsyncWorker {
   SignalListResult result_;
 };
 
+class LeaderStatesWorker : public Napi::AsyncWorker {
+ public:
+  LeaderStatesWorker(Napi::Env env, std::vector<Identity> targets)
+      : Napi::AsyncWorker(env, "treestate:leaderStates"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        targets_(std::move(targets)) {}
+
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override { states_ = LeaderStates(targets_); }
+
+  void OnOK() override { deferred_.Resolve(Napi::String::New(Env(), states_)); }
+
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::vector<Identity> targets_;
+  std::string states_;
+};
+
 class WaitExitWorker : public Napi::AsyncWorker {
  public:
   WaitExitWorker(Napi::Env env, std::vector<Identity> targets, int timeoutMs)
@@ -370,6 +391,13 @@ Napi::Value SignalListAsync(const Napi::CallbackInfo& info) {
   auto* worker = new SignalListWorker(info.Env(), IdentityArray(info[0]),
                                       info[1].As<Napi::Number>().Int32Value(),
                                       info[2].ToBoolean(), PidArray(info[3]));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value LeaderStatesAsync(const Napi::CallbackInfo& info) {
+  auto* worker = new LeaderStatesWorker(info.Env(), IdentityArray(info[0]));
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;

@@ -153,6 +153,8 @@ export interface NativeAddon {
   releaseWalkCache(cache: NativeWalkCache): Promise<void>;
   /** Signal processes known from an earlier pass, re-checking each start time. */
   signalList(targets: Identity[], signal: number, perThread: boolean, protect: number[]): Promise<NativeSignalListResult>;
+  /** The state letter of each target's leader thread, one per target in order; '-' for one gone (or whose pid names another process now). */
+  leaderStates(targets: Identity[]): Promise<string>;
   /** Resolves to the targets still alive when all others exited or the timeout passed. */
   waitExit(targets: Identity[], timeoutMs: number): Promise<number[]>;
   /** Sessions, terminals, tracers and sockets of `pids`, and the host's unix and TCP socket tables (native/inspect.cc). */

@@ -530,7 +530,7 @@ export async function continueKeeping(root: number, options: ContinueOptions, ke
         });
       }
       const keptStopped = pass.processes.filter((p) => isKept(p) && p.threads.some((t) => t.state === 'T')).map((p) => ({ pid: p.pid, startTime: p.startTime }));
-      const settled = (options.settleMs ?? DEFAULT_SETTLE_MS) <= 0 ? result : await settle(result, pass, { root, rootStartTime, protect, options, deadline, cache: cache.handle, tally, started, passes, kept: isKept });
+      const settled = (options.settleMs ?? DEFAULT_SETTLE_MS) <= 0 ? result : await settle(result, pass, { root, protect, options, deadline, started, kept: isKept });
       recordContinue({ pid: root, startTime: rootStartTime }, keptStopped, 'continue');
       return { ...settled, keptStopped: keptStopped.map((p) => p.pid) };
     }
@@ -547,14 +547,10 @@ export async function continueKeeping(root: number, options: ContinueOptions, ke
 
 interface SettleContext {
   root: number;
-  rootStartTime: number;
   protect: number[];
   options: ContinueOptions;
   deadline: number;
-  cache: ReturnType<typeof walkCache>['handle'];
-  tally: Tally;
   started: number;
-  passes: number;
   /** The application's own stops, which the continue keeps: not resumed again either. */
   kept: (p: Identity) => boolean;
 }
@@ -564,50 +560,48 @@ interface SettleContext {
  * mirrors its child's stop (su, runuser: waitpid(WUNTRACED), then
  * kill(getpid(), SIGSTOP)) may have seen the child stop before our SIGSTOP
  * reached it, and carries out that reaction only once resumed — after the
- * verifying pass, as soon as the scheduler runs it. So the tree is watched
- * for `settleMs` (looks at 1, 4, 16 … ms), longer (up to SETTLE_LATE_FACTOR
- * times) while a parent it resumed is still runnable, and a process this
- * call saw running that shows T again is resumed, and the watch starts over. A
- * process that stops itself again every time is not resumed forever: after
- * SETTLE_ROUNDS rounds the continue fails (ETIMEDOUT) naming it.
+ * verifying pass, as soon as the scheduler runs it. So the processes this
+ * call saw running are watched for `settleMs` (looks at 1, 4, 16 … ms),
+ * longer (up to SETTLE_LATE_FACTOR times) while a parent among them is still
+ * runnable, and one that shows T again is resumed, and the watch starts
+ * over. A process that stops itself again every time is not resumed
+ * forever: after SETTLE_ROUNDS rounds the continue fails (ETIMEDOUT) naming
+ * it.
+ *
+ * A process that stops itself stops all its threads (a group-stop), its
+ * leader's included: so a look reads only each watched process's leader
+ * state, found by identity, not the whole tree with every thread and
+ * children file (a process whose leader thread has exited, a zombie leader,
+ * is no longer watched).
  */
 async function settle(verified: TransitionResult, verifying: NativeWalkResult, ctx: SettleContext): Promise<TransitionResult> {
-  const { root, rootStartTime, protect, options, cache, tally } = ctx;
+  const { root, protect, options } = ctx;
   const settleMs = options.settleMs ?? DEFAULT_SETTLE_MS;
   const { SIGCONT } = native().signals;
   // Processes this call saw running; those it has not seen are not its to resume.
-  const resumed = new Map(verifying.processes.filter((p) => processState(p.threads) !== 'dead' && !ctx.kept(p)).map((p) => [p.pid, p.startTime]));
-  const resumedAgain: number[] = [];
-  let looks = 0;
-  let last = verifying;
+  const resumed = verifying.processes.filter((p) => processState(p.threads) !== 'dead' && !ctx.kept(p));
+  const watched: Identity[] = resumed.map((p) => ({ pid: p.pid, startTime: p.startTime }));
   // Only a parent can mirror its child's stop; one still runnable (R) may
   // not have had the CPU since its SIGCONT, or be on its way to the reaction.
-  const reacting = (pass: NativeWalkResult) => pass.processes.some((p) => resumed.get(p.pid) === p.startTime && p.children.length > 0 && p.threads[0]?.state === 'R');
-  for (let round = 0; ; round++) {
+  const isParent = resumed.map((p) => p.children.length > 0);
+  let states = resumed.map((p) => p.threads.find((t) => t.tid === p.pid)?.state ?? '-').join('');
+  const reacting = () => isParent.some((parent, i) => parent && states[i] === 'R');
+  const resumedAgain: number[] = [];
+  let looks = 0;
+  for (let round = 0; watched.length > 0; round++) {
     const windowEnd = performance.now() + settleMs;
     const lateEnd = windowEnd + settleMs * (SETTLE_LATE_FACTOR - 1);
-    let again: NativeWalkResult['processes'] = [];
+    let again: Identity[] = [];
     for (let wait = 1; again.length === 0; wait *= 4) {
       const now = performance.now();
-      if (now >= windowEnd && (now >= lateEnd || !reacting(last))) break;
+      if (now >= windowEnd && (now >= lateEnd || !reacting())) break;
       await pause(now < windowEnd ? Math.min(wait, windowEnd - now) : Math.min(4, lateEnd - now));
-      try {
-        last = await walkTree({ root, rootStartTime, scan: options.scan, cache });
-      } catch (e) {
-        // The root exited after the tree was verified running: nothing left to watch.
-        if (hasCode(e, 'ESRCH')) return { ...verified, settle: { looks, resumedAgain } };
-        throw e;
-      }
+      states = await native().leaderStates(watched);
       looks++;
-      tally.add(last);
-      if (last.failures.length > 0) throw failureError(last.failures, 'continue', '');
-      again = last.processes.filter((p) => resumed.get(p.pid) === p.startTime && p.threads.some((t) => t.state === 'T'));
+      again = watched.filter((_, i) => states[i] === 'T');
     }
-    if (again.length === 0) {
-      const result = tally.result(root, 'running', last, ctx.passes, ctx.started, rootStartTime);
-      return { ...result, signalled: verified.signalled, settle: { looks, resumedAgain } };
-    }
-    const stopped = liveThreads(again, (s) => s === 'T');
+    if (again.length === 0) break;
+    const stopped: ThreadRef[] = again.map((p) => ({ pid: p.pid, tid: p.pid, state: 'T' }));
     if (round >= SETTLE_ROUNDS || performance.now() > ctx.deadline) {
       throw new TreeStateError(
         'ETIMEDOUT',
@@ -615,10 +609,11 @@ async function settle(verified: TransitionResult, verifying: NativeWalkResult, c
         { pid: root, threads: stopped, pids: pidsOf(stopped), details: { resumedAgain } },
       );
     }
-    const sent = await native().signalList(again.map((p) => ({ pid: p.pid, startTime: p.startTime })), SIGCONT, true, protect);
+    const sent = await native().signalList(again, SIGCONT, true, protect);
     if (sent.failures.length > 0) throw failureError(sent.failures, 'continue', '');
     for (const pid of sent.signalled) if (!resumedAgain.includes(pid)) resumedAgain.push(pid);
   }
+  return { ...verified, elapsedMs: Math.round((performance.now() - ctx.started) * 1000) / 1000, settle: { looks, resumedAgain } };
 }
 
 /**
