@@ -2,7 +2,8 @@
 // its stats image (images/stats.proto), written for this project: field
 // numbers and enum values are facts of the protocol and must match CRIU's.
 // proto2, as CRIU's: `required` fields must be sent.
-import protobuf from 'protobufjs';
+import { createRequire } from 'node:module';
+import type { Type } from 'protobufjs';
 
 const SCHEMA = `
 syntax = "proto2";
@@ -110,10 +111,18 @@ message criu_resp {
 
 `;
 
-const root = protobuf.parse(SCHEMA, { keepCase: true }).root;
+let types: { req: Type; resp: Type } | undefined;
 
-export const CriuReq = root.lookupType('criu_req');
-export const CriuResp = root.lookupType('criu_resp');
+// Parsed on first use: `require('treestate')` and the commands that never
+// speak to criu do not load protobufjs (it costs a cold start milliseconds).
+function messages(): { req: Type; resp: Type } {
+  if (!types) {
+    const protobuf = createRequire(import.meta.url)('protobufjs') as typeof import('protobufjs');
+    const root = protobuf.parse(SCHEMA, { keepCase: true }).root;
+    types = { req: root.lookupType('criu_req'), resp: root.lookupType('criu_resp') };
+  }
+  return types;
+}
 
 /** criu_req_type, by name. */
 export const ReqType = {
@@ -171,6 +180,7 @@ export interface CriuRespMessage {
 }
 
 export function encodeReq(req: CriuReqMessage): Buffer {
+  const { req: CriuReq } = messages();
   const message = CriuReq.fromObject(req);
   const invalid = CriuReq.verify(message);
   if (invalid) throw new Error(`criu_req: ${invalid}`);
@@ -180,5 +190,6 @@ export function encodeReq(req: CriuReqMessage): Buffer {
 export function decodeResp(data: Buffer): CriuRespMessage {
   // Only fields CRIU set are present (no defaults filled in): an absent
   // cr_errno is not "errno 0".
+  const { resp: CriuResp } = messages();
   return CriuResp.toObject(CriuResp.decode(data), { longs: Number, enums: Number }) as CriuRespMessage;
 }
