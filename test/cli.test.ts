@@ -187,8 +187,8 @@ describe('CLI', () => {
       // Every module file the process loaded, printed on stderr as it exits.
       const probe = join(dir, 'probe.cjs');
       writeFileSync(probe, "process.on('exit', () => require('fs').writeSync(2, '\\nLOADED ' + JSON.stringify(Object.keys(require.cache))));");
-      const loaded = async (args: string[]) => {
-        const run = await cli(args, { env: { NODE_OPTIONS: `--require ${probe}` } });
+      const loaded = async (args: string[], env: NodeJS.ProcessEnv = {}) => {
+        const run = await cli(args, { env: { NODE_OPTIONS: `--require ${probe}`, ...env } });
         expect(run.code, run.stderr).to.equal(0);
         return JSON.parse(run.stderr.split('\nLOADED ').at(-1)!) as string[];
       };
@@ -196,11 +196,15 @@ describe('CLI', () => {
         const files = await loaded([command, String(tree.root)]);
         expect(files.filter((f) => f.includes('/protobufjs/') || /\/dist\/(criu|cgroup|migrate|demo)-/.test(f)), command).to.deep.equal([]);
       }
-      // The same probe sees them when a command needs them (and --help shows every command).
+      // The same probe sees criu's code when a command needs it (and --help shows every command);
+      // protobufjs only once criu is spoken to.
       for (const args of [['dump', '--help'], ['--help']]) {
         const files = await loaded(args);
-        expect(files.some((f) => f.includes('/protobufjs/')), args.join(' ')).to.equal(true);
+        expect(files.some((f) => /\/dist\/criu-/.test(f)), args.join(' ')).to.equal(true);
       }
+      // A state directory without a kept verdict: check asks criu over RPC.
+      const fresh = mkdtempSync(join(dir, 'state-'));
+      expect((await loaded(['check'], { TREESTATE_STATE_DIR: fresh })).some((f) => f.includes('/protobufjs/')), 'check').to.equal(true);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
