@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { TreeStateError, continueTree, getTreeState, stopTree } from '../src/index.js';
 import { native, nativeExecutable } from '../src/native.js';
-import { spawnSupervised, spawnTree } from '../src/testing/index.js';
+import { observePasses, spawnSupervised, spawnTree } from '../src/testing/index.js';
 import { betweenNativePasses, hasExited, waitFor } from './helpers.js';
 
 
@@ -108,12 +108,11 @@ describe('continue', () => {
     // after it, skipped here, are others).
     await stopTree(tree.root);
     let calls = 0;
-    const original = addon.walk;
-    addon.walk = (o) => (calls++, original.call(addon, o));
+    const stop = observePasses({ afterPass: () => void calls++, splitFollowUps: false });
     try {
       expect((await continueTree(tree.root, { settleMs: 0 })).passes).to.equal(2);
     } finally {
-      addon.walk = original;
+      stop();
     }
     expect(calls).to.equal(1);
     await tree.waitProgress();
