@@ -148,7 +148,6 @@ const STOP_NUMBERS = { timeoutMs: DURATION, maxPasses: wholeNumber(1, 1_000_000)
 async function stopPasses(run: Passes, options: StopOptions, beforeKill: boolean): Promise<TransitionResult> {
   const { root } = run;
   const maxPasses = options.maxPasses ?? 100;
-  const { SIGSTOP } = native().signals;
   let growing = 0;
   let quiet = 0;
   let tracedOnly = 0;
@@ -177,14 +176,9 @@ async function stopPasses(run: Passes, options: StopOptions, beforeKill: boolean
   for (;;) {
     let pass: NativeWalkResult;
     try {
-      pass = await run.walk({
-        signal: SIGSTOP,
-        select: 'not-stopped',
-        order: 'parents-first',
-        // The first pass stops whatever runs without reading the threads
-        // behind a running leader; the later ones read every thread.
-        leaderSelects: run.passes === 0,
-      });
+      // The first pass stops whatever runs without reading the threads
+      // behind a running leader; the later ones read every thread.
+      pass = await run.walk({ kind: 'stop', first: run.passes === 0 });
     } catch (e) {
       if (run.passes === 0) throw e;
       const undone = await undo((e as { code?: string }).code ?? '');
@@ -351,7 +345,6 @@ export async function continueKeeping(root: number, options: ContinueOptions, ke
   const target = checkTarget(root, options, { timeoutMs: DURATION });
   refuseFrozen(root, 'continue');
   using run = new Passes(target, options);
-  const { SIGCONT } = native().signals;
   let followUp: NativeWalkResult | undefined;
   const kept = new Map((keep?.kept ?? []).map((p) => [p.pid, p.startTime]));
   const isKept = (p: { pid: number; startTime: number }) => kept.get(p.pid) === p.startTime;
@@ -362,17 +355,11 @@ export async function continueKeeping(root: number, options: ContinueOptions, ke
         followUp ??
         (await run.walk({
           rootStartTime: run.rootStartTime ?? keep?.root.startTime,
-          signal: SIGCONT,
-          select: run.passes === 0 ? 'all' : 'stopped',
-          order: 'children-first',
-          // Read, then signal: a SIGCONT wakes its process, and reading the rest
-          // of the tree while the woken ones run is slower on every core count
-          // (what runs meanwhile only forks running children, which need no SIGCONT).
-          signalAfterRead: true,
+          kind: 'continue',
+          first: run.passes === 0,
           // The verifying pass at once, in the same native call: this thread
           // would otherwise wait for a core behind every thread just woken.
-          followUpIfStopped: run.passes === 0 ? 'stopped' : undefined,
-          perThread: true,
+          verify: run.passes === 0,
           keep: kept.size ? [...kept].map(([pid, startTime]) => ({ pid, startTime })) : undefined,
         }));
     } catch (e) {
@@ -383,7 +370,7 @@ export async function continueKeeping(root: number, options: ContinueOptions, ke
       kept.clear();
       continue;
     }
-    followUp = pass.next;
+    followUp = pass.verifying;
     if (run.passes === 0) refuseDeadRoot(pass.processes[0], 'continue');
     run.record(pass);
     const rootStartTime = run.rootStartTime!;
@@ -519,7 +506,6 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
     return result;
   }
   const run = new Passes(target, options);
-  const { SIGKILL } = native().signals;
   let stopped = false;
   try {
     using stop = new Passes(target, { ...options, timeoutMs: Math.max(1, run.timeoutMs / 2) }, run.tally);
@@ -553,12 +539,10 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
         pass = await run.walk({
           // From the root, by pid alone, through the cache; from a stray, by identity.
           ...(from ? { root: from.pid, rootStartTime: from.startTime, cache: undefined } : { rootStartTime: undefined }),
-          signal: SIGKILL,
-          select: 'all',
           // A stopped tree cannot fork: read it all, then kill it in one
           // burst, children first. One that still forks is killed parents
           // first, and what ran is listed again once killed.
-          ...(stopped ? { order: 'children-first', signalAfterRead: true } : { order: 'parents-first', relistAfterSignal: true }),
+          kind: stopped ? 'kill-stopped' : 'kill',
         });
       } catch (e) {
         // Reaped: nothing left to kill through it.

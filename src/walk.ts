@@ -20,12 +20,12 @@ export interface PassObserver {
   /** After each signal to processes known from an earlier pass (a stop's rollback, a continue's settle). */
   afterSignalList?(outcome: NativeSignalListResult, request: { targets: Identity[]; signal: number }): void | Promise<void>;
   /**
-   * Whether a verifying pass that continue asks for in the same native call
-   * (`followUpIfStopped`) is asked for as a call of its own, so that
-   * `afterPass` runs between the two passes as well. Default true; false
-   * keeps the operation's native calls as they are (to count them).
+   * Whether the verifying pass a continue asks for in the same native call
+   * (`verify`) is asked for as a call of its own, so that `afterPass` runs
+   * between the two passes as well. Default true; false keeps the
+   * operation's native calls as they are (to count them).
    */
-  splitFollowUps?: boolean;
+  separateVerify?: boolean;
 }
 
 let observer: PassObserver | undefined;
@@ -52,7 +52,7 @@ export function observePasses(next: PassObserver): () => void {
  */
 export async function walkTree(options: NativeWalkOptions): Promise<NativeWalkResult> {
   const watching = observer;
-  const request = watching && watching.splitFollowUps !== false ? { ...options, followUpIfStopped: undefined } : options;
+  const request = watching && watching.separateVerify !== false ? { ...options, verify: undefined } : options;
   if (watching?.beforePass) await watching.beforePass(request);
   let result: NativeWalkResult;
   try {
@@ -65,7 +65,7 @@ export async function walkTree(options: NativeWalkOptions): Promise<NativeWalkRe
   if (root?.kernelThread) {
     throw new TreeStateError('EREFUSED', `refusing pid ${options.root}: it is a kernel thread (${root.comm})`, { pid: options.root });
   }
-  if (!options.signal && result.failures.length > 0) throw failureError(result.failures, 'read');
+  if ((options.kind ?? 'look') === 'look' && result.failures.length > 0) throw failureError(result.failures, 'read');
   return result;
 }
 

@@ -64,11 +64,10 @@ describe('kill', () => {
   it('kills the children of a root that exits between the stop and the kill', async () => {
     await using tree = await spawnTree({ depth: 2, fanout: 2, threads: 2 });
     const pids = tree.pids();
-    const { SIGSTOP } = native().signals;
     let killedRoot = false;
     const result = await betweenNativePasses(async (_index, pass, options) => {
       // A stop pass that signals nothing found every thread stopped: the stop is done.
-      if (killedRoot || options.signal !== SIGSTOP || pass.signalled.length > 0) return;
+      if (killedRoot || options.kind !== 'stop' || pass.signalled.length > 0) return;
       killedRoot = true;
       process.kill(tree.root, 'SIGKILL');
       await waitFor(() => hasExited(tree.root), 2000, 'the root exiting');

@@ -220,7 +220,7 @@ function countSignals(): { counters: Counters; restore: () => void } {
     afterPass: (result, options) => {
       for (const pid of result.signalled) {
         counters.signalled++;
-        counters.calls.push(`signal ${options.signal} to ${pid} (${result.processes.find((p) => p.pid === pid)?.comm}) by walk ${JSON.stringify(options)}`);
+        counters.calls.push(`${options.kind} signal to ${pid} (${result.processes.find((p) => p.pid === pid)?.comm}) by walk ${JSON.stringify(options)}`);
       }
     },
     afterSignalList: (result, { signal }) => {
