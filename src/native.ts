@@ -5,6 +5,13 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ErrorCode, SystemErrorCode } from './errors.js';
 
+/** With its pid, a process's start time (clock ticks after boot) names it: a pid taken again names another. */
+export interface Identity {
+  pid: number;
+  startTime: number;
+}
+
+/** A thread as a pass read it: the one thread record (ThreadInfo and ThreadRef build on it). */
 export interface NativeThread {
   tid: number;
   /**
@@ -21,11 +28,9 @@ export interface NativeThread {
   vfork?: boolean;
 }
 
-export interface NativeProcess {
-  pid: number;
+/** A process as a pass read it: the one process record (ProcessInfo builds on it). */
+export interface NativeProcess extends Identity {
   ppid: number;
-  /** Clock ticks after boot; with the pid, the process's identity. */
-  startTime: number;
   comm: string;
   kernelThread: boolean;
   threads: NativeThread[];
@@ -104,11 +109,6 @@ export interface NativeWalkOptions {
 
 /** Opaque: the files a run of passes keeps open (native/walk.h, WalkCache). */
 export type NativeWalkCache = { readonly __brand: 'NativeWalkCache' };
-
-export interface Identity {
-  pid: number;
-  startTime: number;
-}
 
 export interface NativeSignalListResult {
   signalled: number[];

@@ -2,7 +2,7 @@
 import { frozenCgroupOf } from './cgroup/frozen.js';
 import { TreeStateError, type ThreadRef } from './errors.js';
 import { recordOf } from './stop-records.js';
-import { native, type Identity, type NativeProcess } from './native.js';
+import { native, type Identity, type NativeProcess, type NativeThread } from './native.js';
 import { walkTree } from './walk.js';
 
 /**
@@ -13,22 +13,12 @@ export type TreeState = 'running' | 'stopped' | 'dead' | 'mixed' | 'frozen';
 /** How one thread or process stands. `traced` is ptrace-stop ('t'): SIGCONT cannot resume it. */
 export type ProcessState = 'running' | 'stopped' | 'traced' | 'dead' | 'mixed';
 
-export interface ThreadInfo {
-  tid: number;
-  /** The kernel's state letter: R, S, D, T, t, Z, X … */
-  state: string;
-  tracerPid?: number;
-}
+/** A thread as treestate read it (the native record, src/native.ts). */
+export type ThreadInfo = NativeThread;
 
-export interface ProcessInfo {
-  pid: number;
-  ppid: number;
-  /** Clock ticks after boot (field 22 of /proc/PID/stat). */
-  startTime: number;
-  comm: string;
+/** A process as treestate read it: the native record, with its state; kernel threads are never in a tree. */
+export interface ProcessInfo extends Omit<NativeProcess, 'kernelThread'> {
   state: ProcessState;
-  threads: ThreadInfo[];
-  children: number[];
 }
 
 export interface TreeSnapshot {
