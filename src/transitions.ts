@@ -1,7 +1,7 @@
 // Moving a tree between Running, Stopped and Dead. Policy lives here (order,
 // passes, verification, rollback, timeouts); every look at the tree and every
 // signal is one native pass (see native/walk.cc).
-import { TreeStateError, describePids, describeThreads, hasCode, plural, type ThreadRef } from './errors.js';
+import { TreeStateError, describePids, describeThreads, hasCode, plural, type ErrorCode, type ThreadRef } from './errors.js';
 import { refuseFrozen } from './cgroup/frozen.js';
 import { killOwnedTree, ownedCgroup } from './cgroup/tree.js';
 import { native, type Identity, type NativeFailure, type NativeWalkResult } from './native.js';
@@ -161,6 +161,8 @@ async function stopPasses(run: Passes, options: StopOptions, beforeKill: boolean
     await run.releaseCache();
     return rollback(run);
   };
+  /** The stop gives up: undoes what it did, and says so at the end of the error. */
+  const giveUp = async (code: ErrorCode, message: string, fields: ConstructorParameters<typeof TreeStateError>[2]) => new TreeStateError(code, `${message}${rolledBackNote(await undo(code))}`, fields);
   // The looks count as passes; the first signalling pass is still the first to stop.
   let looks = 0;
   if (!beforeKill) {
@@ -209,15 +211,13 @@ async function stopPasses(run: Passes, options: StopOptions, beforeKill: boolean
       return beforeKill ? result : recordedStop(result, pass, run);
     }
     if (passes > 1 && fresh > 0 && ++growing > maxPasses) {
-      const undone = await undo('ENOTSETTLED');
-      throw new TreeStateError('ENOTSETTLED', `the tree of ${root} kept forking new processes through ${plural(maxPasses, 'pass')}${rolledBackNote(undone)}`, { pid: root, pids: pass.processes.map((p) => p.pid) });
+      throw await giveUp('ENOTSETTLED', `the tree of ${root} kept forking new processes through ${plural(maxPasses, 'pass')}`, { pid: root, pids: pass.processes.map((p) => p.pid) });
     }
     // A thread in ptrace-stop only reaches group-stop when its tracer lets
     // it: if nothing else is left, say so rather than wait for the timeout.
     tracedOnly = notStopped.length > 0 && notStopped.every((t) => t.state === 't') ? tracedOnly + 1 : 0;
     if (tracedOnly >= 8) {
-      const undone = await undo('ETRACED');
-      throw new TreeStateError('ETRACED', `cannot stop the tree of ${root}: ${describeThreads(notStopped)} in ptrace-stop${rolledBackNote(undone)}`, { pid: root, threads: notStopped, pids: pidsOf(notStopped) });
+      throw await giveUp('ETRACED', `cannot stop the tree of ${root}: ${describeThreads(notStopped)} in ptrace-stop`, { pid: root, threads: notStopped, pids: pidsOf(notStopped) });
     }
     // A parent waiting in vfork (D) leaves it only when its child execs or
     // exits: with that child stopped (by us), never, so no SIGSTOP reaches it.
@@ -225,8 +225,7 @@ async function stopPasses(run: Passes, options: StopOptions, beforeKill: boolean
     const vforkHeld = beforeKill ? [] : waitingInVfork(pass);
     vforkOnly = vforkHeld.length > 0 && notStopped.every((t) => vforkHeld.includes(t.pid)) ? vforkOnly + 1 : 0;
     if (vforkOnly >= 3) {
-      const undone = await undo('EVFORK');
-      throw new TreeStateError('EVFORK', `cannot stop the tree of ${root}: ${describePids(vforkHeld)} ${vforkHeld.length === 1 ? 'waits' : 'wait'} in vfork for a stopped child, and a process leaves vfork only when its child execs or exits${rolledBackNote(undone)}`, {
+      throw await giveUp('EVFORK', `cannot stop the tree of ${root}: ${describePids(vforkHeld)} ${vforkHeld.length === 1 ? 'waits' : 'wait'} in vfork for a stopped child, and a process leaves vfork only when its child execs or exits`, {
         pid: root,
         threads: notStopped,
         pids: vforkHeld,
@@ -239,16 +238,14 @@ async function stopPasses(run: Passes, options: StopOptions, beforeKill: boolean
     const held = beforeKill ? new Set(notStopped.filter((t) => t.state === 't' || t.state === 'D').map((t) => t.pid)) : undefined;
     heldOnly = held && notStopped.length > 0 && notStopped.every((t) => held.has(t.pid)) ? heldOnly + 1 : 0;
     if (heldOnly >= 8) {
-      const undone = await undo('ETIMEDOUT');
-      throw new TreeStateError('ETIMEDOUT', `the tree of ${root} cannot stop now: ${describeThreads(notStopped)} in uninterruptible sleep or ptrace-stop${rolledBackNote(undone)}`, {
+      throw await giveUp('ETIMEDOUT', `the tree of ${root} cannot stop now: ${describeThreads(notStopped)} in uninterruptible sleep or ptrace-stop`, {
         pid: root,
         threads: notStopped,
         pids: pidsOf(notStopped),
       });
     }
     if (run.expired()) {
-      const undone = await undo('ETIMEDOUT');
-      throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not stop within ${run.timeoutMs} ms: ${describeThreads(notStopped)} not stopped${rolledBackNote(undone)}`, {
+      throw await giveUp('ETIMEDOUT', `the tree of ${root} did not stop within ${run.timeoutMs} ms: ${describeThreads(notStopped)} not stopped`, {
         pid: root,
         threads: notStopped,
         pids: pidsOf(notStopped),
@@ -345,14 +342,14 @@ export async function continueKeeping(root: number, options: ContinueOptions, ke
   const target = checkTarget(root, options, { timeoutMs: DURATION });
   refuseFrozen(root, 'continue');
   using run = new Passes(target, options);
-  let followUp: NativeWalkResult | undefined;
+  let verifying: NativeWalkResult | undefined;
   const kept = new Map((keep?.kept ?? []).map((p) => [p.pid, p.startTime]));
   const isKept = (p: { pid: number; startTime: number }) => kept.get(p.pid) === p.startTime;
   for (;;) {
     let pass: NativeWalkResult;
     try {
       pass =
-        followUp ??
+        verifying ??
         (await run.walk({
           rootStartTime: run.rootStartTime ?? keep?.root.startTime,
           kind: 'continue',
@@ -370,7 +367,7 @@ export async function continueKeeping(root: number, options: ContinueOptions, ke
       kept.clear();
       continue;
     }
-    followUp = pass.verifying;
+    verifying = pass.verifying;
     if (run.passes === 0) refuseDeadRoot(pass.processes[0], 'continue');
     run.record(pass);
     const rootStartTime = run.rootStartTime!;
@@ -425,7 +422,9 @@ export async function continueKeeping(root: number, options: ContinueOptions, ke
  * times) while a parent it resumed is still runnable, and a process this
  * call saw running that shows T again is resumed, and the watch starts over. A
  * process that stops itself again every time is not resumed forever: after
- * SETTLE_ROUNDS rounds the continue fails (ETIMEDOUT) naming it.
+ * SETTLE_ROUNDS rounds the continue fails (ETIMEDOUT) naming it. The
+ * application's own stops, which the continue keeps (`isKept`), are not
+ * resumed again either.
  */
 async function settle(verified: TransitionResult, verifying: NativeWalkResult, run: Passes, options: ContinueOptions, isKept: (p: Identity) => boolean): Promise<TransitionResult> {
   const { root, tally } = run;
