@@ -653,6 +653,46 @@ class Pass {
 
 }  // namespace
 
+void PlanPass(PassKind kind, bool first, WalkOptions* o) {
+  switch (kind) {
+    case PassKind::Look:
+      o->signal = 0;
+      break;
+    case PassKind::Stop:
+      o->signal = SIGSTOP;
+      o->select = Select::NotStopped;
+      o->order = Order::ParentsFirst;
+      // The first pass signals nearly everything anyway; the later ones
+      // read every thread, so that one of them can prove the tree stopped.
+      o->leaderSelects = first;
+      break;
+    case PassKind::Continue:
+      o->signal = SIGCONT;
+      // The first pass sends every thread of every process SIGCONT; the
+      // later ones only what is still stopped.
+      o->select = first ? Select::All : Select::Stopped;
+      o->order = Order::ChildrenFirst;
+      // Read, then signal: a SIGCONT wakes its process, and reading the rest
+      // of the tree while the woken ones run is slower on every core count
+      // (what runs meanwhile only forks running children, which need no SIGCONT).
+      o->signalAfterRead = true;
+      o->perThread = true;
+      break;
+    case PassKind::Kill:
+      o->signal = SIGKILL;
+      o->select = Select::All;
+      o->order = Order::ParentsFirst;
+      o->relistAfterSignal = true;
+      break;
+    case PassKind::KillStopped:
+      o->signal = SIGKILL;
+      o->select = Select::All;
+      o->order = Order::ChildrenFirst;
+      o->signalAfterRead = true;
+      break;
+  }
+}
+
 bool Kept(const WalkOptions& o, pid_t pid, uint64_t startTime) {
   if (o.keep.empty()) return false;
   auto it = o.keep.find(pid);

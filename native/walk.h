@@ -32,6 +32,16 @@ enum class Select {
   Stopped,     // some live thread is in group-stop (T)
 };
 
+// What a pass is for. Its signal, order, selection and reading rules all
+// follow from the kind (PlanPass): a caller names the kind, not the rules.
+enum class PassKind {
+  Look,         // read the tree, signal nothing
+  Stop,         // SIGSTOP what is not stopped, parents first (before they fork)
+  Continue,     // SIGCONT to every thread, children first, once the tree is read
+  Kill,         // SIGKILL to a tree that may still fork: parents first, children listed again
+  KillStopped,  // SIGKILL to a stopped tree: read whole, then children first in one burst
+};
+
 struct ThreadRecord {
   pid_t tid = 0;
   char state = '?';
@@ -86,6 +96,7 @@ struct WalkCache {
   std::mutex mu;  // the threads of one pass share the map
 };
 
+// The rules of one pass; set from its kind by PlanPass.
 struct WalkOptions {
   pid_t root = 0;
   uint64_t rootStartTime = 0;  // 0: accept whatever process has the pid
@@ -132,6 +143,12 @@ struct WalkOptions {
   // (the process's stat line, needed for its identity).
   const std::unordered_map<pid_t, uint64_t>* resumed = nullptr;
 };
+
+// Sets the signal, order, selection and reading rules of `options` for a
+// pass of `kind`; `first`: the operation's first signalling pass (a stop's
+// signals behind a running leader without reading its other threads; a
+// continue's signals every process, later ones only what is stopped).
+void PlanPass(PassKind kind, bool first, WalkOptions* options);
 
 // Whether `options.keep` names this very process.
 bool Kept(const WalkOptions& options, pid_t pid, uint64_t startTime);

@@ -45,9 +45,23 @@ std::unordered_map<pid_t, uint64_t> Resumed(const WalkResult& r) {
   return out;
 }
 
-Select SelectOf(const Napi::Value& v) {
+// The pass kinds JS names (src/native.ts, PassKind); false for an unknown one.
+bool KindOf(const Napi::Value& v, PassKind* kind) {
+  if (v.IsUndefined()) {
+    *kind = PassKind::Look;
+    return true;
+  }
   std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
-  return s == "not-stopped" ? Select::NotStopped : s == "stopped" ? Select::Stopped : Select::All;
+  static const std::pair<const char*, PassKind> kKinds[] = {
+      {"look", PassKind::Look}, {"stop", PassKind::Stop}, {"continue", PassKind::Continue},
+      {"kill", PassKind::Kill}, {"kill-stopped", PassKind::KillStopped}};
+  for (const auto& [name, k] : kKinds) {
+    if (s == name) {
+      *kind = k;
+      return true;
+    }
+  }
+  return false;
 }
 
 std::vector<pid_t> PidArray(const Napi::Value& v) {
@@ -163,26 +177,22 @@ class WalkWorker : public Napi::AsyncWorker {
 
   void Execute() override {
     Walk(options_, &result_);
-    // The follow-up pass runs on this thread at once: handing the first
-    // result to the JS thread and waiting for it to ask again means waiting
-    // for a core that the threads just continued are all competing for.
-    if (!followUp_ || !result_.rootFound || !result_.failures.empty() || !AnyStopped(result_, options_)) return;
+    // A continue that verifies runs its verifying pass (a later continue
+    // pass) on this thread at once: handing the first result to the JS
+    // thread and waiting for it to ask again means waiting for a core that
+    // the threads just continued are all competing for.
+    if (!verify_ || !result_.rootFound || !result_.failures.empty() || !AnyStopped(result_, options_)) return;
     WalkOptions again = options_;
-    again.select = followSelect_;
+    PlanPass(PassKind::Continue, false, &again);
     again.rootStartTime = result_.processes[0].startTime;
-    std::unordered_map<pid_t, uint64_t> resumed;
-    if (options_.signal == SIGCONT) {
-      resumed = Resumed(result_);
-      again.resumed = &resumed;
-    }
-    Walk(again, &next_);
-    if (!next_.rootFound) next_ = WalkResult();  // JS asks again and reports it as for any pass
+    std::unordered_map<pid_t, uint64_t> resumed = Resumed(result_);
+    again.resumed = &resumed;
+    Walk(again, &verifying_);
+    if (!verifying_.rootFound) verifying_ = WalkResult();  // JS asks again and reports it as for any pass
   }
 
-  void FollowUp(Select select) {
-    followUp_ = true;
-    followSelect_ = select;
-  }
+  // Continue only: signal, then verify in the same call (the result's `verifying`).
+  void Verify() { verify_ = true; }
 
   void OnOK() override {
     Napi::Env env = Env();
@@ -202,7 +212,7 @@ class WalkWorker : public Napi::AsyncWorker {
       return;
     }
     Napi::Object out = ResultObject(env, options_.root, result_);
-    if (next_.rootFound) out.Set("next", ResultObject(env, options_.root, next_));
+    if (verifying_.rootFound) out.Set("verifying", ResultObject(env, options_.root, verifying_));
     deferred_.Resolve(out);
   }
 
@@ -213,9 +223,8 @@ class WalkWorker : public Napi::AsyncWorker {
   WalkOptions options_;
   CacheRef cache_;
   WalkResult result_;
-  bool followUp_ = false;
-  Select followSelect_ = Select::All;
-  WalkResult next_;
+  bool verify_ = false;
+  WalkResult verifying_;
 };
 
 // Closes a released cache's files off the JS thread (there may be thousands);
@@ -331,14 +340,18 @@ Napi::Value WalkAsync(const Napi::CallbackInfo& info) {
         static_cast<uint64_t>(o.Get("rootStartTime").As<Napi::Number>().DoubleValue());
   }
   options.scan = o.Get("scan").ToBoolean();
-  if (o.Get("signal").IsNumber()) options.signal = o.Get("signal").As<Napi::Number>().Int32Value();
-  std::string order = o.Get("order").IsString() ? o.Get("order").As<Napi::String>().Utf8Value() : "";
-  options.order = order == "children-first" ? Order::ChildrenFirst : Order::ParentsFirst;
-  options.select = SelectOf(o.Get("select"));
-  options.perThread = o.Get("perThread").ToBoolean();
-  options.signalAfterRead = o.Get("signalAfterRead").ToBoolean();
-  options.leaderSelects = o.Get("leaderSelects").ToBoolean();
-  options.relistAfterSignal = o.Get("relistAfterSignal").ToBoolean();
+  PassKind kind;
+  if (!KindOf(o.Get("kind"), &kind)) {
+    Napi::TypeError::New(info.Env(), "treestate: walk kind must be look, stop, continue, kill or kill-stopped")
+        .ThrowAsJavaScriptException();
+    return info.Env().Undefined();
+  }
+  bool verify = o.Get("verify").ToBoolean();
+  if (verify && kind != PassKind::Continue) {
+    Napi::TypeError::New(info.Env(), "treestate: only a continue pass verifies").ThrowAsJavaScriptException();
+    return info.Env().Undefined();
+  }
+  PlanPass(kind, o.Get("first").ToBoolean(), &options);
   options.protect = PidArray(o.Get("protect"));
   if (o.Get("keep").IsArray()) {
     for (const Identity& k : IdentityArray(o.Get("keep"))) options.keep[k.pid] = k.startTime;
@@ -355,7 +368,7 @@ Napi::Value WalkAsync(const Napi::CallbackInfo& info) {
     cache = *ref;
   }
   auto* worker = new WalkWorker(info.Env(), std::move(options), std::move(cache));
-  if (o.Get("followUpIfStopped").IsString()) worker->FollowUp(SelectOf(o.Get("followUpIfStopped")));
+  if (verify) worker->Verify();
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;

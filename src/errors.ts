@@ -1,6 +1,7 @@
 // The errors treestate throws: one class, a small set of stable codes.
 
 import type { constants } from 'node:os';
+import type { NativeThread } from './native.js';
 
 /**
  * A system error the kernel gave while treestate read or signalled a
@@ -39,11 +40,9 @@ export type ErrorCode =
   | 'ENOTAWAITED' // treestate/testing: a test did not await a chai tree assertion
   | SystemErrorCode;
 
-export interface ThreadRef {
+/** A thread named in an error or a status: the thread record, with its process. */
+export interface ThreadRef extends NativeThread {
   pid: number;
-  tid: number;
-  state: string;
-  tracerPid?: number;
 }
 
 export class TreeStateError extends Error {

@@ -5,14 +5,21 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ErrorCode, SystemErrorCode } from './errors.js';
 
+/** With its pid, a process's start time (clock ticks after boot) names it: a pid taken again names another. */
+export interface Identity {
+  pid: number;
+  startTime: number;
+}
+
+/** A thread as a pass read it: the one thread record (ThreadInfo and ThreadRef build on it). */
 export interface NativeThread {
   tid: number;
   /**
    * The kernel's state letter: R S D T t Z X I …, or, not kernel letters,
-   * '+' for a thread a follow-up pass did not read again because a SIGCONT of
-   * the pass before it ended its group-stop (`followUpIfStopped`), '?' for
-   * one a pass did not read because it signalled the process on its leader's
-   * state (`leaderSelects`).
+   * '+' for a thread a verifying pass did not read again because the SIGCONT
+   * of the pass before it ended its group-stop (`verify`), '?' for one a
+   * pass did not read because it signalled the process on its leader's
+   * state (a stop's first pass).
    */
   state: string;
   /** Only for threads in ptrace-stop ('t'). */
@@ -21,11 +28,9 @@ export interface NativeThread {
   vfork?: boolean;
 }
 
-export interface NativeProcess {
-  pid: number;
+/** A process as a pass read it: the one process record (ProcessInfo builds on it). */
+export interface NativeProcess extends Identity {
   ppid: number;
-  /** Clock ticks after boot; with the pid, the process's identity. */
-  startTime: number;
   comm: string;
   kernelThread: boolean;
   threads: NativeThread[];
@@ -54,46 +59,49 @@ export interface NativeWalkResult {
   signalled: number[];
   gone: number[];
   failures: NativeFailure[];
-  /** `relistAfterSignal`: processes that had begun to exit when their children were listed again (a child forked just before the signal may be missing). */
+  /** A kill of a tree that may still fork: processes that had begun to exit when their children were listed again (a child forked just before the signal may be missing). */
   unlisted: number[];
-  /** The follow-up pass (`followUpIfStopped`), when this one found a thread in group-stop and it ran. */
-  next?: NativeWalkResult;
+  /** The verifying pass (`verify`), when this one found a thread in group-stop and failed nowhere. */
+  verifying?: NativeWalkResult;
 }
+
+/**
+ * What a pass is for; native/walk.cc (PlanPass) derives from it the signal,
+ * the order, which processes are signalled and how threads are read:
+ * - `look`: read the tree, signal nothing.
+ * - `stop`: SIGSTOP to every process with a thread not stopped, parents
+ *   first (before they fork). The first pass signals a process whose leader
+ *   runs or sleeps (R, S) without reading its other threads ('?').
+ * - `continue`: SIGCONT to every thread, children first, once the whole
+ *   tree is read; the first pass to every process, later ones to those with
+ *   a thread in group-stop.
+ * - `kill`: SIGKILL to every process of a tree that may still fork, parents
+ *   first; one not stopped when read has its children read again once
+ *   signalled (a process sent SIGKILL forks no more), and is signalled even
+ *   if reading it failed for want of resources. A child that has since moved
+ *   to another parent is followed if it started before it was listed.
+ * - `kill-stopped`: SIGKILL to every process of a stopped tree: read whole,
+ *   then children first in one burst.
+ */
+export type PassKind = 'look' | 'stop' | 'continue' | 'kill' | 'kill-stopped';
 
 export interface NativeWalkOptions {
   root: number;
   rootStartTime?: number;
   scan?: boolean;
-  signal?: number;
-  order?: 'parents-first' | 'children-first';
-  select?: 'all' | 'not-stopped' | 'stopped';
-  perThread?: boolean;
-  /** Children first only: signal once the whole tree is read (for a tree that cannot fork meanwhile). */
-  signalAfterRead?: boolean;
+  /** Default `look`. */
+  kind?: PassKind;
+  /** Stop and continue: the operation's first signalling pass. */
+  first?: boolean;
   /**
-   * When this pass finds a thread in group-stop (and fails nowhere), a second
-   * pass with these options but this selection runs at once in the same
-   * native call: its result is `next`. For continue, whose verification would
+   * Continue only: signal, then verify in the same native call, at once,
+   * with a later continue pass (the result's `verifying`) when this one
+   * found a thread in group-stop and failed nowhere: the verification would
    * otherwise wait for the JS thread while the threads it just woke hold the cores.
    */
-  followUpIfStopped?: 'all' | 'not-stopped' | 'stopped';
-  /**
-   * With select 'not-stopped': a process whose leader is running or asleep
-   * (R, S) is signalled without reading its other threads' states ('?'). For
-   * the first pass of a stop, which signals nearly everything anyway.
-   */
-  leaderSelects?: boolean;
-  /**
-   * Parents first only, for a kill of a tree that may still fork: a process
-   * not stopped when read has its children read again once signalled (a
-   * process sent SIGKILL forks no more, so that list is all it has), and is
-   * signalled even if reading it failed for want of resources. A child that
-   * has since moved to another parent is followed if it started before it
-   * was listed.
-   */
-  relistAfterSignal?: boolean;
+  verify?: boolean;
   protect?: number[];
-  /** Processes the pass never signals, whatever the selection (matched by pid and start time): the application's own stops, kept by a continue. */
+  /** Processes the pass never signals, whatever its kind (matched by pid and start time): the application's own stops, kept by a continue. */
   keep?: Identity[];
   /** Files kept open from the previous passes of the same operation. */
   cache?: NativeWalkCache;
@@ -101,11 +109,6 @@ export interface NativeWalkOptions {
 
 /** Opaque: the files a run of passes keeps open (native/walk.h, WalkCache). */
 export type NativeWalkCache = { readonly __brand: 'NativeWalkCache' };
-
-export interface Identity {
-  pid: number;
-  startTime: number;
-}
 
 export interface NativeSignalListResult {
   signalled: number[];
@@ -145,7 +148,7 @@ export interface NativeMessage {
 }
 
 export interface NativeAddon {
-  /** One pass over the tree: discover, read every thread's state, signal the selected. */
+  /** One pass over the tree: discover, read every thread's state, and signal as its kind says. */
   walk(options: NativeWalkOptions): Promise<NativeWalkResult>;
   /** Files to keep open between the passes of one operation (at most `maxFiles`, default 8192); one pass at a time. */
   createWalkCache(maxFiles?: number): NativeWalkCache;
@@ -222,8 +225,8 @@ export function nativeExecutable(name: string): string {
 let addon: NativeAddon | undefined;
 
 /** What the addon's walk resolves with: the processes packed (native/workers.cc, Pack). */
-interface PackedWalkResult extends Omit<NativeWalkResult, 'processes' | 'next'> {
-  next?: PackedWalkResult;
+interface PackedWalkResult extends Omit<NativeWalkResult, 'processes' | 'verifying'> {
+  verifying?: PackedWalkResult;
   count: number;
   packed: Float64Array;
   comms: string;
@@ -233,7 +236,7 @@ interface PackedWalkResult extends Omit<NativeWalkResult, 'processes' | 'next'> 
 const letters: string[] = Array.from({ length: 128 }, (_, i) => String.fromCharCode(i));
 
 function unpack(raw: PackedWalkResult): NativeWalkResult {
-  const { count, packed, comms, next, ...rest } = raw;
+  const { count, packed, comms, verifying, ...rest } = raw;
   const names = comms.split('\0');
   const processes: NativeProcess[] = new Array(count);
   let k = 0;
@@ -258,7 +261,7 @@ function unpack(raw: PackedWalkResult): NativeWalkResult {
     processes[i] = { pid, ppid, startTime, comm: names[i]!, kernelThread, threads, children };
   }
   const result: NativeWalkResult = { ...rest, processes };
-  if (next) result.next = unpack(next);
+  if (verifying) result.verifying = unpack(verifying);
   return result;
 }
 

@@ -1,13 +1,15 @@
 // Moving a tree between Running, Stopped and Dead. Policy lives here (order,
 // passes, verification, rollback, timeouts); every look at the tree and every
 // signal is one native pass (see native/walk.cc).
-import { TreeStateError, describePids, describeThreads, hasCode, plural, type ThreadRef } from './errors.js';
+import { TreeStateError, describePids, describeThreads, hasCode, plural, type ErrorCode, type ThreadRef } from './errors.js';
 import { refuseFrozen } from './cgroup/frozen.js';
 import { killOwnedTree, ownedCgroup } from './cgroup/tree.js';
 import { native, type Identity, type NativeFailure, type NativeWalkResult } from './native.js';
-import { DURATION, checkNumbers, wholeNumber } from './options.js';
+import { DURATION, wholeNumber } from './options.js';
+import { Passes, backoff, checkTarget, pause, type PassTally } from './passes.js';
 import { recordContinue, recordOf, recordStop, recordsFor, removeRecords } from './stop-records.js';
-import { checkNotSelf, checkPid, classify, refuseDeadRoot, liveThreads, pidsOf, processState, readFailure, toProcessInfo, walkCache, walkTree, withFrozen, withKept, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
+import { checkPid, classify, refuseDeadRoot, liveThreads, pidsOf, processState, toProcessInfo, withFrozen, withKept, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
+import { failureError, withNote } from './walk.js';
 
 export interface TransitionOptions extends WalkOptions {
   /** How long the tree may take to reach the state (default 10 000 ms). */
@@ -19,21 +21,8 @@ export interface StopOptions extends TransitionOptions {
   maxPasses?: number;
 }
 
-export interface TransitionResult {
-  root: number;
-  /** The state the tree was verified to be in when the call returned. */
-  state: TreeState;
-  /** Live processes of the tree at the end. */
-  processes: number[];
-  /** Processes this call signalled, in the order of their first signal. */
-  signalled: number[];
-  /** Processes seen during the call that were gone at the end: exits, not errors. */
-  exited: number[];
-  passes: number;
-  elapsedMs: number;
-  walk: 'children' | 'scan';
-  /** With the root pid, the identity of the tree's root (clock ticks after boot). */
-  rootStartTime: number;
+/** What a transition did: the pass driver's tally (src/passes.ts), and what the policy adds. */
+export interface TransitionResult extends PassTally {
   /** Continue only: the settle looks after the verified resume, and the processes that stopped again meanwhile and were resumed once more. */
   settle?: { looks: number; resumedAgain: number[] };
   /** Kill: processes it saw that are still alive at the end (the kill then fails, naming them); empty when it returns. */
@@ -60,7 +49,6 @@ export interface ContinueOptions extends TransitionOptions {
   all?: boolean;
 }
 
-const DEFAULT_TIMEOUT_MS = 10_000;
 const DEFAULT_SETTLE_MS = 20;
 /** Rounds of "resumed, stopped itself again" before a continue gives up on a process. */
 const SETTLE_ROUNDS = 5;
@@ -69,86 +57,6 @@ const SETTLE_LATE_FACTOR = 5;
 /** Looks in which a thread must be in ptrace-stop for a stop to refuse the tree before signalling it. */
 const HELD_LOOKS = 5;
 
-/** No pause at all for 0 ms: the next pass is itself asynchronous, so the event loop still turns. */
-async function pause(ms: number): Promise<void> {
-  if (ms > 0) await new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Backoff between verification passes: the first ones come at once, since delivery takes microseconds. */
-function backoff(quietPasses: number): number {
-  return quietPasses < 2 ? 0 : Math.min(16, 2 ** (quietPasses - 2));
-}
-
-/** Tracks every process a call has seen, by identity, to report exits. */
-class Tally {
-  private readonly seen = new Map<number, number>();
-  readonly signalled = new Map<number, Identity>();
-  private readonly gone = new Set<number>();
-  /** How the passes found the tree: the result says so even when its last pass is not at hand (kill). */
-  private walk: NativeWalkResult['walk'] = 'children';
-
-  /** Returns how many processes this pass showed for the first time. */
-  add(pass: NativeWalkResult): number {
-    this.walk = pass.walk;
-    let fresh = 0;
-    for (const p of pass.processes) {
-      if (this.seen.get(p.pid) !== p.startTime) {
-        this.seen.set(p.pid, p.startTime);
-        fresh++;
-      }
-    }
-    const byPid = new Map(pass.processes.map((p) => [p.pid, p]));
-    for (const pid of pass.signalled) {
-      // A process signalled though it could not be read (relistAfterSignal) has no record.
-      const p = byPid.get(pid);
-      if (p && !this.signalled.has(pid)) this.signalled.set(pid, { pid, startTime: p.startTime });
-    }
-    for (const pid of pass.gone) this.gone.add(pid);
-    return fresh;
-  }
-
-  /** Every process seen, in the order first seen (parents before their children). */
-  identities(): Identity[] {
-    return [...this.seen].map(([pid, startTime]) => ({ pid, startTime }));
-  }
-
-  result(root: number, state: TreeState, last: NativeWalkResult | undefined, passes: number, started: number, rootStartTime: number): TransitionResult {
-    const alive = (last?.processes ?? []).filter((p) => processState(p.threads) !== 'dead');
-    const present = new Set(alive.map((p) => p.pid));
-    const exited = new Set([...this.gone, ...this.seen.keys()].filter((pid) => !present.has(pid)));
-    return {
-      root,
-      state,
-      processes: alive.map((p) => p.pid),
-      signalled: [...this.signalled.keys()],
-      exited: [...exited],
-      passes,
-      elapsedMs: Math.round((performance.now() - started) * 1000) / 1000,
-      walk: last?.walk ?? this.walk,
-      rootStartTime,
-    };
-  }
-}
-
-function failureError(failures: NativeFailure[], verb: string, extra: string): TreeStateError {
-  const refused = failures.filter((f) => f.code === 'EREFUSED');
-  if (refused.length > 0) {
-    const pids = refused.map((f) => f.pid);
-    return new TreeStateError('EREFUSED', `refusing to ${verb} ${describePids(pids)}: pid 1, a kernel thread or treestate's own ancestry${extra}`, { pids, pid: pids[0] });
-  }
-  const reads = failures.filter((f) => f.syscall !== 'pidfd_send_signal');
-  if (reads.length > 0) return readFailure(reads, extra);
-  const first = failures[0]!;
-  const pids = failures.filter((f) => f.code === first.code).map((f) => f.pid);
-  const why = first.code === 'EPERM' ? 'operation not permitted' : first.message;
-  return new TreeStateError(first.code, `cannot ${verb} ${pids.length === 1 ? 'pid' : 'pids'} ${describePids(pids)} (${first.code}: ${why})${extra}`, {
-    pids,
-    pid: pids[0],
-    errno: first.errno,
-    syscall: first.syscall,
-  });
-}
-
 /** What a rollback did: the processes it resumed, and those it could not reach (EMFILE, EPERM …). */
 interface Rollback {
   resumed: number[];
@@ -156,11 +64,10 @@ interface Rollback {
 }
 
 /** Resumes exactly the processes a failed stop had stopped, children before parents. */
-async function rollback(tally: Tally, protect: number[]): Promise<Rollback> {
-  const targets = [...tally.signalled.values()].reverse();
+async function rollback(run: Passes): Promise<Rollback> {
+  const targets = [...run.tally.signalled.values()].reverse();
   if (targets.length === 0) return { resumed: [], failed: [] };
-  const { SIGCONT } = native().signals;
-  const result = await native().signalList(targets, SIGCONT, true, protect);
+  const result = await run.signal(targets, native().signals.SIGCONT);
   return { resumed: result.signalled, failed: result.failures };
 }
 
@@ -201,7 +108,9 @@ function sameShape(a: TreeShape, b: TreeShape): boolean {
  */
 export async function stopTree(pid: number, options: StopOptions = {}): Promise<TransitionResult> {
   refuseFrozen(checkPid(pid), 'stop');
-  return stopPasses(pid, options, false, new Tally());
+  using run = new Passes(checkTarget(pid, options, STOP_NUMBERS), options);
+  // Awaited here: `using` releases the cache when this function returns.
+  return await stopPasses(run, options, false);
 }
 
 /**
@@ -209,7 +118,7 @@ export async function stopTree(pid: number, options: StopOptions = {}): Promise<
  * thread in T, and this call never signalled them): the application's own
  * stops, which a continue keeps (src/stop-records.ts).
  */
-function recordedStop(result: TransitionResult, last: NativeWalkResult, tally: Tally): TransitionResult {
+function recordedStop(result: TransitionResult, last: NativeWalkResult, { tally }: Passes): TransitionResult {
   const present = last.processes.filter((p) => processState(p.threads) !== 'dead').map((p) => ({ pid: p.pid, startTime: p.startTime }));
   const found = present.filter((p) => tally.signalled.get(p.pid)?.startTime !== p.startTime);
   const { kept, warnings } = recordStop({ pid: result.root, startTime: result.rootStartTime }, present, found, 'stop');
@@ -236,16 +145,9 @@ const KILL_GOES_ON = ['ETIMEDOUT', 'ETRACED', 'ENOTSETTLED', 'ESRCH', ...READ_FA
  */
 const STOP_NUMBERS = { timeoutMs: DURATION, maxPasses: wholeNumber(1, 1_000_000) };
 
-async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean, tally: Tally): Promise<TransitionResult> {
-  const root = checkPid(pid);
-  checkNumbers(options, STOP_NUMBERS);
-  const protect = checkNotSelf(root);
-  const started = performance.now();
-  const deadline = started + (options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+async function stopPasses(run: Passes, options: StopOptions, beforeKill: boolean): Promise<TransitionResult> {
+  const { root } = run;
   const maxPasses = options.maxPasses ?? 100;
-  const { SIGSTOP } = native().signals;
-  let rootStartTime: number | undefined;
-  let passes = 0;
   let growing = 0;
   let quiet = 0;
   let tracedOnly = 0;
@@ -256,52 +158,39 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
   // descriptors (EMFILE), the rollback needs them.
   const undo = async (code: string): Promise<Rollback | null> => {
     if (beforeKill && (KILL_GOES_ON as readonly string[]).includes(code)) return null;
-    await cache.release();
-    return rollback(tally, protect);
+    await run.releaseCache();
+    return rollback(run);
   };
-  using cache = walkCache();
+  /** The stop gives up: undoes what it did, and says so at the end of the error. */
+  const giveUp = async (code: ErrorCode, message: string, fields: ConstructorParameters<typeof TreeStateError>[2]) => new TreeStateError(code, `${message}${rolledBackNote(await undo(code))}`, fields);
   // The looks count as passes; the first signalling pass is still the first to stop.
   let looks = 0;
   if (!beforeKill) {
     let look: NativeWalkResult;
-    ({ look, looks } = await refuseHeldThreads(root, options, protect, cache.handle));
-    rootStartTime = look.processes[0]!.startTime;
+    ({ look, looks } = await refuseHeldThreads(run));
+    run.identify(look);
     // Nothing runs (and so nothing forks): stopped already.
     if (liveThreads(look.processes, (s) => s !== 'T').length === 0) {
-      tally.add(look);
-      return recordedStop(tally.result(root, 'stopped', look, looks, started, rootStartTime), look, tally);
+      run.tally.add(look);
+      return recordedStop(run.result('stopped', look, looks), look, run);
     }
   }
   for (;;) {
     let pass: NativeWalkResult;
     try {
-      pass = await walkTree({
-        root,
-        rootStartTime,
-        scan: options.scan,
-        cache: cache.handle,
-        signal: SIGSTOP,
-        select: 'not-stopped',
-        order: 'parents-first',
-        // The first pass stops whatever runs without reading the threads
-        // behind a running leader; the later ones read every thread.
-        leaderSelects: passes === 0,
-        protect,
-      });
+      // The first pass stops whatever runs without reading the threads
+      // behind a running leader; the later ones read every thread.
+      pass = await run.walk({ kind: 'stop', first: run.passes === 0 });
     } catch (e) {
-      if (passes === 0) throw e;
+      if (run.passes === 0) throw e;
       const undone = await undo((e as { code?: string }).code ?? '');
       if (hasCode(e, 'ESRCH')) {
         throw new TreeStateError('ESRCH', `process ${root} exited while its tree was being stopped${rolledBackNote(undone)}`, { pid: root, details: { resumed: undone?.resumed ?? [] } });
       }
-      if (e instanceof TreeStateError) {
-        throw new TreeStateError(e.code, `${e.message}${rolledBackNote(undone)}`, { pid: e.pid, pids: e.pids, errno: e.errno, syscall: e.syscall, cause: e });
-      }
-      throw e;
+      throw e instanceof TreeStateError ? withNote(e, rolledBackNote(undone)) : e;
     }
-    passes++;
-    rootStartTime ??= pass.processes[0]!.startTime;
-    const fresh = tally.add(pass);
+    const fresh = run.record(pass);
+    const passes = run.passes;
     if (pass.failures.length > 0) {
       const undone = await undo(pass.failures[0]!.code);
       throw failureError(pass.failures, 'stop', rolledBackNote(undone));
@@ -317,20 +206,18 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
     const unchanged = previousShape === undefined || sameShape(previousShape, shape);
     previousShape = shape;
     if (pass.signalled.length === 0 && notStopped.length === 0 && unchanged) {
-      const result = tally.result(root, 'stopped', pass, passes + looks, started, rootStartTime);
+      const result = run.result('stopped', pass, passes + looks);
       // Before a kill, nothing is left to continue.
-      return beforeKill ? result : recordedStop(result, pass, tally);
+      return beforeKill ? result : recordedStop(result, pass, run);
     }
     if (passes > 1 && fresh > 0 && ++growing > maxPasses) {
-      const undone = await undo('ENOTSETTLED');
-      throw new TreeStateError('ENOTSETTLED', `the tree of ${root} kept forking new processes through ${plural(maxPasses, 'pass')}${rolledBackNote(undone)}`, { pid: root, pids: pass.processes.map((p) => p.pid) });
+      throw await giveUp('ENOTSETTLED', `the tree of ${root} kept forking new processes through ${plural(maxPasses, 'pass')}`, { pid: root, pids: pass.processes.map((p) => p.pid) });
     }
     // A thread in ptrace-stop only reaches group-stop when its tracer lets
     // it: if nothing else is left, say so rather than wait for the timeout.
     tracedOnly = notStopped.length > 0 && notStopped.every((t) => t.state === 't') ? tracedOnly + 1 : 0;
     if (tracedOnly >= 8) {
-      const undone = await undo('ETRACED');
-      throw new TreeStateError('ETRACED', `cannot stop the tree of ${root}: ${describeThreads(notStopped)} in ptrace-stop${rolledBackNote(undone)}`, { pid: root, threads: notStopped, pids: pidsOf(notStopped) });
+      throw await giveUp('ETRACED', `cannot stop the tree of ${root}: ${describeThreads(notStopped)} in ptrace-stop`, { pid: root, threads: notStopped, pids: pidsOf(notStopped) });
     }
     // A parent waiting in vfork (D) leaves it only when its child execs or
     // exits: with that child stopped (by us), never, so no SIGSTOP reaches it.
@@ -338,8 +225,7 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
     const vforkHeld = beforeKill ? [] : waitingInVfork(pass);
     vforkOnly = vforkHeld.length > 0 && notStopped.every((t) => vforkHeld.includes(t.pid)) ? vforkOnly + 1 : 0;
     if (vforkOnly >= 3) {
-      const undone = await undo('EVFORK');
-      throw new TreeStateError('EVFORK', `cannot stop the tree of ${root}: ${describePids(vforkHeld)} ${vforkHeld.length === 1 ? 'waits' : 'wait'} in vfork for a stopped child, and a process leaves vfork only when its child execs or exits${rolledBackNote(undone)}`, {
+      throw await giveUp('EVFORK', `cannot stop the tree of ${root}: ${describePids(vforkHeld)} ${vforkHeld.length === 1 ? 'waits' : 'wait'} in vfork for a stopped child, and a process leaves vfork only when its child execs or exits`, {
         pid: root,
         threads: notStopped,
         pids: vforkHeld,
@@ -352,16 +238,14 @@ async function stopPasses(pid: number, options: StopOptions, beforeKill: boolean
     const held = beforeKill ? new Set(notStopped.filter((t) => t.state === 't' || t.state === 'D').map((t) => t.pid)) : undefined;
     heldOnly = held && notStopped.length > 0 && notStopped.every((t) => held.has(t.pid)) ? heldOnly + 1 : 0;
     if (heldOnly >= 8) {
-      const undone = await undo('ETIMEDOUT');
-      throw new TreeStateError('ETIMEDOUT', `the tree of ${root} cannot stop now: ${describeThreads(notStopped)} in uninterruptible sleep or ptrace-stop${rolledBackNote(undone)}`, {
+      throw await giveUp('ETIMEDOUT', `the tree of ${root} cannot stop now: ${describeThreads(notStopped)} in uninterruptible sleep or ptrace-stop`, {
         pid: root,
         threads: notStopped,
         pids: pidsOf(notStopped),
       });
     }
-    if (performance.now() > deadline) {
-      const undone = await undo('ETIMEDOUT');
-      throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not stop within ${options.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms: ${describeThreads(notStopped)} not stopped${rolledBackNote(undone)}`, {
+    if (run.expired()) {
+      throw await giveUp('ETIMEDOUT', `the tree of ${root} did not stop within ${run.timeoutMs} ms: ${describeThreads(notStopped)} not stopped`, {
         pid: root,
         threads: notStopped,
         pids: pidsOf(notStopped),
@@ -387,16 +271,17 @@ function waitingInVfork(pass: NativeWalkResult): number[] {
  * only one seen there in every one of HELD_LOOKS looks (over ~30 ms)
  * refuses the stop. Returns the last look, and how many were taken.
  */
-async function refuseHeldThreads(root: number, options: StopOptions, protect: number[], cache: ReturnType<typeof walkCache>['handle']): Promise<{ look: NativeWalkResult; looks: number }> {
+async function refuseHeldThreads(run: Passes): Promise<{ look: NativeWalkResult; looks: number }> {
+  const { root } = run;
   let held: ThreadRef[] | undefined;
   for (let look = 1; ; look++) {
     let pass: NativeWalkResult;
     try {
-      pass = await walkTree({ root, scan: options.scan, cache, protect });
+      pass = await run.walk();
     } catch (e) {
       // A tree that cannot be read whole (hidepid, EMFILE) is not stopped in part either.
       if (!(e instanceof TreeStateError) || e.pids.length === 0) throw e;
-      throw new TreeStateError(e.code, `${e.message}${rolledBackNote({ resumed: [], failed: [] })}`, { pid: e.pid, pids: e.pids, errno: e.errno, syscall: e.syscall, cause: e });
+      throw withNote(e, rolledBackNote({ resumed: [], failed: [] }));
     }
     refuseDeadRoot(pass.processes[0], 'stop');
     const traced = liveThreads(pass.processes, (s) => s === 't');
@@ -454,59 +339,41 @@ export interface KeptStops {
  * images or from the tree before the dump.
  */
 export async function continueKeeping(root: number, options: ContinueOptions, keep: KeptStops | undefined): Promise<TransitionResult> {
-  checkNumbers(options, { timeoutMs: DURATION });
-  const protect = checkNotSelf(root);
+  const target = checkTarget(root, options, { timeoutMs: DURATION });
   refuseFrozen(root, 'continue');
-  const started = performance.now();
-  const deadline = started + (options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
-  const { SIGCONT } = native().signals;
-  const tally = new Tally();
-  let rootStartTime: number | undefined;
-  let passes = 0;
-  using cache = walkCache();
-  let followUp: NativeWalkResult | undefined;
+  using run = new Passes(target, options);
+  let verifying: NativeWalkResult | undefined;
   const kept = new Map((keep?.kept ?? []).map((p) => [p.pid, p.startTime]));
   const isKept = (p: { pid: number; startTime: number }) => kept.get(p.pid) === p.startTime;
   for (;;) {
     let pass: NativeWalkResult;
     try {
       pass =
-        followUp ??
-        (await walkTree({
-          root,
-          rootStartTime: rootStartTime ?? keep?.root.startTime,
-          scan: options.scan,
-          cache: cache.handle,
-          signal: SIGCONT,
-          select: passes === 0 ? 'all' : 'stopped',
-          order: 'children-first',
-          // Read, then signal: a SIGCONT wakes its process, and reading the rest
-          // of the tree while the woken ones run is slower on every core count
-          // (what runs meanwhile only forks running children, which need no SIGCONT).
-          signalAfterRead: true,
+        verifying ??
+        (await run.walk({
+          rootStartTime: run.rootStartTime ?? keep?.root.startTime,
+          kind: 'continue',
+          first: run.passes === 0,
           // The verifying pass at once, in the same native call: this thread
           // would otherwise wait for a core behind every thread just woken.
-          followUpIfStopped: passes === 0 ? 'stopped' : undefined,
-          perThread: true,
-          protect,
+          verify: run.passes === 0,
           keep: kept.size ? [...kept].map(([pid, startTime]) => ({ pid, startTime })) : undefined,
         }));
     } catch (e) {
       // The first pass signals nothing when the root is not the record's:
       // the record is stale, and the tree is continued whole.
-      if (passes > 0 || !keep || !hasCode(e, 'ESRCH')) throw e;
+      if (run.passes > 0 || !keep || !hasCode(e, 'ESRCH')) throw e;
       keep = undefined;
       kept.clear();
       continue;
     }
-    followUp = pass.next;
-    passes++;
-    if (passes === 1) refuseDeadRoot(pass.processes[0], 'continue');
-    rootStartTime ??= pass.processes[0]!.startTime;
-    tally.add(pass);
+    verifying = pass.verifying;
+    if (run.passes === 0) refuseDeadRoot(pass.processes[0], 'continue');
+    run.record(pass);
+    const rootStartTime = run.rootStartTime!;
     if (pass.failures.length > 0) {
       // What it could read it continued: say so (continuing again is safe).
-      const reached = [...tally.signalled.keys()];
+      const reached = [...run.tally.signalled.keys()];
       throw failureError(pass.failures, 'continue', reached.length ? `; continued ${describePids(reached)}, which it reached` : '');
     }
     // States are read before each pass signals, so a pass that finds no
@@ -518,7 +385,7 @@ export async function continueKeeping(root: number, options: ContinueOptions, ke
     const ours = kept.size ? pass.processes.filter((p) => !isKept(p)) : pass.processes;
     const stopped = liveThreads(ours, (s) => s === 'T');
     if (stopped.length === 0) {
-      const result = tally.result(root, 'running', pass, passes, started, rootStartTime);
+      const result = run.result('running', pass);
       const traced = liveThreads(ours, (s) => s === 't');
       if (traced.length > 0) {
         result.state = 'mixed';
@@ -530,29 +397,19 @@ export async function continueKeeping(root: number, options: ContinueOptions, ke
         });
       }
       const keptStopped = pass.processes.filter((p) => isKept(p) && p.threads.some((t) => t.state === 'T')).map((p) => ({ pid: p.pid, startTime: p.startTime }));
-      const settled = (options.settleMs ?? DEFAULT_SETTLE_MS) <= 0 ? result : await settle(result, pass, { root, protect, options, deadline, started, kept: isKept });
+      const settled = (options.settleMs ?? DEFAULT_SETTLE_MS) <= 0 ? result : await settle(result, pass, run, options, isKept);
       recordContinue({ pid: root, startTime: rootStartTime }, keptStopped, 'continue');
       return { ...settled, keptStopped: keptStopped.map((p) => p.pid) };
     }
-    if (performance.now() > deadline) {
-      throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not resume within ${options.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms: ${describeThreads(stopped)} still stopped`, {
+    if (run.expired()) {
+      throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not resume within ${run.timeoutMs} ms: ${describeThreads(stopped)} still stopped`, {
         pid: root,
         threads: stopped,
         pids: pidsOf(stopped),
       });
     }
-    await pause(backoff(passes - 1));
+    await pause(backoff(run.passes - 1));
   }
-}
-
-interface SettleContext {
-  root: number;
-  protect: number[];
-  options: ContinueOptions;
-  deadline: number;
-  started: number;
-  /** The application's own stops, which the continue keeps: not resumed again either. */
-  kept: (p: Identity) => boolean;
 }
 
 /**
@@ -566,7 +423,8 @@ interface SettleContext {
  * runnable, and one that shows T again is resumed, and the watch starts
  * over. A process that stops itself again every time is not resumed
  * forever: after SETTLE_ROUNDS rounds the continue fails (ETIMEDOUT) naming
- * it.
+ * it. The application's own stops, which the continue keeps (`isKept`), are
+ * not resumed again either.
  *
  * A process that stops itself stops all its threads (a group-stop), its
  * leader's included: so a look reads only each watched process's leader
@@ -574,12 +432,12 @@ interface SettleContext {
  * children file (a process whose leader thread has exited, a zombie leader,
  * is no longer watched).
  */
-async function settle(verified: TransitionResult, verifying: NativeWalkResult, ctx: SettleContext): Promise<TransitionResult> {
-  const { root, protect, options } = ctx;
+async function settle(verified: TransitionResult, verifying: NativeWalkResult, run: Passes, options: ContinueOptions, isKept: (p: Identity) => boolean): Promise<TransitionResult> {
+  const { root } = run;
   const settleMs = options.settleMs ?? DEFAULT_SETTLE_MS;
   const { SIGCONT } = native().signals;
   // Processes this call saw running; those it has not seen are not its to resume.
-  const resumed = verifying.processes.filter((p) => processState(p.threads) !== 'dead' && !ctx.kept(p));
+  const resumed = verifying.processes.filter((p) => processState(p.threads) !== 'dead' && !isKept(p));
   const watched: Identity[] = resumed.map((p) => ({ pid: p.pid, startTime: p.startTime }));
   // Only a parent can mirror its child's stop; one still runnable (R) may
   // not have had the CPU since its SIGCONT, or be on its way to the reaction.
@@ -602,18 +460,18 @@ async function settle(verified: TransitionResult, verifying: NativeWalkResult, c
     }
     if (again.length === 0) break;
     const stopped: ThreadRef[] = again.map((p) => ({ pid: p.pid, tid: p.pid, state: 'T' }));
-    if (round >= SETTLE_ROUNDS || performance.now() > ctx.deadline) {
+    if (round >= SETTLE_ROUNDS || run.expired()) {
       throw new TreeStateError(
         'ETIMEDOUT',
         `continued the tree of ${root}, but ${describeThreads(stopped)} stopped again each time it was resumed (${plural(round + 1, 'time')}): something in the tree keeps stopping it`,
         { pid: root, threads: stopped, pids: pidsOf(stopped), details: { resumedAgain } },
       );
     }
-    const sent = await native().signalList(again, SIGCONT, true, protect);
+    const sent = await run.signal(again, SIGCONT);
     if (sent.failures.length > 0) throw failureError(sent.failures, 'continue', '');
     for (const pid of sent.signalled) if (!resumedAgain.includes(pid)) resumedAgain.push(pid);
   }
-  return { ...verified, elapsedMs: Math.round((performance.now() - ctx.started) * 1000) / 1000, settle: { looks, resumedAgain } };
+  return { ...verified, elapsedMs: Math.round((performance.now() - run.started) * 1000) / 1000, settle: { looks, resumedAgain } };
 }
 
 /**
@@ -634,9 +492,8 @@ async function settle(verified: TransitionResult, verifying: NativeWalkResult, c
  * could be listed again.
  */
 export async function killTree(pid: number, options: StopOptions = {}): Promise<TransitionResult> {
-  const root = checkPid(pid);
-  checkNumbers(options, STOP_NUMBERS);
-  const protect = checkNotSelf(root);
+  const target = checkTarget(pid, options, STOP_NUMBERS);
+  const { root } = target;
   // A tree that owns its cgroup dies through cgroup.kill: in one step, and
   // with the processes that left its parent links (src/cgroup/tree.ts).
   const owned = await ownedCgroup(root);
@@ -645,33 +502,30 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
     removeRecords(root);
     return result;
   }
-  const started = performance.now();
-  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  const deadline = started + timeoutMs;
-  const { SIGKILL } = native().signals;
-  const tally = new Tally();
-  let rootStartTime: number | undefined;
+  const run = new Passes(target, options);
   let stopped = false;
   try {
-    rootStartTime = (await stopPasses(root, { ...options, timeoutMs: Math.max(1, timeoutMs / 2) }, true, tally)).rootStartTime;
+    using stop = new Passes(target, { ...options, timeoutMs: Math.max(1, run.timeoutMs / 2) }, run.tally);
+    run.rootStartTime = (await stopPasses(stop, options, true)).rootStartTime;
     stopped = true;
   } catch (e) {
     // Anything else (EPERM, a root that never was) is the caller's to see,
     // and the stop has resumed what it stopped.
-    if (!hasCode(e, ...KILL_GOES_ON) || (hasCode(e, 'ESRCH') && tally.identities().length === 0)) throw e;
+    if (!hasCode(e, ...KILL_GOES_ON) || (hasCode(e, 'ESRCH') && run.tally.identities().length === 0)) {
+      await run.releaseCache();
+      throw e;
+    }
   }
-  rootStartTime ??= tally.identities()[0]?.startTime;
-  let passes = 0;
+  run.rootStartTime ??= run.tally.identities()[0]?.startTime;
   const reached = new Map<number, number>(); // processes a kill pass signalled (or found dead) and waited for
   const unread: NativeFailure[] = []; // processes the last pass of a walk could not read, left alive
   const unlisted = new Set<number>(); // processes that had begun to exit before their children were listed again
   const waitDead = async (targets: Identity[]) => {
-    const alive = await native().waitExit(targets, Math.max(0, deadline - performance.now()));
-    if (alive.length > 0 && performance.now() > deadline) {
-      throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not die within ${timeoutMs} ms: ${describePids(alive)} still alive`, { pid: root, pids: alive });
+    const alive = await native().waitExit(targets, run.remaining());
+    if (alive.length > 0 && run.expired()) {
+      throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not die within ${run.timeoutMs} ms: ${describePids(alive)} still alive`, { pid: root, pids: alive });
     }
   };
-  let cache: ReturnType<typeof walkCache> | undefined = walkCache();
   // Passes from one process (the root, then each process seen and not yet
   // reached) until one signals nothing, or it is gone.
   const killFrom = async (from: Identity | undefined): Promise<void> => {
@@ -679,27 +533,20 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
     for (;;) {
       let pass: NativeWalkResult;
       try {
-        pass = await walkTree({
-          root: from?.pid ?? root,
-          rootStartTime: from?.startTime,
-          scan: options.scan,
-          cache: from === undefined ? cache?.handle : undefined,
-          signal: SIGKILL,
-          select: 'all',
-          protect,
+        pass = await run.walk({
+          // From the root, by pid alone, through the cache; from a stray, by identity.
+          ...(from ? { root: from.pid, rootStartTime: from.startTime, cache: undefined } : { rootStartTime: undefined }),
           // A stopped tree cannot fork: read it all, then kill it in one
           // burst, children first. One that still forks is killed parents
           // first, and what ran is listed again once killed.
-          ...(stopped ? { order: 'children-first', signalAfterRead: true } : { order: 'parents-first', relistAfterSignal: true }),
+          kind: stopped ? 'kill-stopped' : 'kill',
         });
       } catch (e) {
         // Reaped: nothing left to kill through it.
-        if (hasCode(e, 'ESRCH') && (from !== undefined || rootStartTime !== undefined)) break;
+        if (hasCode(e, 'ESRCH') && (from !== undefined || run.rootStartTime !== undefined)) break;
         throw e;
       }
-      passes++;
-      if (from === undefined) rootStartTime ??= pass.processes[0]!.startTime;
-      tally.add(pass);
+      run.record(pass);
       // Only a process with a thread running (R) when read can have forked in
       // the microseconds before its SIGKILL; one whose threads all slept,
       // were stopped, traced, in uninterruptible sleep (a parent waiting in
@@ -715,11 +562,8 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
       // nor a stopped one above it (its children would be orphaned, out of
       // the tree's reach). Free the cache's descriptors and read again.
       failures = pass.failures;
-      const retry = failures.length > 0 && cache !== undefined;
-      if (failures.length > 0) {
-        await cache?.release();
-        cache = undefined;
-      }
+      const retry = failures.length > 0 && run.cached;
+      if (failures.length > 0) await run.releaseCache();
       if (pass.signalled.length === 0 && !retry) break; // nothing left that it can kill
       const signalled = new Set(pass.signalled);
       await waitDead(pass.processes.filter((p) => signalled.has(p.pid)).map((p) => ({ pid: p.pid, startTime: p.startTime })));
@@ -732,7 +576,7 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
     // parent exited and it moved to a subreaper or init), or exited: kill it
     // where it is now, with what it forked since, until nothing new shows.
     for (;;) {
-      const strays = tally.identities().filter((p) => reached.get(p.pid) !== p.startTime);
+      const strays = run.tally.identities().filter((p) => reached.get(p.pid) !== p.startTime);
       if (strays.length === 0) break;
       for (const stray of strays) {
         reached.set(stray.pid, stray.startTime);
@@ -740,13 +584,13 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
       }
     }
   } finally {
-    await cache?.release();
+    await run.releaseCache();
   }
   if (unread.length > 0) {
-    throw readFailure(unread, `; ${unread.length === 1 ? 'it was' : 'they were'} not killed, nor a stopped process above (their children would have been orphaned), and nothing was resumed`);
+    throw failureError(unread, 'kill', `; ${unread.length === 1 ? 'it was' : 'they were'} not killed, nor a stopped process above (their children would have been orphaned), and nothing was resumed`);
   }
-  const escaped = await native().waitExit(tally.identities(), Math.max(0, deadline - performance.now()));
-  const result = { ...tally.result(root, 'dead', undefined, passes, started, rootStartTime ?? 0), escaped };
+  const escaped = await native().waitExit(run.tally.identities(), run.remaining());
+  const result: TransitionResult = { ...run.result('dead', undefined), escaped };
   if (escaped.length > 0 || unlisted.size > 0) {
     result.state = 'mixed';
     const alive = escaped.length ? `${describePids(escaped)} escaped and ${escaped.length === 1 ? 'is' : 'are'} still alive` : '';
@@ -779,30 +623,27 @@ export async function waitForState(pid: number, state: TreeState, options: WaitO
   if (!['running', 'stopped', 'dead', 'mixed', 'frozen'].includes(state)) {
     throw new TreeStateError('EINVAL', `unknown state ${JSON.stringify(state)}: expected running, stopped, dead, mixed or frozen`);
   }
-  checkNumbers(options, { timeoutMs: DURATION, intervalMs: DURATION });
-  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  const deadline = performance.now() + timeoutMs;
-  let rootStartTime: number | undefined;
+  // Only looks: a tree that holds treestate may be waited for.
+  using run = new Passes(checkTarget(root, options, { timeoutMs: DURATION, intervalMs: DURATION }, false), options);
   let kept = options.keptStopped;
-  using cache = walkCache();
   for (;;) {
     let status: TreeStatus;
     try {
-      const pass = await walkTree({ root, rootStartTime, scan: options.scan, cache: cache.handle });
-      rootStartTime ??= pass.processes[0]!.startTime;
-      kept ??= recordOf({ pid: root, startTime: rootStartTime }).record?.kept ?? [];
+      const pass = await run.walk();
+      run.identify(pass);
+      kept ??= recordOf({ pid: root, startTime: run.rootStartTime! }).record?.kept ?? [];
       status = withFrozen(withKept(classify({ root, walk: pass.walk, processes: pass.processes.map(toProcessInfo) }), kept));
     } catch (e) {
       if (!hasCode(e, 'ESRCH') || !(e instanceof TreeStateError)) throw e;
       if (state === 'dead') {
         return { root, walk: 'children', processes: [], state: 'dead', differing: [], counts: { running: 0, stopped: 0, traced: 0, dead: 0 } };
       }
-      throw rootStartTime === undefined ? e : new TreeStateError('ESRCH', `process ${root} exited while waiting for its tree to be ${state}`, { pid: root });
+      throw run.rootStartTime === undefined ? e : new TreeStateError('ESRCH', `process ${root} exited while waiting for its tree to be ${state}`, { pid: root });
     }
     if (status.state === state) return status;
-    if (performance.now() > deadline) {
+    if (run.expired()) {
       const off: ThreadRef[] = status.state === 'mixed' ? status.differing : liveThreads(status.processes, () => true);
-      throw new TreeStateError('ETIMEDOUT', `the tree of ${root} is ${status.state}, not ${state}, after ${timeoutMs} ms${off.length ? `: ${describeThreads(off)}` : ''}`, {
+      throw new TreeStateError('ETIMEDOUT', `the tree of ${root} is ${status.state}, not ${state}, after ${run.timeoutMs} ms${off.length ? `: ${describeThreads(off)}` : ''}`, {
         pid: root,
         threads: off,
         details: { status },

@@ -1,9 +1,9 @@
 // The tree as treestate sees it: a snapshot, and what state it is in.
-import { constants as osConstants } from 'node:os';
 import { frozenCgroupOf } from './cgroup/frozen.js';
-import { TreeStateError, describePids, hasCode, type ThreadRef } from './errors.js';
+import { TreeStateError, type ThreadRef } from './errors.js';
 import { recordOf } from './stop-records.js';
-import { native, type Identity, type NativeFailure, type NativeProcess, type NativeWalkCache, type NativeWalkOptions, type NativeWalkResult } from './native.js';
+import { native, type Identity, type NativeProcess, type NativeThread } from './native.js';
+import { walkTree } from './walk.js';
 
 /**
  * The three final states CRIU defines, `frozen` (a `run` tree held by its
@@ -13,22 +13,12 @@ export type TreeState = 'running' | 'stopped' | 'dead' | 'mixed' | 'frozen';
 /** How one thread or process stands. `traced` is ptrace-stop ('t'): SIGCONT cannot resume it. */
 export type ProcessState = 'running' | 'stopped' | 'traced' | 'dead' | 'mixed';
 
-export interface ThreadInfo {
-  tid: number;
-  /** The kernel's state letter: R, S, D, T, t, Z, X … */
-  state: string;
-  tracerPid?: number;
-}
+/** A thread as treestate read it (the native record, src/native.ts). */
+export type ThreadInfo = NativeThread;
 
-export interface ProcessInfo {
-  pid: number;
-  ppid: number;
-  /** Clock ticks after boot (field 22 of /proc/PID/stat). */
-  startTime: number;
-  comm: string;
+/** A process as treestate read it: the native record, with its state; kernel threads are never in a tree. */
+export interface ProcessInfo extends Omit<NativeProcess, 'kernelThread'> {
   state: ProcessState;
-  threads: ThreadInfo[];
-  children: number[];
 }
 
 export interface TreeSnapshot {
@@ -132,87 +122,6 @@ export function toProcessInfo(p: NativeProcess): ProcessInfo {
     threads: p.threads,
     children: p.children,
   };
-}
-
-/**
- * One native pass; a root that does not exist becomes our ESRCH error, one
- * that cannot be read (EMFILE, EACCES …) a TreeStateError with that code. A
- * pass that only looks and could not read some process fails as a whole: a
- * tree it read in part is not the tree. (A pass that signals returns such
- * failures with what it signalled, for the transition to undo.)
- */
-export async function walkTree(options: NativeWalkOptions): Promise<NativeWalkResult> {
-  let result: NativeWalkResult;
-  try {
-    result = await native().walk(options);
-  } catch (e) {
-    const tgid = (e as { tgid?: unknown }).tgid;
-    if (hasCode(e, 'EINVAL_PID') && typeof tgid === 'number') throw threadError(options.root, tgid, options.protect ?? []);
-    if (hasCode(e, 'ESRCH') && !(e instanceof TreeStateError)) {
-      throw new TreeStateError('ESRCH', `no such process: ${options.root}`, { pid: options.root, errno: -osConstants.errno.ESRCH, syscall: 'open', cause: e });
-    }
-    const f = e as Partial<NativeFailure>;
-    if (typeof f.code === 'string' && typeof f.errno === 'number') {
-      throw new TreeStateError(f.code, `cannot read process ${options.root}: ${reason(f)}`, { pid: options.root, errno: f.errno, syscall: f.syscall, cause: e });
-    }
-    throw e;
-  }
-  const root = result.processes[0];
-  if (root?.kernelThread) {
-    throw new TreeStateError('EREFUSED', `refusing pid ${options.root}: it is a kernel thread (${root.comm})`, { pid: options.root });
-  }
-  if (!options.signal && result.failures.length > 0) throw readFailure(result.failures);
-  return result;
-}
-
-/**
- * The pid given names a thread, not a process: /proc/TID opens, and a signal
- * through it reaches the whole process, so it is refused rather than taken
- * for the process. Threads of what is never signalled are refused as it is.
- */
-function threadError(pid: number, tgid: number, protect: number[]): TreeStateError {
-  if (tgid === 1) return new TreeStateError('EREFUSED', `refusing pid ${pid}: it is a thread of pid 1, whose tree is the whole system`, { pid });
-  if (protect.includes(tgid)) {
-    const who = tgid === process.pid ? 'treestate itself' : 'an ancestor of treestate';
-    return new TreeStateError('EREFUSED', `refusing pid ${pid}: it is a thread of process ${tgid}, ${who}`, { pid });
-  }
-  return new TreeStateError('EINVAL_PID', `${pid} is a thread of process ${tgid}, not a process; name the process`, { pid, details: { tgid } });
-}
-
-/**
- * "too many open files (EMFILE)": the errno's own words (the native error's
- * description), then its code. EPERM from open names a process that is alive
- * but that /proc will not show this user (hidepid), not one that is gone.
- */
-export function reason(f: Partial<NativeFailure>): string {
-  const words = f.description || 'failed';
-  const hidden = f.code === 'EPERM' && f.syscall === 'open' ? ': alive, but /proc does not let this user read it (hidepid)' : '';
-  return `${words.charAt(0).toLowerCase()}${words.slice(1)} (${f.code})${hidden}`;
-}
-
-/** Processes a pass could not read: the tree it saw is incomplete. `extra` ends the message (what was undone). */
-export function readFailure(failures: NativeFailure[], extra = ''): TreeStateError {
-  const first = failures[0]!;
-  const pids = failures.filter((f) => f.code === first.code).map((f) => f.pid);
-  return new TreeStateError(first.code, `cannot read ${pids.length === 1 ? 'process' : 'processes'} ${describePids(pids)}: ${reason(first)}; the tree was not read whole${extra}`, {
-    pids,
-    pid: pids[0],
-    errno: first.errno,
-    syscall: first.syscall,
-  });
-}
-
-/**
- * The walk cache of one operation's passes: each pass reads the tree's /proc
- * files through descriptors kept open by the pass before (one pread each
- * instead of open, read, close). `using` releases it when the operation
- * ends, whatever its outcome; `release()` closes the files sooner and says
- * when they are closed (a rollback wants every descriptor it can get).
- */
-export function walkCache(): { handle: NativeWalkCache; release(): Promise<void> } & Disposable {
-  const handle = native().createWalkCache();
-  const release = () => native().releaseWalkCache(handle);
-  return { handle, release, [Symbol.dispose]: () => void release() };
 }
 
 export async function snapshot(pid: number, options: WalkOptions = {}): Promise<TreeSnapshot> {

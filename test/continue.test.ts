@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { TreeStateError, continueTree, getTreeState, stopTree } from '../src/index.js';
 import { native, nativeExecutable } from '../src/native.js';
-import { spawnSupervised, spawnTree } from '../src/testing/index.js';
+import { observePasses, spawnSupervised, spawnTree } from '../src/testing/index.js';
 import { betweenNativePasses, hasExited, waitFor } from './helpers.js';
 
 
@@ -83,17 +83,9 @@ describe('continue', () => {
     await waitFor(async () => (await getTreeState(tree.root)).processes.find((p) => p.pid === running)?.state === 'running');
     // As continueTree's later passes: only what is stopped is signalled,
     // so `running` is not, and its threads are read again.
-    const pass = await addon.walk({
-      root,
-      signal: addon.signals.SIGCONT,
-      select: 'stopped',
-      order: 'children-first',
-      signalAfterRead: true,
-      perThread: true,
-      followUpIfStopped: 'stopped',
-    });
+    const pass = await addon.walk({ root, kind: 'continue', verify: true });
     expect(pass.signalled).to.deep.equal([stopped, root]);
-    const next = pass.next!;
+    const next = pass.verifying!;
     expect(next, 'the follow-up pass').to.not.equal(undefined);
     expect(next.signalled).to.deep.equal([]);
     const states = Object.fromEntries(next.processes.map((p) => [p.pid, p.threads.map((t) => t.state)]));
@@ -108,12 +100,11 @@ describe('continue', () => {
     // after it, skipped here, are others).
     await stopTree(tree.root);
     let calls = 0;
-    const original = addon.walk;
-    addon.walk = (o) => (calls++, original.call(addon, o));
+    const stop = observePasses({ afterPass: () => void calls++, separateVerify: false });
     try {
       expect((await continueTree(tree.root, { settleMs: 0 })).passes).to.equal(2);
     } finally {
-      addon.walk = original;
+      stop();
     }
     expect(calls).to.equal(1);
     await tree.waitProgress();

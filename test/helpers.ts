@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { locateCriu } from '../src/criu/locate.js';
 import { TreeStateError } from '../src/errors.js';
-import { native, packageRoot, type NativeWalkOptions, type NativeWalkResult } from '../src/native.js';
+import { packageRoot, type NativeWalkOptions, type NativeWalkResult } from '../src/native.js';
+import { observePasses } from '../src/testing/index.js';
 
 export const cliPath = fileURLToPath(new URL('../bin/treestate.cjs', import.meta.url));
 
@@ -144,26 +145,21 @@ export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs
 /**
  * Runs `work` with `afterPass` called after each native tree pass, before the
  * caller sees it: the way a test makes something happen between two passes
- * (a real event, deterministically placed, instead of a race). A follow-up
- * pass (`followUpIfStopped`) is asked for as a call of its own, so that the
- * hook runs between those two passes as well.
+ * (a real event, deterministically placed, instead of a race). Through the
+ * library's test seam (observePasses, treestate/testing), which asks for a
+ * continue's verifying pass as a call of its own, so that the hook runs
+ * between those two passes as well.
  */
 export async function betweenNativePasses<T>(
   afterPass: (index: number, pass: NativeWalkResult, options: NativeWalkOptions) => void | Promise<void>,
   work: () => Promise<T>,
 ): Promise<T> {
-  const addon = native();
-  const original = addon.walk;
   let index = 0;
-  addon.walk = async ({ followUpIfStopped: _, ...o }) => {
-    const pass = await original.call(addon, o);
-    await afterPass(index++, pass, o);
-    return pass;
-  };
+  const stop = observePasses({ afterPass: (pass, options) => afterPass(index++, pass, options) });
   try {
     return await work();
   } finally {
-    addon.walk = original;
+    stop();
   }
 }
 

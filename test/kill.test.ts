@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { getTreeState, killTree, snapshot, stopTree } from '../src/index.js';
 import { native, nativeExecutable } from '../src/native.js';
-import { spawnSupervised, spawnTree } from '../src/testing/index.js';
+import { observePasses, spawnSupervised, spawnTree } from '../src/testing/index.js';
 import { betweenNativePasses, countingNativePasses, hasExited, waitFor } from './helpers.js';
 
 describe('kill', () => {
@@ -64,11 +64,10 @@ describe('kill', () => {
   it('kills the children of a root that exits between the stop and the kill', async () => {
     await using tree = await spawnTree({ depth: 2, fanout: 2, threads: 2 });
     const pids = tree.pids();
-    const { SIGSTOP } = native().signals;
     let killedRoot = false;
     const result = await betweenNativePasses(async (_index, pass, options) => {
       // A stop pass that signals nothing found every thread stopped: the stop is done.
-      if (killedRoot || options.signal !== SIGSTOP || pass.signalled.length > 0) return;
+      if (killedRoot || options.kind !== 'stop' || pass.signalled.length > 0) return;
       killedRoot = true;
       process.kill(tree.root, 'SIGKILL');
       await waitFor(() => hasExited(tree.root), 2000, 'the root exiting');
@@ -87,18 +86,18 @@ describe('kill', () => {
     const leaf = tree.pids()[2]!;
     await using tracer = await spawnSupervised(nativeExecutable('treestate-fixture'), ['--trace', String(leaf)]);
     await waitFor(async () => (await getTreeState(tree.root)).processes.some((p) => p.threads.some((t) => t.state === 't')));
-    const addon = native();
-    const signalList = addon.signalList;
+    const { SIGCONT } = native().signals;
     const resumed: number[][] = [];
-    addon.signalList = (targets, signal, perThread, protect) => {
-      if (signal === addon.signals.SIGCONT) resumed.push(targets.map((t) => t.pid));
-      return signalList.call(addon, targets, signal, perThread, protect);
-    };
+    const stop = observePasses({
+      afterSignalList: (_outcome, { targets, signal }) => {
+        if (signal === SIGCONT) resumed.push(targets.map((t) => t.pid));
+      },
+    });
     try {
       const result = await killTree(tree.root, { timeoutMs: 5000 });
       expect(result.state).to.equal('dead');
     } finally {
-      addon.signalList = signalList;
+      stop();
     }
     expect(resumed, 'processes resumed before the kill').to.deep.equal([]);
     await expect(tree.root).to.be.a.deadTree;

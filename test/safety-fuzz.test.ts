@@ -9,8 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { main } from '../src/cli/main.js';
-import { native, type NativeAddon } from '../src/native.js';
-import { spawnTree, type TreeFixture } from '../src/testing/index.js';
+import { observePasses, spawnTree, type TreeFixture } from '../src/testing/index.js';
 import { cli } from './helpers.js';
 
 const CASES = 5000;
@@ -212,36 +211,26 @@ interface Counters {
 }
 
 /**
- * Wraps every native method that can send a signal and records each signal it
- * reports delivered (a pass over a pid that does not exist delivers none).
+ * Observes every native call that can send a signal (observePasses) and records
+ * each signal it reports delivered (a pass over a pid that does not exist delivers none).
  */
-function countSignals(addon: NativeAddon): { counters: Counters; restore: () => void } {
+function countSignals(): { counters: Counters; restore: () => void } {
   const counters: Counters = { signalled: 0, calls: [] };
-  const walk = addon.walk;
-  const signalList = addon.signalList;
-  addon.walk = async (options) => {
-    const result = await walk.call(addon, options);
-    for (const pid of result.signalled) {
-      counters.signalled++;
-      counters.calls.push(`signal ${options.signal} to ${pid} (${result.processes.find((p) => p.pid === pid)?.comm}) by walk ${JSON.stringify(options)}`);
-    }
-    return result;
-  };
-  addon.signalList = async (targets, signal, perThread, protect) => {
-    const result = await signalList.call(addon, targets, signal, perThread, protect);
-    for (const pid of result.signalled) {
-      counters.signalled++;
-      counters.calls.push(`signal ${signal} to ${pid} by signalList`);
-    }
-    return result;
-  };
-  return {
-    counters,
-    restore: () => {
-      addon.walk = walk;
-      addon.signalList = signalList;
+  const restore = observePasses({
+    afterPass: (result, options) => {
+      for (const pid of result.signalled) {
+        counters.signalled++;
+        counters.calls.push(`${options.kind} signal to ${pid} (${result.processes.find((p) => p.pid === pid)?.comm}) by walk ${JSON.stringify(options)}`);
+      }
     },
-  };
+    afterSignalList: (result, { signal }) => {
+      for (const pid of result.signalled) {
+        counters.signalled++;
+        counters.calls.push(`signal ${signal} to ${pid} by signalList`);
+      }
+    },
+  });
+  return { counters, restore };
 }
 
 function checkAnswer(argv: string[], code: number, out: string, err: string): void {
@@ -296,7 +285,7 @@ describe('safety: bad input', function () {
 
   it(`answers ${CASES} random malformed command lines (in process) with exit 1 or 2 and a message, sending no signal`, async () => {
     const g = new Gen(prng(SEED), sentinel.root);
-    const { counters, restore } = countSignals(native());
+    const { counters, restore } = countSignals();
     const tally = new Map<number, number>();
     try {
       for (let i = 0; i < CASES; i++) {
@@ -320,7 +309,7 @@ describe('safety: bad input', function () {
 
   it('the signal counter sees a real, valid stop (control for the test above)', async () => {
     await using other = await spawnTree({ depth: 0 });
-    const { counters, restore } = countSignals(native());
+    const { counters, restore } = countSignals();
     try {
       expect(await main(['stop', String(other.root)], { out: () => undefined, err: () => undefined, tty: false })).to.equal(0);
     } finally {

@@ -6,8 +6,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { expect } from 'chai';
 import { TreeStateError, snapshot, stopTree } from '../src/index.js';
-import { native, type NativeWalkOptions, type NativeWalkResult } from '../src/native.js';
-import { spawnSupervised, spawnTree, type Supervisor } from '../src/testing/index.js';
+import { native } from '../src/native.js';
+import { observePasses, spawnSupervised, spawnTree, type Supervisor } from '../src/testing/index.js';
 import { statFields } from './helpers.js';
 
 function pause(ms: number): Promise<void> {
@@ -118,8 +118,6 @@ describe('safety: pid reuse', function () {
   it("a stop's rollback does not continue unrelated, stopped processes that took the pids of processes it had stopped", async () => {
     await using tree = await spawnTree({ depth: 1, fanout: 2, intervalMs: 20 });
     const original = tree.pids();
-    const addon = native();
-    const walk = addon.walk;
     let calls = 0;
     const successors: Unrelated[] = [];
     // Between the first pass that stops (the whole tree; after the stop's
@@ -128,8 +126,9 @@ describe('safety: pid reuse', function () {
     // its session is empty) and unrelated processes, which we stop ourselves,
     // take every one of its pids. The second pass finds the root gone
     // (ESRCH), so stopTree rolls back: SIGCONT to what it stopped, by identity.
-    addon.walk = async (options: NativeWalkOptions): Promise<NativeWalkResult> => {
-      if (++calls === 3) {
+    const stop = observePasses({
+      beforePass: async () => {
+        if (++calls !== 3) return;
         await pause(30); // a later clock tick than the tree's start times
         for (const pid of original) process.kill(pid, 'SIGKILL');
         for (const pid of original) {
@@ -139,16 +138,15 @@ describe('safety: pid reuse', function () {
           process.kill(successor.pid, 'SIGSTOP');
           await waitUntil(`the unrelated process ${pid} is stopped`, () => stateOf(successor.pid) === 'T');
         }
-      }
-      return walk.call(addon, options);
-    };
+      },
+    });
     let error: unknown;
     try {
       await stopTree(tree.root, { timeoutMs: 10_000 });
     } catch (e) {
       error = e;
     } finally {
-      addon.walk = walk;
+      stop();
     }
     expect(calls, 'passes').to.be.at.least(3);
     expect(successors.map((s) => s.pid)).to.deep.equal(original);

@@ -149,7 +149,7 @@ describe('stop', () => {
   it('does not read the other threads of a process it stops behind a running leader, and verifies them after', async () => {
     await using tree = await spawnTree({ depth: 1, fanout: 2, threads: 3 });
     const addon = native();
-    const pass = await addon.walk({ root: tree.root, signal: addon.signals.SIGSTOP, select: 'not-stopped', order: 'parents-first', leaderSelects: true });
+    const pass = await addon.walk({ root: tree.root, kind: 'stop', first: true });
     expect(pass.signalled).to.deep.equal(tree.pids());
     // Signalled whatever they were doing: their states were not read ('?').
     for (const p of pass.processes) expect(p.threads.map((t) => t.state).slice(1)).to.deep.equal(['?', '?']);

@@ -45,11 +45,10 @@ describe('walk threads', function () {
 
   it('signals parents before children, and children before parents, whichever thread reads them', async () => {
     await using tree = await spawnTree({ depth: 4, fanout: 3, intervalMs: 200 });
-    const { SIGSTOP, SIGCONT } = native().signals;
     const protect = native().selfAndAncestors();
     const position = (order: number[]) => new Map(order.map((pid, i) => [pid, i]));
     try {
-      const stop = await native().walk({ root: tree.root, signal: SIGSTOP, select: 'not-stopped', order: 'parents-first', protect });
+      const stop = await native().walk({ root: tree.root, kind: 'stop', protect });
       expect(stop.walkers).to.equal(walkers);
       expect(sorted(stop.signalled)).to.deep.equal(sorted(tree.pids()));
       const stopped = position(stop.signalled);
@@ -57,7 +56,7 @@ describe('walk threads', function () {
         expect(stopped.get(p.ppid), `parent ${p.ppid} stopped before ${p.pid}`).to.be.below(stopped.get(p.pid)!);
       }
 
-      const cont = await native().walk({ root: tree.root, signal: SIGCONT, select: 'all', order: 'children-first', perThread: true, protect });
+      const cont = await native().walk({ root: tree.root, kind: 'continue', first: true, protect });
       expect(cont.walkers).to.equal(walkers);
       expect(sorted(cont.signalled)).to.deep.equal(sorted(tree.pids()));
       const continued = position(cont.signalled);
@@ -66,8 +65,8 @@ describe('walk threads', function () {
       }
 
       // The same rule when the signals wait until the whole tree is read.
-      await native().walk({ root: tree.root, signal: SIGSTOP, select: 'not-stopped', order: 'parents-first', protect });
-      const after = await native().walk({ root: tree.root, signal: SIGCONT, select: 'all', order: 'children-first', signalAfterRead: true, perThread: true, protect });
+      await native().walk({ root: tree.root, kind: 'stop', protect });
+      const after = await native().walk({ root: tree.root, kind: 'continue', first: true, protect });
       expect(after.walkers).to.equal(walkers);
       expect(sorted(after.signalled)).to.deep.equal(sorted(tree.pids()));
       const continuedAfter = position(after.signalled);

@@ -29,14 +29,14 @@ function imagesDir(args: Parsed, verb: string): string {
   return dir;
 }
 
-/** Phase and elapsed time on one rewritten stderr line, only on a terminal. */
+/** Phase and elapsed time on the progress line, only on a terminal. */
 function progress(io: Io): ((p: CriuProgress) => void) | undefined {
-  if (!io.tty || !process.stderr.isTTY) return undefined;
-  return (p) => process.stderr.write(`\r\x1b[K${p.verb}: ${p.phase} … ${(p.elapsedMs / 1000).toFixed(1)} s`);
+  const line = io.tty ? io.progress : undefined;
+  return line && ((p) => line(`${p.verb}: ${p.phase} … ${(p.elapsedMs / 1000).toFixed(1)} s`));
 }
 
 function clearProgress(io: Io): void {
-  if (io.tty && process.stderr.isTTY) process.stderr.write('\r\x1b[K');
+  if (io.tty) io.progress?.('');
 }
 
 /** --hook NAME=PROGRAM, repeatable: programs run at criu's notifications, as its action scripts. */

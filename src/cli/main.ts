@@ -14,6 +14,8 @@ export interface Io {
   err: (text: string) => void;
   /** Colour and progress lines: only on a terminal, and never with NO_COLOR. */
   tty: boolean;
+  /** Rewrites one progress line in place ('' clears it); absent when stderr is not a terminal. */
+  progress?: (line: string) => void;
 }
 
 export interface Command {
@@ -248,6 +250,7 @@ export async function main(argv: string[], io?: Partial<Io>): Promise<number> {
     out: io?.out ?? ((t) => process.stdout.write(`${t}\n`)),
     err: io?.err ?? ((t) => process.stderr.write(`${t}\n`)),
     tty: io?.tty ?? stdoutTty,
+    progress: io?.progress ?? (process.stderr.isTTY ? (line) => process.stderr.write(`\r\x1b[K${line}`) : undefined),
   };
   const [name, ...rest] = argv;
   if (name === undefined || name === '-h' || name === '--help' || name === 'help') {

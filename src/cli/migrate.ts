@@ -12,7 +12,7 @@ function rate(p: NonNullable<MigrateProgress['pages']>): string {
 
 /** One terminal line, rewritten: the phase, the pages once counted, the time so far. */
 function progressLine(p: MigrateProgress): string {
-  return `\r\x1b[Kmigrate: ${p.phase}${p.pages ? `; ${rate(p.pages)}` : ''} … ${(p.elapsedMs / 1000).toFixed(1)} s`;
+  return `migrate: ${p.phase}${p.pages ? `; ${rate(p.pages)}` : ''} … ${(p.elapsedMs / 1000).toFixed(1)} s`;
 }
 
 function text(r: MigrateResult): string {
@@ -49,7 +49,8 @@ export const migrateCommands: Record<string, Command> = {
       if (typeof to !== 'string') throw new UsageError('migrate needs --to ssh://[USER@]HOST[:PORT]');
       // The phase and the time so far, rewritten each 250 ms while a phase lasts.
       let last: MigrateProgress | undefined;
-      const show = io.tty && process.stderr.isTTY ? (p: MigrateProgress) => process.stderr.write(progressLine(p)) : undefined;
+      const line = io.tty ? io.progress : undefined;
+      const show = line && ((p: MigrateProgress) => line(progressLine(p)));
       const started = performance.now();
       const tick = show ? setInterval(() => last && show({ ...last, elapsedMs: performance.now() - started }), 250) : undefined;
       const progress = show ? (p: MigrateProgress) => show((last = p)) : undefined;
@@ -68,7 +69,7 @@ export const migrateCommands: Record<string, Command> = {
         onProgress: progress,
       }).finally(() => {
         clearInterval(tick);
-        if (show) process.stderr.write('\r\x1b[K');
+        line?.('');
       });
       io.out(args.flags.has('--json') ? JSON.stringify(r, null, 2) : text(r));
       return 0;
