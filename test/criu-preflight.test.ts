@@ -18,6 +18,16 @@ function tracerOf(pid: number): number {
   return Number(/^TracerPid:\s*(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
 }
 
+/** The pid of the `sleep` in the tree of `root`, once it is there. */
+async function sleepUnder(root: number): Promise<number> {
+  let pid = 0;
+  await waitFor(async () => {
+    pid = (await getTreeState(root)).processes.find((p) => p.comm === 'sleep')?.pid ?? 0;
+    return pid > 0;
+  }, 5000, `a sleep under ${root}`);
+  return pid;
+}
+
 /** A `sleep` started by this process directly, with the given stdio and session. */
 async function plainChild(stdio: 'pipe' | 'ignore', detached: boolean): Promise<ChildProcess & { [Symbol.asyncDispose](): Promise<void> }> {
   const child = spawn('sleep', ['1000'], { stdio: ['ignore', stdio, 'ignore'], detached });
@@ -79,11 +89,7 @@ describe('preflight: what would stop a dump, before it runs', () => {
     // namespace: the sleep's session (NSsid "N 0") is led from outside it, as
     // for a tree started by `docker exec` or `unshare -p` without setsid.
     await using sup = await spawnSupervised('unshare', ['--pid', '--fork', '--mount-proc', 'sleep', '1000']);
-    let pid = 0;
-    await waitFor(async () => {
-      pid = (await getTreeState(sup.root)).processes.find((p) => p.comm === 'sleep')?.pid ?? 0;
-      return pid > 0;
-    }, 5000, 'sleep in its namespace');
+    const pid = await sleepUnder(sup.root);
     const r = await preflight(pid);
     const b = blocker(r.blockers, 'session');
     expect(b.pids).to.deep.equal([pid]);
@@ -103,11 +109,7 @@ describe('preflight: what would stop a dump, before it runs', () => {
       this.skip();
     }
     await using term = await spawnSupervised(script!, ['-qc', 'exec sleep 1000', '/dev/null']);
-    let pid = 0;
-    await waitFor(async () => {
-      pid = (await getTreeState(term.root)).processes.find((p) => p.comm === 'sleep')?.pid ?? 0;
-      return pid > 0;
-    }, 5000, 'sleep under script');
+    const pid = await sleepUnder(term.root);
     const r = await preflight(pid);
     expect(blocker(r.blockers, 'terminal').pids).to.deep.equal([pid]);
     expect((await rejection(dump(pid, { imagesDir: tempDir(), finalState: 'running' }))).code).to.equal('ECRIU');
