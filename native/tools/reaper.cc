@@ -241,13 +241,22 @@ void EnterPidNamespace(bool network) {
     Say(std::string("error ") + std::to_string(errno) + " unshare: " + strerror(errno));
     _exit(1);
   }
+  // The init waits for the "init N" line before it says anything: both
+  // write the same stdout, and its "pid N" must come second.
+  int said[2];
+  if (pipe2(said, O_CLOEXEC) < 0) {
+    Say(std::string("error ") + std::to_string(errno) + " pipe: " + strerror(errno));
+    _exit(1);
+  }
   pid_t init = fork();
   if (init < 0) {
     Say(std::string("error ") + std::to_string(errno) + " fork: " + strerror(errno));
     _exit(1);
   }
   if (init > 0) {
+    close(said[0]);
     Say("init " + std::to_string(init));
+    close(said[1]);
     // The init owns the control pipes from here on.
     int null = open("/dev/null", O_RDWR);
     dup2(null, STDIN_FILENO);
@@ -257,6 +266,11 @@ void EnterPidNamespace(bool network) {
     }
     _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 1);
   }
+  close(said[1]);
+  char done;
+  while (read(said[0], &done, 1) < 0 && errno == EINTR) {
+  }
+  close(said[0]);
   // A private copy of the mounts, so the /proc mounted here (showing this
   // namespace's pids, as criu needs) is seen by no one outside.
   if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0 ||
