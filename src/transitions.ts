@@ -147,13 +147,6 @@ const STOP_NUMBERS = { timeoutMs: DURATION, maxPasses: wholeNumber(1, 1_000_000)
 
 async function stopPasses(run: Passes, options: StopOptions, beforeKill: boolean): Promise<TransitionResult> {
   const { root } = run;
-  const maxPasses = options.maxPasses ?? 100;
-  let growing = 0;
-  let quiet = 0;
-  let tracedOnly = 0;
-  let heldOnly = 0;
-  let vforkOnly = 0;
-  let previousShape: TreeShape | undefined;
   // A rollback first closes the walk cache: if a read failed for want of
   // descriptors (EMFILE), the rollback needs them.
   const undo = async (code: string): Promise<Rollback | null> => {
@@ -161,8 +154,6 @@ async function stopPasses(run: Passes, options: StopOptions, beforeKill: boolean
     await run.releaseCache();
     return rollback(run);
   };
-  /** The stop gives up: undoes what it did, and says so at the end of the error. */
-  const giveUp = async (code: ErrorCode, message: string, fields: ConstructorParameters<typeof TreeStateError>[2]) => new TreeStateError(code, `${message}${rolledBackNote(await undo(code))}`, fields);
   // The looks count as passes; the first signalling pass is still the first to stop.
   let looks = 0;
   if (!beforeKill) {
@@ -175,6 +166,8 @@ async function stopPasses(run: Passes, options: StopOptions, beforeKill: boolean
       return recordedStop(run.result('stopped', look, looks), look, run);
     }
   }
+  const progress = new StopProgress(run, options.maxPasses ?? 100, beforeKill);
+  let quiet = 0;
   for (;;) {
     let pass: NativeWalkResult;
     try {
@@ -190,11 +183,46 @@ async function stopPasses(run: Passes, options: StopOptions, beforeKill: boolean
       throw e instanceof TreeStateError ? withNote(e, rolledBackNote(undone)) : e;
     }
     const fresh = run.record(pass);
-    const passes = run.passes;
     if (pass.failures.length > 0) {
       const undone = await undo(pass.failures[0]!.code);
       throw failureError(pass.failures, 'stop', rolledBackNote(undone));
     }
+    const verdict = progress.judge(pass, fresh);
+    if (verdict === 'stopped') {
+      const result = run.result('stopped', pass, run.passes + looks);
+      // Before a kill, nothing is left to continue.
+      return beforeKill ? result : recordedStop(result, pass, run);
+    }
+    // The stop gives up: undoes what it did, and says so at the end of the error.
+    if (verdict) throw new TreeStateError(verdict.code, `${verdict.message}${rolledBackNote(await undo(verdict.code))}`, verdict.fields);
+    quiet = fresh > 0 ? 0 : quiet + 1;
+    await pause(backoff(quiet));
+  }
+}
+
+type GiveUp = { code: ErrorCode; message: string; fields: ConstructorParameters<typeof TreeStateError>[2] };
+
+/**
+ * What the passes of a stop have shown so far: whether the last one proves
+ * the tree stopped, or why the stop cannot finish (each reason counted over
+ * consecutive passes, so that a moment's state is not taken for a lasting
+ * one), or neither: then another pass.
+ */
+class StopProgress {
+  private growing = 0;
+  private tracedOnly = 0;
+  private heldOnly = 0;
+  private vforkOnly = 0;
+  private previousShape: TreeShape | undefined;
+
+  constructor(
+    private readonly run: Passes,
+    private readonly maxPasses: number,
+    private readonly beforeKill: boolean,
+  ) {}
+
+  judge(pass: NativeWalkResult, fresh: number): 'stopped' | GiveUp | null {
+    const { root, passes } = this.run;
     const notStopped = liveThreads(pass.processes, (s) => s !== 'T');
     // When a process exits, its children move to a subreaper or init, and a
     // pass that reads the old parent after and the new one before the move
@@ -203,56 +231,35 @@ async function stopPasses(run: Passes, options: StopOptions, beforeKill: boolean
     // processes, as alive or dead, as the pass before it (the first pass: if
     // it found everything already stopped, nothing was running to exit).
     const shape = treeShape(pass);
-    const unchanged = previousShape === undefined || sameShape(previousShape, shape);
-    previousShape = shape;
-    if (pass.signalled.length === 0 && notStopped.length === 0 && unchanged) {
-      const result = run.result('stopped', pass, passes + looks);
-      // Before a kill, nothing is left to continue.
-      return beforeKill ? result : recordedStop(result, pass, run);
-    }
-    if (passes > 1 && fresh > 0 && ++growing > maxPasses) {
-      throw await giveUp('ENOTSETTLED', `the tree of ${root} kept forking new processes through ${plural(maxPasses, 'pass')}`, { pid: root, pids: pass.processes.map((p) => p.pid) });
+    const unchanged = this.previousShape === undefined || sameShape(this.previousShape, shape);
+    this.previousShape = shape;
+    if (pass.signalled.length === 0 && notStopped.length === 0 && unchanged) return 'stopped';
+    const threads = { pid: root, threads: notStopped, pids: pidsOf(notStopped) };
+    if (passes > 1 && fresh > 0 && ++this.growing > this.maxPasses) {
+      return { code: 'ENOTSETTLED', message: `the tree of ${root} kept forking new processes through ${plural(this.maxPasses, 'pass')}`, fields: { pid: root, pids: pass.processes.map((p) => p.pid) } };
     }
     // A thread in ptrace-stop only reaches group-stop when its tracer lets
     // it: if nothing else is left, say so rather than wait for the timeout.
-    tracedOnly = notStopped.length > 0 && notStopped.every((t) => t.state === 't') ? tracedOnly + 1 : 0;
-    if (tracedOnly >= 8) {
-      throw await giveUp('ETRACED', `cannot stop the tree of ${root}: ${describeThreads(notStopped)} in ptrace-stop`, { pid: root, threads: notStopped, pids: pidsOf(notStopped) });
-    }
+    this.tracedOnly = notStopped.length > 0 && notStopped.every((t) => t.state === 't') ? this.tracedOnly + 1 : 0;
+    if (this.tracedOnly >= 8) return { code: 'ETRACED', message: `cannot stop the tree of ${root}: ${describeThreads(notStopped)} in ptrace-stop`, fields: threads };
     // A parent waiting in vfork (D) leaves it only when its child execs or
     // exits: with that child stopped (by us), never, so no SIGSTOP reaches it.
     // Say so at once rather than wait for the timeout.
-    const vforkHeld = beforeKill ? [] : waitingInVfork(pass);
-    vforkOnly = vforkHeld.length > 0 && notStopped.every((t) => vforkHeld.includes(t.pid)) ? vforkOnly + 1 : 0;
-    if (vforkOnly >= 3) {
-      throw await giveUp('EVFORK', `cannot stop the tree of ${root}: ${describePids(vforkHeld)} ${vforkHeld.length === 1 ? 'waits' : 'wait'} in vfork for a stopped child, and a process leaves vfork only when its child execs or exits`, {
-        pid: root,
-        threads: notStopped,
-        pids: vforkHeld,
-      });
+    const vforkHeld = this.beforeKill ? [] : waitingInVfork(pass);
+    this.vforkOnly = vforkHeld.length > 0 && notStopped.every((t) => vforkHeld.includes(t.pid)) ? this.vforkOnly + 1 : 0;
+    if (this.vforkOnly >= 3) {
+      const waits = vforkHeld.length === 1 ? 'waits' : 'wait';
+      return { code: 'EVFORK', message: `cannot stop the tree of ${root}: ${describePids(vforkHeld)} ${waits} in vfork for a stopped child, and a process leaves vfork only when its child execs or exits`, fields: { ...threads, pids: vforkHeld } };
     }
     // A process with a thread in D or t may never finish its group-stop: the
     // kernel can hand the SIGSTOP to that very thread (a vfork parent, say),
     // and its other threads then run on; a kill waits for none of them.
     // (Such threads are among the not-stopped ones: no need to look further.)
-    const held = beforeKill ? new Set(notStopped.filter((t) => t.state === 't' || t.state === 'D').map((t) => t.pid)) : undefined;
-    heldOnly = held && notStopped.length > 0 && notStopped.every((t) => held.has(t.pid)) ? heldOnly + 1 : 0;
-    if (heldOnly >= 8) {
-      throw await giveUp('ETIMEDOUT', `the tree of ${root} cannot stop now: ${describeThreads(notStopped)} in uninterruptible sleep or ptrace-stop`, {
-        pid: root,
-        threads: notStopped,
-        pids: pidsOf(notStopped),
-      });
-    }
-    if (run.expired()) {
-      throw await giveUp('ETIMEDOUT', `the tree of ${root} did not stop within ${run.timeoutMs} ms: ${describeThreads(notStopped)} not stopped`, {
-        pid: root,
-        threads: notStopped,
-        pids: pidsOf(notStopped),
-      });
-    }
-    quiet = fresh > 0 ? 0 : quiet + 1;
-    await pause(backoff(quiet));
+    const held = this.beforeKill ? new Set(notStopped.filter((t) => t.state === 't' || t.state === 'D').map((t) => t.pid)) : undefined;
+    this.heldOnly = held && notStopped.length > 0 && notStopped.every((t) => held.has(t.pid)) ? this.heldOnly + 1 : 0;
+    if (this.heldOnly >= 8) return { code: 'ETIMEDOUT', message: `the tree of ${root} cannot stop now: ${describeThreads(notStopped)} in uninterruptible sleep or ptrace-stop`, fields: threads };
+    if (this.run.expired()) return { code: 'ETIMEDOUT', message: `the tree of ${root} did not stop within ${this.run.timeoutMs} ms: ${describeThreads(notStopped)} not stopped`, fields: threads };
+    return null;
   }
 }
 
