@@ -524,75 +524,19 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
     }
   }
   run.rootStartTime ??= run.tally.identities()[0]?.startTime;
-  const reached = new Map<number, number>(); // processes a kill pass signalled (or found dead) and waited for
-  const unread: NativeFailure[] = []; // processes the last pass of a walk could not read, left alive
-  const unlisted = new Set<number>(); // processes that had begun to exit before their children were listed again
-  const waitDead = async (targets: Identity[]) => {
-    const alive = await native().waitExit(targets, run.remaining());
-    if (alive.length > 0 && run.expired()) {
-      throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not die within ${run.timeoutMs} ms: ${describePids(alive)} still alive`, { pid: root, pids: alive });
-    }
-  };
-  // Passes from one process (the root, then each process seen and not yet
-  // reached) until one signals nothing, or it is gone.
-  const killFrom = async (from: Identity | undefined): Promise<void> => {
-    let failures: NativeFailure[] = [];
-    for (;;) {
-      let pass: NativeWalkResult;
-      try {
-        pass = await run.walk({
-          // From the root, by pid alone, through the cache; from a stray, by identity.
-          ...(from ? { root: from.pid, rootStartTime: from.startTime, cache: undefined } : { rootStartTime: undefined }),
-          // A stopped tree cannot fork: read it all, then kill it in one
-          // burst, children first. One that still forks is killed parents
-          // first, and what ran is listed again once killed.
-          kind: stopped ? 'kill-stopped' : 'kill',
-        });
-      } catch (e) {
-        // Reaped: nothing left to kill through it.
-        if (hasCode(e, 'ESRCH') && (from !== undefined || run.rootStartTime !== undefined)) break;
-        throw e;
-      }
-      run.record(pass);
-      // Only a process with a thread running (R) when read can have forked in
-      // the microseconds before its SIGKILL; one whose threads all slept,
-      // were stopped, traced, in uninterruptible sleep (a parent waiting in
-      // vfork) or exiting would first have to be woken: the same residual
-      // window as a childless process's (docs/safety.md). (Test: kill.test.ts,
-      // a root held in vfork beside sleeping threads, flagged 1 run in 3.)
-      const couldFork = (pid: number) => pass.processes.find((p) => p.pid === pid)?.threads.some((t) => t.state === 'R' || t.state === '?') ?? true;
-      for (const p of pass.unlisted) if (couldFork(p)) unlisted.add(p);
-      const refusals = pass.failures.filter((f) => f.syscall === 'pidfd_send_signal' || !(READ_FAILURES as readonly string[]).includes(f.code));
-      if (refusals.length > 0) throw failureError(refusals, 'kill', '');
-      for (const p of pass.processes) reached.set(p.pid, p.startTime);
-      // Out of descriptors: a process that could not be read is not killed,
-      // nor a stopped one above it (its children would be orphaned, out of
-      // the tree's reach). Free the cache's descriptors and read again.
-      failures = pass.failures;
-      const retry = failures.length > 0 && run.cached;
-      if (failures.length > 0) await run.releaseCache();
-      if (pass.signalled.length === 0 && !retry) break; // nothing left that it can kill
-      const signalled = new Set(pass.signalled);
-      await waitDead(pass.processes.filter((p) => signalled.has(p.pid)).map((p) => ({ pid: p.pid, startTime: p.startTime })));
-    }
-    unread.push(...failures);
-  };
+  const sweep = new KillSweep(run, stopped);
   try {
-    await killFrom(undefined);
+    await sweep.from(undefined);
     // What the call saw and no kill pass reached has left the tree (its
     // parent exited and it moved to a subreaper or init), or exited: kill it
     // where it is now, with what it forked since, until nothing new shows.
-    for (;;) {
-      const strays = run.tally.identities().filter((p) => reached.get(p.pid) !== p.startTime);
-      if (strays.length === 0) break;
-      for (const stray of strays) {
-        reached.set(stray.pid, stray.startTime);
-        await killFrom(stray);
-      }
+    for (let strays = sweep.strays(); strays.length > 0; strays = sweep.strays()) {
+      for (const stray of strays) await sweep.from(stray);
     }
   } finally {
     await run.releaseCache();
   }
+  const { unread, unlisted } = sweep;
   if (unread.length > 0) {
     throw failureError(unread, 'kill', `; ${unread.length === 1 ? 'it was' : 'they were'} not killed, nor a stopped process above (their children would have been orphaned), and nothing was resumed`);
   }
@@ -607,6 +551,82 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
   // Every process seen is dead now: the tally reports them all as exited.
   removeRecords(root);
   return result;
+}
+
+/** The kill passes of a kill: from the root, then from each process seen and not yet reached. */
+class KillSweep {
+  /** Processes a kill pass signalled (or found dead) and waited for. */
+  private readonly reached = new Map<number, number>();
+  /** Processes the last pass of a walk could not read, left alive. */
+  readonly unread: NativeFailure[] = [];
+  /** Processes that had begun to exit before their children were listed again. */
+  readonly unlisted = new Set<number>();
+
+  constructor(
+    private readonly run: Passes,
+    /** The stop before the kill finished: the tree cannot fork. */
+    private readonly stopped: boolean,
+  ) {}
+
+  /** What the call saw that no kill pass has reached yet, now counted as reached. */
+  strays(): Identity[] {
+    const strays = this.run.tally.identities().filter((p) => this.reached.get(p.pid) !== p.startTime);
+    for (const stray of strays) this.reached.set(stray.pid, stray.startTime);
+    return strays;
+  }
+
+  /** Passes from one process (the root, then a stray) until one signals nothing, or it is gone. */
+  async from(from: Identity | undefined): Promise<void> {
+    const { run } = this;
+    let failures: NativeFailure[] = [];
+    for (;;) {
+      let pass: NativeWalkResult;
+      try {
+        pass = await run.walk({
+          // From the root, by pid alone, through the cache; from a stray, by identity.
+          ...(from ? { root: from.pid, rootStartTime: from.startTime, cache: undefined } : { rootStartTime: undefined }),
+          // A stopped tree cannot fork: read it all, then kill it in one
+          // burst, children first. One that still forks is killed parents
+          // first, and what ran is listed again once killed.
+          kind: this.stopped ? 'kill-stopped' : 'kill',
+        });
+      } catch (e) {
+        // Reaped: nothing left to kill through it.
+        if (hasCode(e, 'ESRCH') && (from !== undefined || run.rootStartTime !== undefined)) break;
+        throw e;
+      }
+      run.record(pass);
+      // Only a process with a thread running (R) when read can have forked in
+      // the microseconds before its SIGKILL; one whose threads all slept,
+      // were stopped, traced, in uninterruptible sleep (a parent waiting in
+      // vfork) or exiting would first have to be woken: the same residual
+      // window as a childless process's (docs/safety.md). (Test: kill.test.ts,
+      // a root held in vfork beside sleeping threads, flagged 1 run in 3.)
+      const couldFork = (pid: number) => pass.processes.find((p) => p.pid === pid)?.threads.some((t) => t.state === 'R' || t.state === '?') ?? true;
+      for (const p of pass.unlisted) if (couldFork(p)) this.unlisted.add(p);
+      const refusals = pass.failures.filter((f) => f.syscall === 'pidfd_send_signal' || !(READ_FAILURES as readonly string[]).includes(f.code));
+      if (refusals.length > 0) throw failureError(refusals, 'kill', '');
+      for (const p of pass.processes) this.reached.set(p.pid, p.startTime);
+      // Out of descriptors: a process that could not be read is not killed,
+      // nor a stopped one above it (its children would be orphaned, out of
+      // the tree's reach). Free the cache's descriptors and read again.
+      failures = pass.failures;
+      const retry = failures.length > 0 && run.cached;
+      if (failures.length > 0) await run.releaseCache();
+      if (pass.signalled.length === 0 && !retry) break; // nothing left that it can kill
+      const signalled = new Set(pass.signalled);
+      await this.waitDead(pass.processes.filter((p) => signalled.has(p.pid)).map((p) => ({ pid: p.pid, startTime: p.startTime })));
+    }
+    this.unread.push(...failures);
+  }
+
+  private async waitDead(targets: Identity[]): Promise<void> {
+    const { run } = this;
+    const alive = await native().waitExit(targets, run.remaining());
+    if (alive.length > 0 && run.expired()) {
+      throw new TreeStateError('ETIMEDOUT', `the tree of ${run.root} did not die within ${run.timeoutMs} ms: ${describePids(alive)} still alive`, { pid: run.root, pids: alive });
+    }
+  }
 }
 
 export interface WaitOptions extends WalkOptions {
