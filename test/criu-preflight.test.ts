@@ -98,7 +98,7 @@ describe('preflight: what would stop a dump, before it runs', () => {
     expect(r.blockers.filter((x) => x.kind === 'session')).to.have.length(1);
     const e = await rejection(dump(pid, { imagesDir: tempDir(), finalState: 'running', shellJob: true }));
     expect(e.code).to.equal('ECRIU');
-    expect(e.message).to.match(/outside of its pid namespace \(.*--shell-job cannot help; start the tree in a session of its own: setsid/);
+    expect(e.message).to.match(/outside of its pid namespace \(.*--shell-job cannot help; start the tree in a session of its own: setsid, or treestate run --detach\)/);
     expect((await getTreeState(pid)).state).to.equal('running');
   });
 

@@ -288,7 +288,7 @@ async function runCriu(verb: CriuVerb, options: CriuOptions, run: Run, afterFail
 function criuHint(log: string): string {
   if (/Iptables configuration failed|nftables.*(fail|error)|Can't lock network/i.test(log)) return ` (${NETWORK_LOCK_HINT})`;
   if (/A session leader of .* is outside of its pid namespace/.test(log)) {
-    return ' (the tree belongs to session 0 as its pid namespace sees it: a session led from outside the namespace, as for a tree started by `docker exec` or `unshare -p` without setsid, or by no process at all, under an init that never called setsid; --shell-job cannot help; start the tree in a session of its own: setsid, or treestate run)';
+    return ' (the tree belongs to session 0 as its pid namespace sees it: a session led from outside the namespace, as for a tree started by `docker exec` or `unshare -p` without setsid, or by no process at all, under an init that never called setsid; --shell-job cannot help; start the tree in a session of its own: setsid, or treestate run --detach)';
   }
   return '';
 }

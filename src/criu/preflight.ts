@@ -100,7 +100,7 @@ export async function preflight(pid: number, options: { criu?: string } = {}): P
       blocks: 'dump',
       pids: outsideNs,
       message: `${describePids(outsideNs)} ${outsideNs.length === 1 ? 'belongs' : 'belong'} to session 0 as ${outsideNs.length === 1 ? 'its' : 'their'} pid namespace sees it: a session led from outside the namespace, or by no process at all (an init that never called setsid); --shell-job cannot help (criu: "A session leader of … is outside of its pid namespace")`,
-      fix: 'start the tree in a session of its own (setsid, or treestate run)',
+      fix: 'start the tree in a session of its own (setsid, or treestate run --detach)',
     });
   }
   const outsideLeaders = [...new Set(present.filter((f) => !outsideNsSet.has(f.pid)).flatMap((f) => [f.sid, f.pgid]).filter((l) => l !== 0 && !inTree.has(l)))];
