@@ -60,6 +60,13 @@ Napi::Value TracerOf(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), treestate::ReadTracer(pid, pid));
 }
 
+// The session of a process (its stat line), -1 when it cannot be read.
+Napi::Value SessionOf(const Napi::CallbackInfo& info) {
+  pid_t pid = static_cast<pid_t>(info[0].As<Napi::Number>().Int32Value());
+  treestate::ProcStat st;
+  return Napi::Number::New(info.Env(), treestate::ReadStat(pid, &st) == 0 ? st.sid : -1);
+}
+
 // Whether a process has a handler for a signal: criu is interrupted with
 // SIGALRM only once it catches it (src/criu/interrupt.ts).
 Napi::Value CatchesSignal(const Napi::CallbackInfo& info) {
@@ -80,6 +87,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("socketHolders", Napi::Function::New(env, treestate::SocketHoldersAsync, "socketHolders"));
   exports.Set("selfAndAncestors", Napi::Function::New(env, SelfAndAncestors, "selfAndAncestors"));
   exports.Set("tracerOf", Napi::Function::New(env, TracerOf, "tracerOf"));
+  exports.Set("sessionOf", Napi::Function::New(env, SessionOf, "sessionOf"));
+  exports.Set("sessionMembers", Napi::Function::New(env, treestate::SessionMembersAsync, "sessionMembers"));
   exports.Set("catchesSignal", Napi::Function::New(env, CatchesSignal, "catchesSignal"));
   exports.Set("childrenFilesSupported",
               Napi::Function::New(env, ChildrenFilesSupported, "childrenFilesSupported"));

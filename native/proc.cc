@@ -118,6 +118,7 @@ int ParseStat(int dirfd, const char* path, pid_t pid, ProcStat* out, Fd* kept = 
     char* end;
     unsigned long long v = strtoull(p, &end, 10);
     if (field == 4) out->ppid = static_cast<pid_t>(v);
+    if (field == 6) out->sid = static_cast<pid_t>(v);
     if (field == 9) out->flags = static_cast<unsigned long>(v);
     if (field == 20) out->numThreads = static_cast<long>(v);
     if (field == 22) out->startTime = v;
@@ -325,6 +326,21 @@ int ScanChildren(ChildMap* out) {
     pid_t pid = static_cast<pid_t>(atoi(e->d_name));
     snprintf(path, sizeof path, "%d/stat", pid);
     if (ParseStat(dirfd(dir), path, pid, &st) == 0) (*out)[st.ppid].push_back(pid);
+  }
+  closedir(dir);
+  return 0;
+}
+
+int ScanSession(pid_t sid, std::vector<std::pair<pid_t, uint64_t>>* out) {
+  DIR* dir = opendir("/proc");
+  if (!dir) return errno;
+  ProcStat st;
+  char path[32];
+  while (struct dirent* e = readdir(dir)) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    pid_t pid = static_cast<pid_t>(atoi(e->d_name));
+    snprintf(path, sizeof path, "%d/stat", pid);
+    if (ParseStat(dirfd(dir), path, pid, &st) == 0 && st.sid == sid) out->push_back({pid, st.startTime});
   }
   closedir(dir);
   return 0;

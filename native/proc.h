@@ -14,6 +14,7 @@ namespace treestate {
 struct ProcStat {
   pid_t pid = 0;
   pid_t ppid = 0;
+  pid_t sid = 0;  // the session, as this /proc's pid namespace sees it
   char state = '?';
   unsigned long flags = 0;
   long numThreads = 0;
@@ -94,6 +95,8 @@ bool ChildrenFilesSupported();
 // pid order).
 using ChildMap = std::unordered_map<pid_t, std::vector<pid_t>>;
 int ScanChildren(ChildMap* out);
+// Every process of session `sid` (from /proc/*/stat): pairs (pid, start time).
+int ScanSession(pid_t sid, std::vector<std::pair<pid_t, uint64_t>>* out);
 
 // How many descriptors this process has open (from /proc/self/fd); a
 // number past any limit if it cannot tell.

@@ -300,6 +300,42 @@ class LeaderStatesWorker : public Napi::AsyncWorker {
   std::string states_;
 };
 
+class SessionMembersWorker : public Napi::AsyncWorker {
+ public:
+  SessionMembersWorker(Napi::Env env, pid_t sid)
+      : Napi::AsyncWorker(env, "treestate:sessionMembers"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        sid_(sid) {}
+
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override { err_ = ScanSession(sid_, &members_); }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (err_) {
+      deferred_.Reject(ErrorRecord(env, {err_, nullptr, "opendir", 0}));
+      return;
+    }
+    Napi::Array out = Napi::Array::New(env, members_.size());
+    for (size_t i = 0; i < members_.size(); i++) {
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("pid", members_[i].first);
+      o.Set("startTime", static_cast<double>(members_[i].second));
+      out.Set(i, o);
+    }
+    deferred_.Resolve(out);
+  }
+
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  pid_t sid_;
+  int err_ = 0;
+  std::vector<std::pair<pid_t, uint64_t>> members_;
+};
+
 class WaitExitWorker : public Napi::AsyncWorker {
  public:
   WaitExitWorker(Napi::Env env, std::vector<Identity> targets, int timeoutMs)
@@ -411,6 +447,13 @@ Napi::Value SignalListAsync(const Napi::CallbackInfo& info) {
 
 Napi::Value LeaderStatesAsync(const Napi::CallbackInfo& info) {
   auto* worker = new LeaderStatesWorker(info.Env(), IdentityArray(info[0]));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value SessionMembersAsync(const Napi::CallbackInfo& info) {
+  auto* worker = new SessionMembersWorker(info.Env(), static_cast<pid_t>(info[0].As<Napi::Number>().Int32Value()));
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;

@@ -12,6 +12,7 @@ Napi::Value CreateWalkCache(const Napi::CallbackInfo& info);
 Napi::Value ReleaseWalkCache(const Napi::CallbackInfo& info);
 Napi::Value SignalListAsync(const Napi::CallbackInfo& info);
 Napi::Value LeaderStatesAsync(const Napi::CallbackInfo& info);
+Napi::Value SessionMembersAsync(const Napi::CallbackInfo& info);
 Napi::Value WaitExitAsync(const Napi::CallbackInfo& info);
 
 }  // namespace treestate

@@ -177,6 +177,10 @@ export interface NativeAddon {
   cgroup2Mount(): { path: string; root: string } | null;
   /** The process's cgroup v2 path relative to the hierarchy's root, null without a v2 line; throws ESRCH when it is gone. */
   cgroupOf(pid: number): string | null;
+  /** The session of a process (its stat line), -1 when it cannot be read. */
+  sessionOf(pid: number): number;
+  /** Every process of session `sid` (a scan of /proc). */
+  sessionMembers(sid: number): Promise<Identity[]>;
   /** TracerPid of a process or thread (0: not traced, or gone). */
   tracerOf(pid: number): number;
   /** Whether a process has a handler for signal `signo` (false when gone). */

@@ -510,6 +510,7 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
     return result;
   }
   const run = new Passes(target, options);
+  const leadsSession = native().sessionOf(root) === root;
   let stopped = false;
   try {
     using stop = new Passes(target, { ...options, timeoutMs: Math.max(1, run.timeoutMs / 2) }, run.tally);
@@ -527,12 +528,15 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
   const sweep = new KillSweep(run, stopped);
   try {
     await sweep.from(undefined);
-    // What the call saw and no kill pass reached has left the tree (its
-    // parent exited and it moved to a subreaper or init), or exited: kill it
-    // where it is now, with what it forked since, until nothing new shows.
-    for (let strays = sweep.strays(); strays.length > 0; strays = sweep.strays()) {
-      for (const stray of strays) await sweep.from(stray);
-    }
+    await sweep.strays();
+    // A root that leads its own session: every member of the session
+    // descends from it (a session is entered only by being forked into it,
+    // after the leader's setsid), and the session keeps the root's pid as
+    // its id while a member lives, so no other process can take that pid.
+    // When a process was killed as it ran and exited before its children
+    // could be listed again, a child it forked just before the SIGKILL went
+    // to a subreaper or init unseen: it is still in the session, killed there.
+    if (leadsSession && sweep.relistRaced) await sweep.session(root);
   } finally {
     await run.releaseCache();
   }
@@ -568,11 +572,43 @@ class KillSweep {
     private readonly stopped: boolean,
   ) {}
 
-  /** What the call saw that no kill pass has reached yet, now counted as reached. */
-  strays(): Identity[] {
-    const strays = this.run.tally.identities().filter((p) => this.reached.get(p.pid) !== p.startTime);
-    for (const stray of strays) this.reached.set(stray.pid, stray.startTime);
-    return strays;
+  /** A killed process exited before its children could be listed again (whatever its state when read). */
+  relistRaced = false;
+
+  /**
+   * What the call saw and no kill pass reached has left the tree (its
+   * parent exited and it moved to a subreaper or init), or exited: kill it
+   * where it is now, with what it forked since, until nothing new shows.
+   */
+  async strays(): Promise<void> {
+    for (;;) {
+      const strays = this.run.tally.identities().filter((p) => this.reached.get(p.pid) !== p.startTime);
+      if (strays.length === 0) return;
+      for (const stray of strays) {
+        this.reached.set(stray.pid, stray.startTime);
+        await this.from(stray);
+      }
+    }
+  }
+
+  /**
+   * The members of the root's own session that no pass reached, killed with
+   * what they forked, until none is left. A gap `unlisted` reported is
+   * closed by it: the children it stands for are in the session (unless one
+   * left it with setsid in the microseconds between its birth and the scan).
+   */
+  async session(sid: number): Promise<void> {
+    const born = this.run.rootStartTime ?? 0;
+    for (;;) {
+      const members = (await native().sessionMembers(sid)).filter((p) => p.startTime >= born && this.reached.get(p.pid) !== p.startTime);
+      if (members.length === 0) break;
+      for (const member of members) {
+        this.reached.set(member.pid, member.startTime);
+        await this.from(member);
+      }
+      await this.strays();
+    }
+    this.unlisted.clear();
   }
 
   /** Passes from one process (the root, then a stray) until one signals nothing, or it is gone. */
@@ -596,13 +632,16 @@ class KillSweep {
         throw e;
       }
       run.record(pass);
-      // Only a process with a thread running (R) when read can have forked in
-      // the microseconds before its SIGKILL; one whose threads all slept,
-      // were stopped, traced, in uninterruptible sleep (a parent waiting in
-      // vfork) or exiting would first have to be woken: the same residual
-      // window as a childless process's (docs/safety.md). (Test: kill.test.ts,
-      // a root held in vfork beside sleeping threads, flagged 1 run in 3.)
-      const couldFork = (pid: number) => pass.processes.find((p) => p.pid === pid)?.threads.some((t) => t.state === 'R' || t.state === '?') ?? true;
+      // Only a process with a thread running (R) when read, or in
+      // ptrace-stop (t: its tracer may resume it at once, as one that
+      // swallows stops does), can have forked in the microseconds before its
+      // SIGKILL; one whose threads all slept, were stopped, in uninterruptible
+      // sleep (a parent waiting in vfork) or exiting would first have to be
+      // woken: the same residual window as a childless process's
+      // (docs/safety.md). (Test: kill.test.ts, a root held in vfork beside
+      // sleeping threads, flagged 1 run in 3.)
+      const couldFork = (pid: number) => pass.processes.find((p) => p.pid === pid)?.threads.some((t) => t.state === 'R' || t.state === 't' || t.state === '?') ?? true;
+      if (pass.unlisted.length > 0) this.relistRaced = true;
       for (const p of pass.unlisted) if (couldFork(p)) this.unlisted.add(p);
       const refusals = pass.failures.filter((f) => f.syscall === 'pidfd_send_signal' || !(READ_FAILURES as readonly string[]).includes(f.code));
       if (refusals.length > 0) throw failureError(refusals, 'kill', '');

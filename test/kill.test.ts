@@ -12,6 +12,42 @@ describe('kill', () => {
     expect((await killTree(walked.root)).walk).to.equal('children');
   });
 
+  it('sweeps the session of a root that leads one when a killed process exited before its children could be listed again', async () => {
+    // The race itself (a child forked in the microseconds before the SIGKILL,
+    // its parent gone before the relisting) is exercised by the hostile-trees
+    // test; here its report is placed on a pass, and the unseen child is
+    // real: a sleep of the root's session that left the tree by a double fork.
+    const orphanOf = async (sup: { root: number; pid: number }) => {
+      let orphan = 0;
+      await waitFor(async () => {
+        orphan = (await getTreeState(sup.pid)).processes.find((p) => p.comm === 'sleep' && p.ppid === sup.pid && p.pid !== sup.root)?.pid ?? 0;
+        return orphan > 0;
+      }, 5000, 'the orphan under the reaper');
+      expect((await getTreeState(sup.root)).processes.map((p) => p.pid)).to.not.include(orphan);
+      return orphan;
+    };
+    const script = '(sleep 1000 &); exec sleep 1000';
+    // Without a reported race the kill leaves what left the tree alone.
+    await using plain = await spawnSupervised('sh', ['-c', script]);
+    const left = await orphanOf(plain);
+    expect((await killTree(plain.root)).state).to.equal('dead');
+    expect(hasExited(left), 'the orphan without a race').to.equal(false);
+    // With one, the session is swept: the orphan dies with the tree.
+    await using raced = await spawnSupervised('sh', ['-c', script]);
+    const orphan = await orphanOf(raced);
+    const stop = observePasses({
+      afterPass: (pass, request) => {
+        if (request.kind?.startsWith('kill') && pass.processes[0]?.pid === raced.root) pass.unlisted.push(raced.root);
+      },
+    });
+    try {
+      expect((await killTree(raced.root)).state).to.equal('dead');
+    } finally {
+      stop();
+    }
+    await waitFor(() => hasExited(orphan), 2000, 'the orphan killed through the session');
+  });
+
   it('kills every process of a running tree and waits until all are gone', async () => {
     await using tree = await spawnTree({ depth: 2, fanout: 3, threads: 2, forkFromThreads: true });
     const pids = tree.pids();
