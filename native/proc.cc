@@ -316,7 +316,11 @@ bool ChildrenFilesSupported() {
   return supported;
 }
 
-int ScanChildren(ChildMap* out) {
+namespace {
+
+// Calls `each` with the stat line of every process in /proc; errno of the listing, or 0.
+template <typename Each>
+int ForEachProcess(Each each) {
   DIR* dir = opendir("/proc");
   if (!dir) return errno;
   ProcStat st;
@@ -325,25 +329,22 @@ int ScanChildren(ChildMap* out) {
     if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
     pid_t pid = static_cast<pid_t>(atoi(e->d_name));
     snprintf(path, sizeof path, "%d/stat", pid);
-    if (ParseStat(dirfd(dir), path, pid, &st) == 0) (*out)[st.ppid].push_back(pid);
+    if (ParseStat(dirfd(dir), path, pid, &st) == 0) each(st);
   }
   closedir(dir);
   return 0;
 }
 
+}  // namespace
+
+int ScanChildren(ChildMap* out) {
+  return ForEachProcess([out](const ProcStat& st) { (*out)[st.ppid].push_back(st.pid); });
+}
+
 int ScanSession(pid_t sid, std::vector<std::pair<pid_t, uint64_t>>* out) {
-  DIR* dir = opendir("/proc");
-  if (!dir) return errno;
-  ProcStat st;
-  char path[32];
-  while (struct dirent* e = readdir(dir)) {
-    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-    pid_t pid = static_cast<pid_t>(atoi(e->d_name));
-    snprintf(path, sizeof path, "%d/stat", pid);
-    if (ParseStat(dirfd(dir), path, pid, &st) == 0 && st.sid == sid) out->push_back({pid, st.startTime});
-  }
-  closedir(dir);
-  return 0;
+  return ForEachProcess([sid, out](const ProcStat& st) {
+    if (st.sid == sid) out->push_back({st.pid, st.startTime});
+  });
 }
 
 size_t CountOpenFds() {

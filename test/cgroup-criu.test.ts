@@ -67,7 +67,8 @@ describe('cgroup: CRIU and run trees', () => {
     const frozen = await cli(['freeze', String(tree.root)]);
     expect(frozen.code, frozen.stderr).to.equal(0);
     await tree.assertNoProgress();
-    expect((await cli(['kill', String(tree.root)])).code).to.equal(0);
+    const killed = await cli(['kill', String(tree.root)]);
+    expect(killed.code, killed.stderr).to.equal(0);
     await waitFor(() => !existsSync(restored.cgroup), 5000, 'the restored cgroup to be removed');
     expect((await cli(['restore', '-D', imagesDir, '--name', 'x'])).code).to.equal(2);
   });
