@@ -343,7 +343,7 @@ int ScanChildren(ChildMap* out) {
 
 int ScanSession(pid_t sid, std::vector<std::pair<pid_t, uint64_t>>* out) {
   return ForEachProcess([sid, out](const ProcStat& st) {
-    if (st.sid == sid) out->push_back({st.pid, st.startTime});
+    if (st.sid == sid && st.state != 'Z' && st.state != 'X') out->push_back({st.pid, st.startTime});
   });
 }
 

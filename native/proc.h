@@ -95,7 +95,8 @@ bool ChildrenFilesSupported();
 // pid order).
 using ChildMap = std::unordered_map<pid_t, std::vector<pid_t>>;
 int ScanChildren(ChildMap* out);
-// Every process of session `sid` (from /proc/*/stat): pairs (pid, start time).
+// Every live process of session `sid` (from /proc/*/stat; zombies left
+// out: they are dead already): pairs (pid, start time).
 int ScanSession(pid_t sid, std::vector<std::pair<pid_t, uint64_t>>* out);
 
 // How many descriptors this process has open (from /proc/self/fd); a

@@ -179,7 +179,7 @@ export interface NativeAddon {
   cgroupOf(pid: number): string | null;
   /** The session of a process (its stat line), -1 when it cannot be read. */
   sessionOf(pid: number): number;
-  /** Every process of session `sid` (a scan of /proc). */
+  /** Every live process of session `sid` (a scan of /proc; zombies left out). */
   sessionMembers(sid: number): Promise<Identity[]>;
   /** TracerPid of a process or thread (0: not traced, or gone). */
   tracerOf(pid: number): number;

@@ -13,7 +13,8 @@ import { createInterface } from 'node:readline';
 import { criuErrorLines, readText, restore, type CriuResult } from '../criu/checkpoint.js';
 import { locateCriu } from '../criu/locate.js';
 import { statusPipeRunner, type CommandExit, type RunningCommand } from '../criu/runner.js';
-import { TreeStateError } from '../errors.js';
+import { TreeStateError, describePids, hasCode } from '../errors.js';
+import { native } from '../native.js';
 import { killTree } from '../transitions.js';
 import { IMAGE_NAME, type ReceiverCommand, type ReceiverEvent } from './protocol.js';
 
@@ -167,7 +168,37 @@ export async function receive(options: ReceiveOptions = {}): Promise<number> {
     pageServer.kill();
     await pageServer.exited;
     // Nothing of a migration that did not finish stays here.
-    if (restored && !kept) await killTree(restored.root).catch(() => undefined);
+    if (restored && !kept) await removeRestored(restored.root);
     rmSync(base, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Kills a tree this receive restored, and what of it the kill could not
+ * reach: a copy whose pages will never come may lose processes to the fault
+ * while the kill walks it, and their children go to this host's init. The
+ * restored root leads its session as it did where it was dumped (criu
+ * restores sessions), and every member of a session descends from its
+ * leader, so what is left of the tree is what is left of the session. What
+ * cannot be removed is said on stderr (ssh carries it back).
+ */
+async function removeRestored(root: number): Promise<void> {
+  const leadsSession = native().sessionOf(root) === root;
+  try {
+    await killTree(root);
+  } catch (e) {
+    if (!hasCode(e, 'ESRCH')) process.stderr.write(`treestate receive: removing the restored tree of ${root}: ${(e as Error).message}\n`);
+  }
+  if (!leadsSession) return;
+  const { SIGKILL } = native().signals;
+  for (let round = 0; ; round++) {
+    const left = await native().sessionMembers(root);
+    if (left.length === 0) return;
+    if (round === 3) {
+      process.stderr.write(`treestate receive: ${describePids(left.map((p) => p.pid))} of the restored tree of ${root} could not be removed\n`);
+      return;
+    }
+    await native().signalList(left, SIGKILL, false, [process.pid]);
+    await native().waitExit(left, 2000);
   }
 }
