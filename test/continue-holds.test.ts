@@ -87,7 +87,10 @@ describe('continue holds', () => {
     );
     expect(error.code).to.equal('ETIMEDOUT');
     expect(error.pids).to.deep.equal([looper.root]);
-    expect(error.message).to.match(/stopped again each time it was resumed \(\d+ times\)/);
+    // Usually a pass sees it run between its SIGCONT and its next stop, and
+    // the settle watch counts the rounds; when no pass ever does (it stops
+    // again within microseconds), the continue's own deadline names it.
+    expect(error.message).to.match(/stopped again each time it was resumed \(\d+ times\)|did not resume within \d+ ms: pid \d+ \(T\) still stopped/);
   });
 
   it('holds with a real runuser under load', async function () {
