@@ -404,7 +404,7 @@ export async function continueKeeping(root: number, options: ContinueOptions, ke
         });
       }
       const keptStopped = pass.processes.filter((p) => isKept(p) && p.threads.some((t) => t.state === 'T')).map((p) => ({ pid: p.pid, startTime: p.startTime }));
-      const settled = (options.settleMs ?? DEFAULT_SETTLE_MS) <= 0 ? result : await settle(result, pass, run, options, isKept);
+      const settled = (options.settleMs ?? DEFAULT_SETTLE_MS) <= 0 ? result : await settle(pass, run, options, isKept);
       recordContinue({ pid: root, startTime: rootStartTime }, keptStopped, 'continue');
       return { ...settled, keptStopped: keptStopped.map((p) => p.pid) };
     }
@@ -439,7 +439,7 @@ export async function continueKeeping(root: number, options: ContinueOptions, ke
  * children file (a process whose leader thread has exited, a zombie leader,
  * is no longer watched).
  */
-async function settle(verified: TransitionResult, verifying: NativeWalkResult, run: Passes, options: ContinueOptions, isKept: (p: Identity) => boolean): Promise<TransitionResult> {
+async function settle(verifying: NativeWalkResult, run: Passes, options: ContinueOptions, isKept: (p: Identity) => boolean): Promise<TransitionResult> {
   const { root } = run;
   const settleMs = options.settleMs ?? DEFAULT_SETTLE_MS;
   const { SIGCONT } = native().signals;
@@ -478,7 +478,8 @@ async function settle(verified: TransitionResult, verifying: NativeWalkResult, r
     if (sent.failures.length > 0) throw failureError(sent.failures, 'continue', '');
     for (const pid of sent.signalled) if (!resumedAgain.includes(pid)) resumedAgain.push(pid);
   }
-  return { ...verified, elapsedMs: Math.round((performance.now() - run.started) * 1000) / 1000, settle: { looks, resumedAgain } };
+  // The verified result, timed to the end of the watch.
+  return { ...run.result('running', verifying), settle: { looks, resumedAgain } };
 }
 
 /**
