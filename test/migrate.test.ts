@@ -56,19 +56,24 @@ async function fixturesOn(h: Hosts, which: 'a' | 'b'): Promise<number[]> {
   return (await snapshot(hostInit(h, which))).processes.filter((p) => p.comm.startsWith('treestate-fixtu')).map((p) => p.pid);
 }
 
-/** criu dumps serving pages (--lazy-pages) that this project's criu runs here. */
-function lazyServers(): number[] {
+/** The processes of this project's criu (any namespace) whose command line `which` picks. */
+function ourCriu(which: (argv: string[], pid: number) => boolean): number[] {
   return readdirSync('/proc')
     .filter((d) => /^\d+$/.test(d))
     .filter((p) => {
       try {
         const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
-        return argv[0]!.startsWith(packageRoot()) && argv.includes('dump') && argv.includes('--lazy-pages');
+        return argv[0]!.startsWith(packageRoot()) && which(argv, Number(p));
       } catch {
         return false; // gone
       }
     })
     .map(Number);
+}
+
+/** criu dumps serving pages (--lazy-pages) that this project's criu runs here. */
+function lazyServers(): number[] {
+  return ourCriu((argv) => argv.includes('dump') && argv.includes('--lazy-pages'));
 }
 
 /** migrate's options to reach host B from here. */
@@ -235,13 +240,10 @@ describe('migrate: a running tree to another host and back', function () {
         lazy: true,
         onProgress: ({ phase }) => {
           if (phase !== 'pages') return;
-          for (const p of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+          for (const p of ourCriu((argv, pid) => argv[1] === 'lazy-pages' && netnsOf(pid) === netnsInode(hosts.B_NS))) {
             try {
-              const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
-              if (argv[0]!.startsWith(packageRoot()) && argv[1] === 'lazy-pages' && netnsOf(Number(p)) === netnsInode(hosts.B_NS)) {
-                process.kill(Number(p), 'SIGKILL');
-                killed++;
-              }
+              process.kill(p, 'SIGKILL');
+              killed++;
             } catch {
               // gone
             }
