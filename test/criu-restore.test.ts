@@ -31,7 +31,26 @@ describe('criu restore', () => {
     const restored = await restore({ imagesDir, runner: tree.supervisor });
     expect(restored.state).to.equal('running');
     expect(restored.processes).to.have.members(tree.pids());
+    // Nothing was stopped at dump time: criu resumed the tree itself, as a
+    // plain `criu restore` does, and treestate only verified it.
+    expect(restored.continued).to.equal(false);
+    expect(restored.request).to.not.have.property('leave_stopped');
     await tree.waitProgress();
+  });
+
+  it('--final-state running from the command line: criu resumes the tree (no --leave-stopped) when nothing was stopped at dump time', async () => {
+    await using tree = await spawnTree(shape);
+    const imagesDir = tempDir();
+    await dump(tree.root, { imagesDir });
+    const restored = await restore({ imagesDir, pidNamespace: 'new' });
+    try {
+      expect(restored.state).to.equal('running');
+      expect(restored.continued).to.equal(false);
+      expect(restored.argv).to.include('restore').and.not.include('--leave-stopped');
+      expect(restored.processes).to.have.length(tree.pids().length);
+    } finally {
+      await killTree(restored.root);
+    }
   });
 
   it('restores every child under its parent\'s main thread, whatever thread forked it', async () => {
@@ -57,7 +76,9 @@ describe('criu restore', () => {
     await killTree(tree.root);
     const running = await restore({ imagesDir, finalState: 'running', runner: tree.supervisor });
     expect(running.state).to.equal('running');
+    // Stopped at dump time: restored stopped, then continued by treestate.
     expect(running.continued).to.equal(true);
+    expect(running.request).to.include({ leave_stopped: true });
     await tree.waitProgress();
   });
 

@@ -165,6 +165,9 @@ describe('criu RPC hooks and results', function () {
     });
     expect(calls).to.deep.equal(['preRestore undefined', `postRestore ${tree.root}`, `preResume ${tree.root}`, `postResume ${tree.root}`]);
     expect(restored.root).to.equal(tree.root);
+    // With hooks the tree is restored stopped and continued by treestate, even though nothing was stopped at dump time.
+    expect(restored.continued).to.equal(true);
+    expect(restored.request).to.include({ leave_stopped: true });
     expect(beforeRun!.processes.map((p) => p.pid).sort()).to.deep.equal([...tree.pids()].sort());
     // Held by criu, not running: no heartbeat moved while preResume waited.
     expect(threadStates(beforeRun!)).to.match(/^t+$/);

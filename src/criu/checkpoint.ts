@@ -580,10 +580,15 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
   const pidDir = mkdtempSync(join(tmpdir(), 'treestate-restore-'));
   const pidFile = join(pidDir, 'root.pid');
   try {
-    // Always restore stopped, then continue with the engine when Running was
-    // asked for: criu restores a process that was stopped at dump time
-    // stopped (sending SIGSTOP as it detaches, so T shows late), and this way
-    // the tree deterministically ends as asked, whatever it was at dump time.
+    // To Running, criu resumes the tree itself, as a plain `criu restore`
+    // does, when the images say no process was stopped at dump time and no
+    // hook is to run before the tree resumes. Otherwise restore stopped and
+    // continue with the engine: criu restores a process that was stopped at
+    // dump time stopped (sending SIGSTOP as it detaches, so T shows late),
+    // hooks (pre-resume, post-resume) are promised a tree that has not run,
+    // and this way the tree deterministically ends as asked, whatever it was
+    // at dump time.
+    const direct = finalState === 'running' && checkpoint !== undefined && !checkpoint.processes.some((p) => p.state === 'stopped') && !hasHooks(options.hooks);
     const inOwnCgroup = Boolean(options.cgroup);
     const runner = namespace ?? (inOwnCgroup ? cgroupRestoreRunner(pidFile, { name: typeof options.cgroup === 'string' ? options.cgroup : undefined }) : options.runner);
     const flags = withNetworkLock(options);
@@ -595,8 +600,8 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
       b,
       placed,
       {
-        commandLine: () => restoreArgs(placed.imagesDir, placed.logFile, pidFile, 'stopped', { ...flags, inOwnCgroup }),
-        request: (places) => restoreRequest(places, flags, options.hooks),
+        commandLine: () => restoreArgs(placed.imagesDir, placed.logFile, pidFile, direct ? 'running' : 'stopped', { ...flags, inOwnCgroup }),
+        request: (places) => restoreRequest(places, flags, options.hooks, direct ? 'running' : 'stopped'),
         onCommandLine: Boolean(namespace) || inOwnCgroup,
       },
       async () => 'criu removes what it had restored when it fails',
@@ -606,23 +611,27 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
     const located = namespace?.locate(written);
     const root = located?.host ?? written;
     options.onProgress?.({ verb: 'restore', phase: 'verifying', elapsedMs: performance.now() - b.started });
-    const restored = await verify('restore', root, 'stopped', options);
-    // Stopped at dump time is the application's own stop: a restore to
-    // Running leaves it stopped, as criu's own restore does; a restore to
-    // Stopped remembers it, for the continue to come.
-    const rootId = { pid: root, startTime: restored.processes[0]!.startTime };
-    const note = readImageStops(placed.imagesDir);
-    const warnings: string[] = [...unread, ...(note.warning ? [note.warning] : [])];
-    const appStops = imageStops(checkpoint, note.stoppedByTreestate, restored, Boolean(namespace));
-    if (finalState === 'running') await continueKeeping(root, {}, { root: rootId, kept: appStops });
-    else warnings.push(...recordStop(rootId, identitiesOf(restored.processes.filter((p) => p.state !== 'dead')), appStops, 'restore').warnings);
+    const warnings: string[] = [...unread];
+    let appStops: Identity[] = [];
+    if (!direct) {
+      const restored = await verify('restore', root, 'stopped', options);
+      // Stopped at dump time is the application's own stop: a restore to
+      // Running leaves it stopped, as criu's own restore does; a restore to
+      // Stopped remembers it, for the continue to come.
+      const rootId = { pid: root, startTime: restored.processes[0]!.startTime };
+      const note = readImageStops(placed.imagesDir);
+      if (note.warning) warnings.push(note.warning);
+      appStops = imageStops(checkpoint, note.stoppedByTreestate, restored, Boolean(namespace));
+      if (finalState === 'running') await continueKeeping(root, {}, { root: rootId, kept: appStops });
+      else warnings.push(...recordStop(rootId, identitiesOf(restored.processes.filter((p) => p.state !== 'dead')), appStops, 'restore').warnings);
+    }
     const cgroup = (runner as { cgroup?: string } | undefined)?.cgroup;
     const status = await verify('restore', root, finalState, options, finalState === 'running' ? appStops : undefined);
     const keptStopped = finalState === 'running' ? status.keptStopped ?? [] : appStops.map((p) => p.pid);
     const done = {
       ...result('restore', root, finalState, alive(status), b, placed, argv),
       request,
-      continued: finalState === 'running',
+      continued: finalState === 'running' && !direct,
       ...(keptStopped.length ? { keptStopped } : {}),
       ...(inOwnCgroup && cgroup ? { cgroup } : {}),
     };

@@ -50,7 +50,11 @@ export function preDumpRequest(pid: number, places: RequestPlaces, flags: CriuFl
   return { type: ReqType.SINGLE_PRE_DUMP, opts: { ...common(places, flags, hooks), pid, ...(flags.parentImg ? { parent_img: flags.parentImg } : {}) } };
 }
 
-/** Always restored stopped (see restore in checkpoint.ts); over RPC criu always restores detached. */
-export function restoreRequest(places: RequestPlaces, flags: CriuFlags, hooks?: CriuHooks): CriuReqMessage {
-  return { type: ReqType.RESTORE, opts: { ...common(places, flags, hooks), leave_stopped: true } };
+/**
+ * Over RPC criu always restores detached. `finalState` 'running': criu
+ * resumes the tree itself (restore() asks so only when nothing was stopped at
+ * dump time and no hook is to run).
+ */
+export function restoreRequest(places: RequestPlaces, flags: CriuFlags, hooks?: CriuHooks, finalState: 'running' | 'stopped' = 'stopped'): CriuReqMessage {
+  return { type: ReqType.RESTORE, opts: { ...common(places, flags, hooks), ...(finalState === 'stopped' ? { leave_stopped: true } : {}) } };
 }
