@@ -1,6 +1,7 @@
 #include "proc.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -11,6 +12,9 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
 
 namespace treestate {
 
@@ -362,6 +366,41 @@ size_t FdLimit() {
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 0;
   return rl.rlim_cur == RLIM_INFINITY ? SIZE_MAX : static_cast<size_t>(rl.rlim_cur);
+}
+
+namespace {
+
+void* GrowFdTable(void*) {
+  // Slots 0..16383 (an fd of 16000 asks for a table of 16384), or half the
+  // fd limit: the kernel refuses an fd at or past the limit, and the table
+  // rounds up to a power of two (times 128) anyway.
+  size_t top = std::min<size_t>(16000, FdLimit() / 2);
+  if (top < 256) return nullptr;
+  // Two descriptors for a moment, once per process: the walk that asked
+  // holds hundreds, and a walk that meets EMFILE says so.
+  int fd = open("/", O_PATH | O_CLOEXEC);
+  if (fd < 0) return nullptr;
+  // The first free descriptor at or above `top`: the table grows to hold
+  // it (expand_files), and never shrinks. The copy is closed at once.
+  int high = fcntl(fd, F_DUPFD_CLOEXEC, static_cast<int>(top));
+  if (high >= 0) close(high);
+  close(fd);
+  return nullptr;
+}
+
+}  // namespace
+
+void GrowFdTableInBackground() {
+  static std::atomic<bool> started{false};
+  if (started.exchange(true)) return;
+  pthread_attr_t attr;
+  if (pthread_attr_init(&attr) != 0) return;
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&attr, 64 * 1024);
+  pthread_t t;
+  // Best effort: without the thread, the table grows as it always did.
+  pthread_create(&t, &attr, GrowFdTable, nullptr);
+  pthread_attr_destroy(&attr);
 }
 
 std::vector<pid_t> SelfAndAncestors() {

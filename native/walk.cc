@@ -295,6 +295,11 @@ bool ListAgain(const ProcessFiles& pf, ProcessRecord* rec, SignalOutcome* outcom
 
 constexpr size_t kNone = static_cast<size_t>(-1);
 
+// Descriptors held (by the walk cache, or as a pass's pins) past which the
+// descriptor table is grown in one step (GrowFdTableInBackground): below a
+// few hundred the table Node starts with holds them.
+constexpr size_t kManyFiles = 192;
+
 struct Frame {
   pid_t pid;
   pid_t parent;        // 0 for the root
@@ -398,6 +403,7 @@ int Visit(const WalkOptions& o, const Frame& f, const ChildMap* scanned, Process
       cache->files += temp->Count();
       pf = &(cache->processes[f.pid] = std::move(*temp));
     }
+    if (cache->files >= kManyFiles) GrowFdTableInBackground();
   }
   *used = pf;
   return 0;
@@ -567,7 +573,8 @@ class Pass {
     if (o_.signal == 0 || !Selected(rec, o_.select) || Kept(o_, rec.pid, rec.startTime)) return;
     ready_.push_back(index);
     node.queued = true;
-    if (node.pin.owned.ok() && ++heldPins_ > PinBudget()) {
+    if (node.pin.owned.ok() && ++heldPins_ == kManyFiles) GrowFdTableInBackground();
+    if (node.pin.owned.ok() && heldPins_ > PinBudget()) {
       node.pin = Pending();
       node.repin = true;
     }

@@ -2,9 +2,12 @@
 // open between passes and are read again with pread. What a later pass reads
 // through them must be as fresh as a first look, and the cache must stay
 // within its bound and close everything when released.
+import { execFile } from 'node:child_process';
 import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { expect } from 'chai';
-import { native, type NativeWalkResult } from '../src/native.js';
+import { native, packageRoot, type NativeWalkResult } from '../src/native.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
 import { statFields, waitFor } from './helpers.js';
 
@@ -96,5 +99,38 @@ describe('walk cache', function () {
     native().releaseWalkCache(cache);
     expect(() => native().walk({ root: tree.root, cache })).to.throw(TypeError, /not a live walk cache/);
     expect(() => native().walk({ root: tree.root, cache: {} as never })).to.throw(TypeError, /not a live walk cache/);
+  });
+
+  // The kernel doubles a descriptor table as it fills, and in a process with
+  // threads each doubling waits for an RCU grace period (6-17 ms here): a
+  // walk that keeps thousands of files open grows it once, to its full size.
+  // FDSize in /proc/PID/status is the table's size. In a fresh process: the
+  // table never shrinks.
+  it('a walk that keeps hundreds of files open grows the descriptor table to its full size; a small one leaves it as Node made it', async () => {
+    await using small = await spawnTree({ depth: 1, fanout: 2 });
+    // 85 processes x 3 threads: ~9 files each, past the 192 that ask for the growth.
+    await using big = await spawnTree({ depth: 3, fanout: 4, threads: 3 });
+    const script = `
+      const ts = require(${JSON.stringify(join(packageRoot(), 'dist', 'index.cjs'))});
+      const { readFileSync } = require('node:fs');
+      const size = () => Number(readFileSync('/proc/self/status', 'utf8').match(/FDSize:\\s*(\\d+)/)[1]);
+      const limit = Number(readFileSync('/proc/self/limits', 'utf8').match(/Max open files\\s+(\\d+)/)[1]);
+      (async () => {
+        const out = { start: size(), limit };
+        await ts.stopTree(${small.root});
+        await ts.continueTree(${small.root});
+        out.small = size();
+        await ts.stopTree(${big.root});
+        await ts.continueTree(${big.root});
+        // The table grows on a thread of its own: give it its grace period.
+        const wanted = Math.min(16000, Math.floor(limit / 2));
+        for (let i = 0; i < 500 && size() <= wanted; i++) await new Promise((r) => setTimeout(r, 10));
+        out.big = size();
+        console.log(JSON.stringify(out));
+      })();`;
+    const { stdout } = await promisify(execFile)(process.execPath, ['-e', script]);
+    const out = JSON.parse(stdout) as { start: number; small: number; big: number; limit: number };
+    expect(out.small, 'after a walk of 3 processes').to.equal(out.start);
+    expect(out.big, 'after a walk of 85 processes x 3 threads').to.be.above(Math.min(16000, Math.floor(out.limit / 2)));
   });
 });
