@@ -185,6 +185,8 @@ export interface NativeAddon {
   tracerOf(pid: number): number;
   /** Whether a process has a handler for signal `signo` (false when gone). */
   catchesSignal(pid: number, signo: number): boolean;
+  /** isatty(3) of one of this process's descriptors. */
+  isTerminal(fd: number): boolean;
   childrenFilesSupported(): boolean;
   signals: { SIGSTOP: number; SIGCONT: number; SIGKILL: number };
 }

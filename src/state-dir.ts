@@ -3,7 +3,6 @@
 // no one else can change is used: what is read from it steers what treestate
 // trusts and signals, so a file another user could plant there must not count.
 import { closeSync, constants, lstatSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, unlinkSync, writeSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 
 const ROOT_DIR = '/run/treestate';
@@ -67,7 +66,9 @@ export function readStateFile(dir: string, name: string): string | undefined {
 
 /** Writes `dir/name` whole under a fresh name, then renames it into place: a reader sees the old file or the new one. */
 export function writeStateFile(dir: string, name: string, text: string): boolean {
-  const tmp = join(dir, `.${name}.${randomBytes(6).toString('hex')}`);
+  // Unique, not secret: the directory is the caller's own, and O_EXCL
+  // refuses a name that exists (node:crypto alone took ~2.5 ms to load).
+  const tmp = join(dir, `.${name}.${process.pid}.${Date.now().toString(36)}.${Math.random().toString(36).slice(2, 10)}`);
   try {
     const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     try {

@@ -8,7 +8,7 @@ import { native, type Identity, type NativeFailure, type NativeWalkResult } from
 import { DURATION, wholeNumber } from './options.js';
 import { Passes, backoff, checkTarget, pause, type PassTally } from './passes.js';
 import { recordContinue, recordOf, recordStop, recordsFor, removeRecords } from './stop-records.js';
-import { checkPid, classify, refuseDeadRoot, liveThreads, pidsOf, processState, toProcessInfo, withFrozen, withKept, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
+import { anyLiveThread, checkPid, classify, refuseDeadRoot, liveThreads, pidsOf, processState, toProcessInfo, withFrozen, withKept, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
 import { failureError, withNote } from './walk.js';
 
 export interface TransitionOptions extends WalkOptions {
@@ -161,7 +161,7 @@ async function stopPasses(run: Passes, options: StopOptions, beforeKill: boolean
     ({ look, looks } = await refuseHeldThreads(run));
     run.identify(look);
     // Nothing runs (and so nothing forks): stopped already.
-    if (liveThreads(look.processes, (s) => s !== 'T').length === 0) {
+    if (!anyLiveThread(look.processes, (s) => s !== 'T')) {
       run.tally.add(look);
       return recordedStop(run.result('stopped', look, looks), look, run);
     }
@@ -390,8 +390,7 @@ export async function continueKeeping(root: number, options: ContinueOptions, ke
     // ('+'): the kernel ended their group-stop as the SIGCONT was sent.
     // The kept processes may be stopped, and only they.
     const ours = kept.size ? pass.processes.filter((p) => !isKept(p)) : pass.processes;
-    const stopped = liveThreads(ours, (s) => s === 'T');
-    if (stopped.length === 0) {
+    if (!anyLiveThread(ours, (s) => s === 'T')) {
       const result = run.result('running', pass);
       const traced = liveThreads(ours, (s) => s === 't');
       if (traced.length > 0) {
@@ -409,6 +408,7 @@ export async function continueKeeping(root: number, options: ContinueOptions, ke
       return { ...settled, keptStopped: keptStopped.map((p) => p.pid) };
     }
     if (run.expired()) {
+      const stopped = liveThreads(ours, (s) => s === 'T');
       throw new TreeStateError('ETIMEDOUT', `the tree of ${root} did not resume within ${run.timeoutMs} ms: ${describeThreads(stopped)} still stopped`, {
         pid: root,
         threads: stopped,

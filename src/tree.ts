@@ -64,9 +64,15 @@ export function threadState(letter: string): Exclude<ProcessState, 'mixed'> {
 }
 
 export function processState(threads: ThreadInfo[]): ProcessState {
-  const live = threads.map((t) => threadState(t.state)).filter((s) => s !== 'dead');
-  if (live.length === 0) return 'dead';
-  return live.every((s) => s === live[0]) ? live[0]! : 'mixed';
+  // A loop, not map/filter/every: it runs for every process of every pass.
+  let state: ProcessState = 'dead';
+  for (const t of threads) {
+    const s = threadState(t.state);
+    if (s === 'dead') continue;
+    if (state === 'dead') state = s;
+    else if (s !== state) return 'mixed';
+  }
+  return state;
 }
 
 const MAX_PID = 4_194_304; // PID_MAX_LIMIT on 64-bit
@@ -197,6 +203,16 @@ export function liveThreads(processes: Array<{ pid: number; threads: ThreadInfo[
     }
   }
   return out;
+}
+
+/** Whether any live thread of the processes has a state `keep` accepts (liveThreads without building the list). */
+export function anyLiveThread(processes: Array<{ threads: ThreadInfo[] }>, keep: (state: string) => boolean): boolean {
+  for (const p of processes) {
+    for (const t of p.threads) {
+      if (threadState(t.state) !== 'dead' && keep(t.state)) return true;
+    }
+  }
+  return false;
 }
 
 /** The processes the threads belong to, each once. */

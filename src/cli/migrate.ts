@@ -79,9 +79,10 @@ export const migrateCommands: Record<string, Command> = {
     usage: 'receive [--address ADDR] [--lazy] [--criu PATH]',
     summary: "the destination's half of migrate, run by it over ssh (JSON lines on stdin and stdout)",
     flags: { '--address': { value: true }, '--lazy': {}, '--criu': { value: true } },
-    async run(args) {
+    async run(args, io) {
       if (args.positionals.length) throw new UsageError('receive takes no operands');
-      return receive({ address: args.flags.get('--address') as string | undefined, lazy: args.flags.has('--lazy'), criu: args.flags.get('--criu') as string | undefined });
+      // Its events go out the way the CLI's own output does, in one order.
+      return receive({ address: args.flags.get('--address') as string | undefined, lazy: args.flags.has('--lazy'), criu: args.flags.get('--criu') as string | undefined, output: io.out });
     },
   },
 };
