@@ -620,8 +620,11 @@ class KillSweep {
       let pass: NativeWalkResult;
       try {
         pass = await run.walk({
-          // From the root, by pid alone, through the cache; from a stray, by identity.
-          ...(from ? { root: from.pid, rootStartTime: from.startTime, cache: undefined } : { rootStartTime: undefined }),
+          // From the root through the cache, from a stray without it; both by
+          // identity (the root's once a pass has read it): a killed root
+          // that is reaped frees its pid, and a later pass must not kill
+          // the process that takes it.
+          ...(from ? { root: from.pid, rootStartTime: from.startTime, cache: undefined } : {}),
           // A stopped tree cannot fork: read it all, then kill it in one
           // burst, children first. One that still forks is killed parents
           // first, and what ran is listed again once killed.

@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { expect } from 'chai';
-import { TreeStateError, snapshot, stopTree } from '../src/index.js';
+import { TreeStateError, killTree, snapshot, stopTree } from '../src/index.js';
 import { native } from '../src/native.js';
 import { observePasses, spawnSupervised, spawnTree, type Supervisor } from '../src/testing/index.js';
 import { statFields } from './helpers.js';
@@ -180,5 +180,33 @@ describe('safety: pid reuse', function () {
     } finally {
       native().releaseWalkCache(cache);
     }
+  });
+
+  it("a kill's later passes from the root leave alone an unrelated process that took the root's pid", async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 2, intervalMs: 20 });
+    const original = tree.pids();
+    let decoy: Unrelated | undefined;
+    // After the first kill pass (every process sent SIGKILL), the tree is
+    // reaped by its reaper and an unrelated process takes the root's pid
+    // before the next pass, which walks from the root again.
+    const stop = observePasses({
+      afterPass: async (_result, request) => {
+        if (decoy || (request.kind !== 'kill' && request.kind !== 'kill-stopped')) return;
+        await pause(30); // a later clock tick than the tree's start times
+        await waitUntil('the killed tree is reaped', () => original.every((pid) => !existsSync(`/proc/${pid}`)));
+        decoy = await takePid(tree.root);
+        cleanup.push(decoy);
+      },
+    });
+    let result;
+    try {
+      result = await killTree(tree.root, { timeoutMs: 10_000 });
+    } finally {
+      stop();
+    }
+    expect(decoy?.pid, 'the unrelated process took the root pid').to.equal(tree.root);
+    expect(result.state).to.equal('dead');
+    await pause(50);
+    expect(stateOf(decoy!.pid), 'the unrelated process on the root pid must not be killed').to.be.oneOf(['S', 'R']);
   });
 });
