@@ -413,8 +413,9 @@ int Visit(const WalkOptions& o, const Frame& f, const ChildMap* scanned, Process
 // big, helper threads: reading /proc is CPU work in the kernel, and it
 // spreads over cores. Frames wait on one shared stack; the order rules hold
 // whatever thread visits what: parents first signals a process before its
-// children are even on the stack, and children first signals a process
-// once the last of its children is done (a count per process).
+// children are even on the stack, and children first queues a process for
+// the signals once the last of its children is done (a count per process),
+// and signals the queue in order once the whole tree is read.
 class Pass {
  public:
   Pass(const WalkOptions& o, const ChildMap* scanned, WalkResult* result)
@@ -434,7 +435,7 @@ class Pass {
     size_t from = kNone;
     size_t waiting = 0;  // children not done yet (children first)
     Pending pin;
-    bool queued = false;  // signal-after-read: waits in ready_ with its pin
+    bool queued = false;  // children first: waits in ready_ with its pin
     bool repin = false;   // its pin was closed: look it up again to signal it
     bool deferred = false;     // relistAfterSignal: stopped, signalled once its children are done
     bool childUnread = false;  // a process below it could not be read
@@ -553,17 +554,17 @@ class Pass {
     if (node.childUnread && node.from != kNone) nodes_[node.from].childUnread = true;
     if (spare) {
       // left alone: the failure names the process that could not be read
-    } else if (o_.order == Order::ChildrenFirst && o_.signalAfterRead) {
+    } else if (o_.order == Order::ChildrenFirst) {
       Queue(index);
-    } else if (o_.order == Order::ChildrenFirst || node.deferred) {
+    } else if (node.deferred) {
       Deliver(o_, node.pin.fd, result_->processes[index], result_);
     }
     if (!node.queued) node.pin = Pending();
     return node.from;
   }
 
-  // Signal-after-read: `index` is next in signalling order (children
-  // first: the order processes are finished in). Its pin stays open for the
+  // Children first: `index` is next in signalling order (the order
+  // processes are finished in). Its pin stays open for the
   // signal while the pass's budget of descriptors lasts (a pin the walk
   // cache holds costs nothing); past it, the pin is closed now and the
   // process is looked up again by pid and start time when signalled.
@@ -580,7 +581,7 @@ class Pass {
     }
   }
 
-  // How many pins a signal-after-read pass may hold: half of the
+  // How many pins a children-first pass may hold: half of the
   // descriptors still free once the walk cache is full and the readers have
   // theirs, at most 8192; counted the first time a pin the cache does not
   // hold is queued (a small tree is all in the cache). A pin kept saves a
@@ -602,7 +603,7 @@ class Pass {
     return pinBudget_;
   }
 
-  // The signals of a signal-after-read pass, in order, by the calling thread
+  // The signals of a children-first pass, in order, by the calling thread
   // once every helper has stopped reading.
   void SignalReady() {
     for (size_t index : ready_) {
@@ -649,7 +650,7 @@ class Pass {
   std::condition_variable wake_;
   std::vector<Frame> stack_;
   std::vector<Node> nodes_;  // parallel to result_->processes
-  std::vector<size_t> ready_;  // signal-after-read: records to signal, in order
+  std::vector<size_t> ready_;  // children first: records to signal, in order
   size_t heldPins_ = 0;
   size_t pinBudget_ = kNone;  // not counted yet
   std::unordered_set<pid_t> seen_;
@@ -679,10 +680,10 @@ void PlanPass(PassKind kind, bool first, WalkOptions* o) {
       // later ones only what is still stopped.
       o->select = first ? Select::All : Select::Stopped;
       o->order = Order::ChildrenFirst;
-      // Read, then signal: a SIGCONT wakes its process, and reading the rest
-      // of the tree while the woken ones run is slower on every core count
-      // (what runs meanwhile only forks running children, which need no SIGCONT).
-      o->signalAfterRead = true;
+      // Read, then signal (children first does): a SIGCONT wakes its
+      // process, and reading the rest of the tree while the woken ones run
+      // is slower on every core count (what runs meanwhile only forks
+      // running children, which need no SIGCONT).
       o->perThread = true;
       break;
     case PassKind::Kill:
@@ -695,7 +696,6 @@ void PlanPass(PassKind kind, bool first, WalkOptions* o) {
       o->signal = SIGKILL;
       o->select = Select::All;
       o->order = Order::ChildrenFirst;
-      o->signalAfterRead = true;
       break;
   }
 }

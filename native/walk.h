@@ -22,6 +22,13 @@
 
 namespace treestate {
 
+// ParentsFirst signals each process as it is read, before its children are
+// (a stop must stop a parent before it reads the children, or they fork
+// away). ChildrenFirst signals once the whole tree is read, in one burst, in
+// the order processes are finished (each after all of its children), so
+// reading never shares the cores with the processes the pass has already
+// woken; pins wait open while half the free descriptors last, and past that
+// a process is looked up again by pid and start time to be signalled.
 enum class Order { ParentsFirst, ChildrenFirst };
 
 // Which processes of the pass receive the signal, judged from the thread
@@ -105,14 +112,6 @@ struct WalkOptions {
   Order order = Order::ParentsFirst;
   Select select = Select::All;
   bool perThread = false;      // also tgkill every other thread
-  // Children first only: signal once the whole tree is read, in one burst,
-  // instead of each process as soon as its children are done, so reading no
-  // longer shares the cores with the processes the pass has already woken.
-  // Pins wait open while half the free descriptors last; past that a
-  // process is looked up again by pid and start time to be signalled.
-  // (Parents first ignores it: a stop must stop a parent before it reads
-  // the children, or they fork away.)
-  bool signalAfterRead = false;
   // Select::NotStopped only: a process whose leader is running or asleep
   // (R, S) is signalled without reading its other threads' states (reported
   // as kUnreadState). For the first pass of a stop, which signals nearly
