@@ -2,7 +2,7 @@
 // Every operation resolves to the milliseconds it took; the caller checks the
 // tree's state afterwards (untimed) so a tool that did not do the work fails
 // the run instead of looking fast.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
@@ -24,6 +24,8 @@ export interface Tool {
   how: string;
   /** Largest tree it is run on (tree-kill runs ps once per process). */
   maxProcesses?: number;
+  /** A reference (node-start): it touches no tree, so the tree is neither prepared for it nor checked after it. */
+  reference?: boolean;
   ops: Partial<Record<Op, (root: number) => Promise<number>>>;
 }
 
@@ -51,6 +53,19 @@ async function mustRun(file: string, args: string[], ok: (code: number | null) =
   const r = await run(file, args);
   if (!ok(r.code)) throw new Error(`${file} ${args.join(' ')} exited ${r.code}: ${r.err.trim()}`);
   return r.out;
+}
+
+/**
+ * The python3 interpreter itself: a `python3` on PATH may be a version
+ * manager's shim (pyenv's is a shell script that costs ~75 ms per start),
+ * which would time the shim, not the script.
+ */
+function pythonInterpreter(): string {
+  try {
+    return execFileSync('python3', ['-c', 'import sys; print(sys.executable)'], { encoding: 'utf8' }).trim() || 'python3';
+  } catch {
+    return 'python3';
+  }
 }
 
 /** Peers cannot verify: they all get the same check, treestate's own, polled every millisecond. */
@@ -103,6 +118,7 @@ export function tools(): Tool[] {
     return r.ms;
   };
   const node = process.execPath;
+  const python = pythonInterpreter();
   const pyCont = join(packageRoot(), 'scripts', 'bench', 'pstree_cont.py');
   return [
     {
@@ -150,6 +166,16 @@ export function tools(): Tool[] {
       },
     },
     {
+      name: 'node-start',
+      reference: true,
+      how: "node -e 0 as a whole process: Node's own start and exit, which every treestate command pays before and after its work (a reference, not a peer: it touches no tree). NODE_EXTRA_CA_CERTS makes Node read that file as it starts (see the report's machine)",
+      ops: {
+        snapshot: () => timed(() => mustRun(node, ['-e', '0'])),
+        status: () => timed(() => mustRun(node, ['-e', '0'])),
+        cont: () => timed(() => mustRun(node, ['-e', '0'])),
+      },
+    },
+    {
       name: 'treestate-cli-settle0',
       how: 'whole process: node bin/treestate.cjs cont PID --settle 0 --json (a continue without the settle watch), verifies itself',
       ops: {
@@ -158,10 +184,10 @@ export function tools(): Tool[] {
     },
     {
       name: 'pstree_cont.py',
-      how: "whole process: the seed's Python continuer (scripts/bench/pstree_cont.py: leader's children file only, SIGCONT children first, no verification); verified with treestate waitForState (1 ms poll), untimed",
+      how: "whole process: the seed's Python continuer run by the python3 interpreter itself (sys.executable, not a version manager's shim) (scripts/bench/pstree_cont.py: leader's children file only, SIGCONT children first, no verification); verified with treestate waitForState (1 ms poll), untimed",
       ops: {
         cont: async (root) => {
-          const ms = await timed(() => mustRun('python3', [pyCont, String(root)]));
+          const ms = await timed(() => mustRun(python, [pyCont, String(root)]));
           // Untimed: the seed's script claims nothing, so it is given no verification time.
           await verify(root, 'running');
           return ms;
