@@ -6,7 +6,9 @@
 // finds it there. A record names processes by pid and start time, and counts
 // only while its root is that very process, in this boot: a record of a tree
 // that is gone, or whose root pid names another process now, is stale,
-// ignored and removed when seen.
+// ignored and removed when seen; past 64 records, a lookup removes every
+// stale one it can tell is stale (see pruneGone).
+import { readFileSync } from 'node:fs';
 import type { Identity } from './native.js';
 import { bootId, readStateFile, removeStateFile, stateDir, stateFiles, writeStateFile } from './state-dir.js';
 
@@ -63,13 +65,46 @@ export interface RecordLookup {
   warnings: string[];
 }
 
-/** Every record kept for root pid `pid`. Unreadable ones, and ones of another boot, are removed. */
+/**
+ * Past this many records, a lookup also removes the records of other pids
+ * whose root is gone: a tree stopped and then killed by other means (or that
+ * exited) leaves its record behind, and every lookup lists the directory.
+ */
+const PRUNE_PAST = 64;
+
+/** Whether `root` is gone: no process has its pid, or the one that has it started at another time. Unknown (EACCES …) is not gone. */
+function rootGone(root: Identity): boolean {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${root.pid}/stat`, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    return code === 'ENOENT' || code === 'ESRCH';
+  }
+  // Field 22, the start time, is the 20th after the command's closing parenthesis.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(fields[19]) !== root.startTime;
+}
+
+/** Removes the records, of any pid but `pid`, whose root is gone; returns the names left. */
+function pruneGone(dir: string, names: string[], pid: number): string[] {
+  return names.filter((name) => {
+    const m = /^(\d+)-(\d+)\.json$/.exec(name);
+    if (!m || Number(m[1]) === pid || !rootGone({ pid: Number(m[1]), startTime: Number(m[2]) })) return true;
+    removeStateFile(dir, name);
+    return false;
+  });
+}
+
+/** Every record kept for root pid `pid`. Unreadable ones, and ones of another boot, are removed (and, past PRUNE_PAST records, those of any root that is gone). */
 export function recordsFor(pid: number): RecordLookup {
   const dir = recordsDir();
   const out: RecordLookup = { records: [], warnings: [] };
   if (!dir) return out;
   const boot = bootId();
-  for (const name of stateFiles(dir)) {
+  let names = stateFiles(dir);
+  if (names.length > PRUNE_PAST) names = pruneGone(dir, names, pid);
+  for (const name of names) {
     const m = /^(\d+)-(\d+)\.json$/.exec(name);
     if (!m || Number(m[1]) !== pid) continue;
     const root = { pid, startTime: Number(m[2]) };

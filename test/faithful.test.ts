@@ -123,6 +123,27 @@ describe('faithful final states: what the application stopped stays stopped', ()
     expect(existsSync(stale)).to.equal(false);
   });
 
+  it('records left by trees that are gone are removed once they are many; a live tree\'s record is kept', async () => {
+    await using a = await spawnTree({ depth: 1, fanout: 1 });
+    await using b = await spawnTree({ depth: 1, fanout: 1 });
+    await stopTree(a.root);
+    await stopTree(b.root);
+    const kept = recordFile(a.root, await rootStartTime(a.root));
+    expect(existsSync(kept)).to.equal(true);
+    const record = readFileSync(kept, 'utf8');
+    // Trees stopped and then killed by other means: a live pid with another
+    // start time, and pids no process can have (pid_max is at most 4194304).
+    const stale: string[] = [];
+    for (let i = 1; i <= 40; i++) stale.push(recordFile(a.root, (await rootStartTime(a.root)) - i));
+    for (let i = 0; i < 40; i++) stale.push(recordFile(4_194_304 + i, 1000 + i));
+    for (const f of stale) writeFileSync(f, record, { mode: 0o600 });
+    // Any lookup prunes: here the continue of the other tree.
+    await continueTree(b.root);
+    for (const f of stale) expect(existsSync(f), f).to.equal(false);
+    expect(existsSync(kept), "the stopped tree's record").to.equal(true);
+    await continueTree(a.root);
+  });
+
   it('a corrupt record is removed, said, and keeps nothing stopped', async () => {
     const { tree } = await appStoppedTree();
     await using _ = tree;
