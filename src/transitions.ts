@@ -558,6 +558,25 @@ export async function killTree(pid: number, options: StopOptions = {}): Promise<
   return result;
 }
 
+/**
+ * Kills what is left of session `sid` after its leader's tree was killed:
+ * every live member that started no earlier than `born` (the leader's start
+ * time: a session keeps its leader's pid as its id while a member lives, so
+ * only a member that started before the leader could belong to an older
+ * session of that pid), each with what it forked. Resolves with the members
+ * still alive at the end (none, unless something held them: D state, a
+ * copy faulting on pages that never come); rejects as a kill pass does
+ * (EPERM, a refused signal).
+ */
+export async function killSession(sid: number, born: number, options: { timeoutMs?: number } = {}): Promise<number[]> {
+  const target = checkTarget(sid, options, { timeoutMs: DURATION });
+  using run = new Passes(target, options);
+  run.rootStartTime = born;
+  const sweep = new KillSweep(run, false);
+  await sweep.session(sid);
+  return native().waitExit(run.tally.identities(), run.remaining());
+}
+
 /** The kill passes of a kill: from the root, then from each process seen and not yet reached. */
 class KillSweep {
   /** Processes a kill pass signalled (or found dead) and waited for. */

@@ -1,6 +1,7 @@
 import { expect } from 'chai';
 import { getTreeState, killTree, snapshot, stopTree } from '../src/index.js';
 import { native, nativeExecutable } from '../src/native.js';
+import { killSession } from '../src/transitions.js';
 import { observePasses, spawnSupervised, spawnTree } from '../src/testing/index.js';
 import { betweenNativePasses, countingNativePasses, hasExited, waitFor } from './helpers.js';
 
@@ -46,6 +47,24 @@ describe('kill', () => {
       stop();
     }
     await waitFor(() => hasExited(orphan), 2000, 'the orphan killed through the session');
+  });
+
+  it('killSession removes what is left of a session after its leader\'s tree, and nothing outside it', async () => {
+    await using sup = await spawnSupervised('sh', ['-c', '(sleep 1000 &); exec sleep 1000']);
+    let orphan = 0;
+    await waitFor(async () => {
+      orphan = (await getTreeState(sup.pid)).processes.find((p) => p.comm === 'sleep' && p.ppid === sup.pid && p.pid !== sup.root)?.pid ?? 0;
+      return orphan > 0;
+    }, 5000, 'the orphan under the reaper');
+    const born = (await snapshot(sup.root)).processes[0]!.startTime;
+    expect((await killTree(sup.root)).state).to.equal('dead');
+    expect(hasExited(orphan), 'the orphan left the tree, so the kill of the tree leaves it').to.equal(false);
+    // Born after the leader: a member that started before it could only be of an older session of that pid.
+    expect(await killSession(sup.root, (await snapshot(orphan)).processes[0]!.startTime + 1)).to.deep.equal([]);
+    expect(hasExited(orphan), 'a member older than `born` is left').to.equal(false);
+    expect(await killSession(sup.root, born)).to.deep.equal([]);
+    await waitFor(() => hasExited(orphan), 2000, 'the orphan killed through the session');
+    expect(hasExited(sup.pid), 'the reaper, outside the session').to.equal(false);
   });
 
   it('kills every process of a running tree and waits until all are gone', async () => {

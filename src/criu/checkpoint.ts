@@ -110,6 +110,8 @@ export interface CriuResult {
   verb: CriuVerb;
   /** The tree's root pid (for restore: the restored root, from --pidfile). */
   root: number;
+  /** Restore: the restored root's start time (clock ticks after boot); with `root`, its identity. */
+  rootStartTime?: number;
   /** The state asked for … */
   finalState: TreeState;
   /** … and the state the engine saw. */
@@ -630,6 +632,7 @@ export async function restore(options: RestoreOptions): Promise<CriuResult> {
     const keptStopped = finalState === 'running' ? status.keptStopped ?? [] : appStops.map((p) => p.pid);
     const done = {
       ...result('restore', root, finalState, alive(status), b, placed, argv),
+      rootStartTime: status.processes[0]!.startTime,
       request,
       continued: finalState === 'running' && !direct,
       ...(keptStopped.length ? { keptStopped } : {}),

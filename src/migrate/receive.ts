@@ -15,7 +15,7 @@ import { locateCriu } from '../criu/locate.js';
 import { statusPipeRunner, type CommandExit, type RunningCommand } from '../criu/runner.js';
 import { TreeStateError, describePids, hasCode } from '../errors.js';
 import { native } from '../native.js';
-import { killTree } from '../transitions.js';
+import { killSession, killTree } from '../transitions.js';
 import { IMAGE_NAME, type ReceiverCommand, type ReceiverEvent } from './protocol.js';
 
 export function freePort(address: string): Promise<number> {
@@ -168,7 +168,7 @@ export async function receive(options: ReceiveOptions = {}): Promise<number> {
     pageServer.kill();
     await pageServer.exited;
     // Nothing of a migration that did not finish stays here.
-    if (restored && !kept) await removeRestored(restored.root);
+    if (restored && !kept) await removeRestored(restored.root, restored.rootStartTime);
     rmSync(base, { recursive: true, force: true });
   }
 }
@@ -182,23 +182,18 @@ export async function receive(options: ReceiveOptions = {}): Promise<number> {
  * leader, so what is left of the tree is what is left of the session. What
  * cannot be removed is said on stderr (ssh carries it back).
  */
-async function removeRestored(root: number): Promise<void> {
+async function removeRestored(root: number, born: number | undefined): Promise<void> {
   const leadsSession = native().sessionOf(root) === root;
   try {
     await killTree(root);
   } catch (e) {
     if (!hasCode(e, 'ESRCH')) process.stderr.write(`treestate receive: removing the restored tree of ${root}: ${(e as Error).message}\n`);
   }
-  if (!leadsSession) return;
-  const { SIGKILL } = native().signals;
-  for (let round = 0; ; round++) {
-    const left = await native().sessionMembers(root);
-    if (left.length === 0) return;
-    if (round === 3) {
-      process.stderr.write(`treestate receive: ${describePids(left.map((p) => p.pid))} of the restored tree of ${root} could not be removed\n`);
-      return;
-    }
-    await native().signalList(left, SIGKILL, false, [process.pid]);
-    await native().waitExit(left, 2000);
+  if (!leadsSession || born === undefined) return;
+  try {
+    const left = await killSession(root, born);
+    if (left.length) process.stderr.write(`treestate receive: ${describePids(left)} of the restored tree of ${root} could not be removed\n`);
+  } catch (e) {
+    process.stderr.write(`treestate receive: removing what is left of the restored tree of ${root}: ${(e as Error).message}\n`);
   }
 }
