@@ -6,7 +6,7 @@ import { expect } from 'chai';
 import { getTreeState, stopTree } from '../src/index.js';
 import { commandNames, loadCommands, main } from '../src/cli/main.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
-import { cli, inCI, requireCriu, tempDirs, waitFor } from './helpers.js';
+import { cli, cliPath, inCI, requireCriu, tempDirs, waitFor } from './helpers.js';
 
 describe('CLI', () => {
   it('status --json prints root, state and processes with pid, ppid and threads', async () => {
@@ -78,6 +78,27 @@ describe('CLI', () => {
     expect(await main(['status', String(tree.root)], { out: (t) => out.push(t), err: () => {}, tty: true })).to.equal(0);
     expect(out[0]).to.include('\x1b[32mrunning\x1b[0m');
     expect((await cli(['tree', String(tree.root)])).stdout).not.to.include('\x1b[');
+  });
+
+  it('knows a terminal when it writes to one (a pty from script(1)), and colours there', async function () {
+    await using tree = await spawnTree({ depth: 0 });
+    const run = spawnSync('script', ['-qec', `${JSON.stringify(process.execPath)} ${JSON.stringify(cliPath)} tree ${tree.root}`, '/dev/null'], { encoding: 'utf8', env: { ...process.env, NO_COLOR: '' } });
+    if (run.error && !inCI) this.skip(); // no script(1) here (util-linux)
+    expect(run.status, run.stderr).to.equal(0);
+    expect(run.stdout).to.match(/\x1b\[32m\[?running\]?\x1b\[0m/);
+  });
+
+  it('a reader that goes away early (EPIPE) ends the output quietly: exit 0, nothing on stderr', async () => {
+    // 364 processes x 3 threads: --json is far more than a pipe holds, so the write meets a closed pipe.
+    await using tree = await spawnTree({ depth: 5, fanout: 3, threads: 3 });
+    const dir = mkdtempSync(join(tmpdir(), 'treestate-epipe-'));
+    try {
+      const run = spawnSync('bash', ['-c', `${JSON.stringify(process.execPath)} ${JSON.stringify(cliPath)} tree ${tree.root} --json 2>"$1" | head -c 10 >/dev/null; echo "\${PIPESTATUS[0]}"`, 'bash', join(dir, 'err')], { encoding: 'utf8' });
+      expect(run.stdout.trim()).to.equal('0');
+      expect(readFileSync(join(dir, 'err'), 'utf8')).to.equal('');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('--help lists every command and exits 0; no command is a usage error', async () => {
