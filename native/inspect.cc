@@ -57,18 +57,6 @@ int SocketInodes(pid_t pid, std::vector<uint64_t>* out) {
   return 0;
 }
 
-// The last number of a /proc/PID/status line such as "NSsid:\t812\t1": the
-// value in the process's own pid namespace. -1 when the line is missing.
-long LastNumberOf(const std::string& status, const char* key) {
-  size_t at = status.find(key);
-  if (at == std::string::npos) return -1;
-  size_t end = status.find('\n', at + 1);
-  if (end == std::string::npos) end = status.size();
-  size_t last = status.find_last_of(" \t", end - 1);
-  if (last == std::string::npos || last < at) return -1;
-  return strtol(status.c_str() + last + 1, nullptr, 10);
-}
-
 int ReadFacts(pid_t pid, ProcessFacts* f) {
   f->pid = pid;
   std::string stat;
@@ -82,8 +70,8 @@ int ReadFacts(pid_t pid, ProcessFacts* f) {
   if (sscanf(stat.c_str() + close + 1, " %c %d %d %d %d", &state, &ppid, &f->pgid, &f->sid, &f->ttyNr) != 5) return EIO;
   std::string status;
   if (int err = ReadFile(base + "/status", &status)) return err;
-  f->sidOutsideNs = LastNumberOf(status, "\nNSsid:") == 0;
-  f->pgidOutsideNs = LastNumberOf(status, "\nNSpgid:") == 0;
+  f->sidOutsideNs = StatusFieldLast(status.c_str(), "NSsid") == 0;
+  f->pgidOutsideNs = StatusFieldLast(status.c_str(), "NSpgid") == 0;
   DIR* tasks = opendir((base + "/task").c_str());
   if (!tasks) return errno == ENOENT ? ESRCH : errno;
   while (struct dirent* e = readdir(tasks)) {

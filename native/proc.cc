@@ -249,16 +249,33 @@ int ReadChildrenAt(int procfd, int taskfd, pid_t tid, std::vector<pid_t>* out, F
 
 namespace {
 
-// The value of a "Name:\tvalue" line of a status file; -1 when it has none.
-long StatusField(const char* buf, const char* name) {
+// Where the value of a "Name:\tvalue" line of a status file starts; nullptr
+// when it has none.
+const char* StatusValue(const char* buf, const char* name) {
   size_t n = strlen(name);
   for (const char* line = buf; line && *line; line = strchr(line, '\n'), line = line ? line + 1 : nullptr) {
-    if (strncmp(line, name, n) == 0 && line[n] == ':') return atol(line + n + 1);
+    if (strncmp(line, name, n) == 0 && line[n] == ':') return line + n + 1;
   }
-  return -1;
+  return nullptr;
+}
+
+// The value of a "Name:\tvalue" line of a status file; -1 when it has none.
+long StatusField(const char* buf, const char* name) {
+  const char* value = StatusValue(buf, name);
+  return value ? atol(value) : -1;
 }
 
 }  // namespace
+
+long StatusFieldLast(const char* buf, const char* name) {
+  const char* value = StatusValue(buf, name);
+  if (!value) return -1;
+  const char* end = strchr(value, '\n');
+  if (!end) end = value + strlen(value);
+  const char* last = end;
+  while (last > value && last[-1] != ' ' && last[-1] != '\t') last--;
+  return last < end ? atol(last) : -1;
+}
 
 pid_t ReadTracer(pid_t pid, pid_t tid) {
   char path[64];

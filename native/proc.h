@@ -99,6 +99,11 @@ int ScanChildren(ChildMap* out);
 // out: they are dead already): pairs (pid, start time).
 int ScanSession(pid_t sid, std::vector<std::pair<pid_t, uint64_t>>* out);
 
+// The last number of a "Name:\tvalue value …" line of a status file, such as
+// "NSsid:\t812\t1" (the value in the process's own pid namespace); -1 when
+// it has none.
+long StatusFieldLast(const char* buf, const char* name);
+
 // How many descriptors this process has open (from /proc/self/fd); a
 // number past any limit if it cannot tell.
 size_t CountOpenFds();
