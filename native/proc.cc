@@ -362,7 +362,7 @@ int ScanChildren(ChildMap* out) {
   return ForEachProcess([out](const ProcStat& st) { (*out)[st.ppid].push_back(st.pid); });
 }
 
-int ScanSession(pid_t sid, std::vector<std::pair<pid_t, uint64_t>>* out) {
+int ScanSession(pid_t sid, std::vector<Identity>* out) {
   return ForEachProcess([sid, out](const ProcStat& st) {
     if (st.sid == sid && st.state != 'Z' && st.state != 'X') out->push_back({st.pid, st.startTime});
   });

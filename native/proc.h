@@ -11,6 +11,13 @@
 
 namespace treestate {
 
+// A process by pid and start time (clock ticks after boot): a pid taken
+// again names another process.
+struct Identity {
+  pid_t pid = 0;
+  uint64_t startTime = 0;
+};
+
 struct ProcStat {
   pid_t pid = 0;
   pid_t ppid = 0;
@@ -96,8 +103,8 @@ bool ChildrenFilesSupported();
 using ChildMap = std::unordered_map<pid_t, std::vector<pid_t>>;
 int ScanChildren(ChildMap* out);
 // Every live process of session `sid` (from /proc/*/stat; zombies left
-// out: they are dead already): pairs (pid, start time).
-int ScanSession(pid_t sid, std::vector<std::pair<pid_t, uint64_t>>* out);
+// out: they are dead already).
+int ScanSession(pid_t sid, std::vector<Identity>* out);
 
 // The last number of a "Name:\tvalue value …" line of a status file, such as
 // "NSsid:\t812\t1" (the value in the process's own pid namespace); -1 when

@@ -67,11 +67,6 @@ struct ProcessRecord {
   uint64_t childrenListedAt = 0;  // relistAfterSignal: BootTicks() once signalled, before the last listing
 };
 
-struct Identity {
-  pid_t pid = 0;
-  uint64_t startTime = 0;
-};
-
 // What a walk holds open on one thread and one process.
 struct ThreadFiles {
   pid_t tid = 0;

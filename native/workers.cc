@@ -320,8 +320,8 @@ class SessionMembersWorker : public Napi::AsyncWorker {
     Napi::Array out = Napi::Array::New(env, members_.size());
     for (size_t i = 0; i < members_.size(); i++) {
       Napi::Object o = Napi::Object::New(env);
-      o.Set("pid", members_[i].first);
-      o.Set("startTime", static_cast<double>(members_[i].second));
+      o.Set("pid", members_[i].pid);
+      o.Set("startTime", static_cast<double>(members_[i].startTime));
       out.Set(i, o);
     }
     deferred_.Resolve(out);
@@ -333,7 +333,7 @@ class SessionMembersWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   pid_t sid_;
   int err_ = 0;
-  std::vector<std::pair<pid_t, uint64_t>> members_;
+  std::vector<Identity> members_;
 };
 
 class WaitExitWorker : public Napi::AsyncWorker {
