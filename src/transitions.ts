@@ -8,7 +8,7 @@ import { native, type Identity, type NativeFailure, type NativeWalkResult } from
 import { DURATION, wholeNumber } from './options.js';
 import { Passes, backoff, checkTarget, pause, type PassTally } from './passes.js';
 import { recordContinue, recordOf, recordStop, recordsFor, removeRecords } from './stop-records.js';
-import { anyLiveThread, checkPid, classify, refuseDeadRoot, liveThreads, pidsOf, processState, toProcessInfo, withFrozen, withKept, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
+import { anyLiveThread, checkPid, classify, identitiesOf, refuseDeadRoot, liveThreads, pidsOf, processState, toProcessInfo, withFrozen, withKept, type TreeState, type TreeStatus, type WalkOptions } from './tree.js';
 import { failureError, withNote } from './walk.js';
 
 export interface TransitionOptions extends WalkOptions {
@@ -119,7 +119,7 @@ export async function stopTree(pid: number, options: StopOptions = {}): Promise<
  * stops, which a continue keeps (src/stop-records.ts).
  */
 function recordedStop(result: TransitionResult, last: NativeWalkResult, { tally }: Passes): TransitionResult {
-  const present = last.processes.filter((p) => processState(p.threads) !== 'dead').map((p) => ({ pid: p.pid, startTime: p.startTime }));
+  const present = identitiesOf(last.processes.filter((p) => processState(p.threads) !== 'dead'));
   const found = present.filter((p) => tally.signalled.get(p.pid)?.startTime !== p.startTime);
   const { kept, warnings } = recordStop({ pid: result.root, startTime: result.rootStartTime }, present, found, 'stop');
   return { ...result, alreadyStopped: kept.map((p) => p.pid), ...(warnings.length ? { warnings } : {}) };
@@ -402,7 +402,7 @@ export async function continueKeeping(root: number, options: ContinueOptions, ke
           details: { result },
         });
       }
-      const keptStopped = pass.processes.filter((p) => isKept(p) && p.threads.some((t) => t.state === 'T')).map((p) => ({ pid: p.pid, startTime: p.startTime }));
+      const keptStopped = identitiesOf(pass.processes.filter((p) => isKept(p) && p.threads.some((t) => t.state === 'T')));
       const settled = (options.settleMs ?? DEFAULT_SETTLE_MS) <= 0 ? result : await settle(pass, run, options, isKept);
       recordContinue({ pid: root, startTime: rootStartTime }, keptStopped, 'continue');
       return { ...settled, keptStopped: keptStopped.map((p) => p.pid) };
@@ -445,7 +445,7 @@ async function settle(verifying: NativeWalkResult, run: Passes, options: Continu
   const { SIGCONT } = native().signals;
   // Processes this call saw running; those it has not seen are not its to resume.
   const resumed = verifying.processes.filter((p) => processState(p.threads) !== 'dead' && !isKept(p));
-  const watched: Identity[] = resumed.map((p) => ({ pid: p.pid, startTime: p.startTime }));
+  const watched = identitiesOf(resumed);
   // Only a parent can mirror its child's stop; one still runnable (R) may
   // not have had the CPU since its SIGCONT, or be on its way to the reaction.
   const isParent = resumed.map((p) => p.children.length > 0);
@@ -677,7 +677,7 @@ class KillSweep {
       if (failures.length > 0) await run.releaseCache();
       if (pass.signalled.length === 0 && !retry) break; // nothing left that it can kill
       const signalled = new Set(pass.signalled);
-      await this.waitDead(pass.processes.filter((p) => signalled.has(p.pid)).map((p) => ({ pid: p.pid, startTime: p.startTime })));
+      await this.waitDead(identitiesOf(pass.processes.filter((p) => signalled.has(p.pid))));
     }
     this.unread.push(...failures);
   }

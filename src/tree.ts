@@ -215,6 +215,11 @@ export function anyLiveThread(processes: Array<{ threads: ThreadInfo[] }>, keep:
   return false;
 }
 
+/** The identities (pid, start time) of processes, as plain records. */
+export function identitiesOf(processes: Array<{ pid: number; startTime: number }>): Identity[] {
+  return processes.map((p) => ({ pid: p.pid, startTime: p.startTime }));
+}
+
 /** The processes the threads belong to, each once. */
 export function pidsOf(threads: ThreadRef[]): number[] {
   return [...new Set(threads.map((t) => t.pid))];

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, join, relative } from 'node:path';
 import { TreeStateError, describePids, describeThreads, hasCode, plural } from '../errors.js';
 import { DURATION, checkNumbers } from '../options.js';
-import { checkNotSelf, checkPid, getTreeState, refuseDeadRoot, type TreeState, type TreeStatus } from '../tree.js';
+import { checkNotSelf, checkPid, getTreeState, identitiesOf, refuseDeadRoot, type TreeState, type TreeStatus } from '../tree.js';
 import { continueKeeping, waitForState } from '../transitions.js';
 import type { Identity } from '../native.js';
 import { applicationStops, noteImageStops, readImageStops, recordStop, removeRecords } from '../stop-records.js';
@@ -392,10 +392,6 @@ function place(verb: CriuVerb, options: CriuOptions, images: { dir: string; warn
 /** The live processes of a verified tree. */
 function alive(status: TreeStatus): number[] {
   return status.processes.filter((p) => p.state !== 'dead').map((p) => p.pid);
-}
-
-function identitiesOf(processes: Array<{ pid: number; startTime: number }>): Identity[] {
-  return processes.map((p) => ({ pid: p.pid, startTime: p.startTime }));
 }
 
 function result(verb: CriuVerb, root: number, state: TreeState, processes: number[], b: { info: CriuInfo; started: number }, placed: Placed, argv: string[]): CriuResult {
