@@ -21,9 +21,10 @@ export function criuErrorLines(text: string, limit = 6): string[] {
     .split('\n')
     .map((l) => l.trim())
     .filter((l) => ERROR_LINE.test(l) && !/RLIMIT_NOFILE/.test(l))
-    // criu repeats a line as it retries (a seize, five times): once is enough, whatever its timestamp.
+    // criu repeats a line as it retries (a seize, five times): once is enough, whatever its timestamp, and
+    // whatever state the process was caught in at each try (S, then R on a busy host).
     .filter((l) => {
-      const what = l.replace(/^\(\s*[\d.]+\)\s+/, '');
+      const what = l.replace(/^\(\s*[\d.]+\)\s+/, '').replace(/(Unseizable non-zombie \d+ found), state \S+, err \S+$/, '$1');
       return !seen.has(what) && Boolean(seen.add(what));
     });
   return lines.length <= limit ? lines : [lines[0]!, ...lines.slice(-(limit - 1))];
