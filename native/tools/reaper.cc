@@ -195,7 +195,10 @@ void ReapReady() {
 
 // Kills every descendant: our direct children can be signalled safely (an
 // unreaped child's pid cannot be reused), and the orphans of each killed one
-// come to us, so repeat until there is no child left.
+// come to us, so repeat until there is no child left. Each round reaps every
+// child that is ready, not one: a storm's orphans arrive by the thousand, and
+// listing and signalling all of them again for each one reaped would let them
+// pile up faster than they go.
 void KillAll() {
   pid_t self = getpid();
   treestate::Fd dir(treestate::OpenProcDir(self));
@@ -207,6 +210,7 @@ void KillAll() {
     pid_t pid = waitpid(-1, &status, __WALL);
     if (pid < 0 && errno == ECHILD) return;
     if (pid > 0) ReportExit(pid, status);
+    ReapReady();
   }
 }
 
