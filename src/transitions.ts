@@ -601,9 +601,10 @@ class KillSweep {
    * where it is now, with what it forked since, until nothing new shows.
    */
   async strays(): Promise<void> {
-    for (;;) {
+    for (let round = 0; ; round++) {
       const strays = this.run.tally.identities().filter((p) => this.reached.get(p.pid) !== p.startTime);
       if (strays.length === 0) return;
+      if (round > 0) this.inTime(strays);
       for (const stray of strays) {
         this.reached.set(stray.pid, stray.startTime);
         await this.from(stray);
@@ -619,9 +620,10 @@ class KillSweep {
    */
   async session(sid: number): Promise<void> {
     const born = this.run.rootStartTime ?? 0;
-    for (;;) {
+    for (let round = 0; ; round++) {
       const members = (await native().sessionMembers(sid)).filter((p) => p.startTime >= born && this.reached.get(p.pid) !== p.startTime);
       if (members.length === 0) break;
+      if (round > 0) this.inTime(members);
       for (const member of members) {
         this.reached.set(member.pid, member.startTime);
         await this.from(member);
@@ -635,7 +637,8 @@ class KillSweep {
   async from(from: Identity | undefined): Promise<void> {
     const { run } = this;
     let failures: NativeFailure[] = [];
-    for (;;) {
+    for (let round = 0; ; round++) {
+      if (round > 0) this.inTime([from ?? { pid: run.root, startTime: run.rootStartTime ?? 0 }]);
       let pass: NativeWalkResult;
       try {
         pass = await run.walk({
@@ -680,6 +683,20 @@ class KillSweep {
       await this.waitDead(identitiesOf(pass.processes.filter((p) => signalled.has(p.pid))));
     }
     this.unread.push(...failures);
+  }
+
+  /**
+   * Every pass of a kill ends with the processes it signalled dead, so a tree
+   * that forks as fast as it is killed could keep the sweep going for ever.
+   * Each loop of the sweep makes its first round whatever the time (a kill
+   * sends its SIGKILLs, however short its timeout), and another only before
+   * the deadline: past it, the kill ends naming what it was still to kill.
+   */
+  private inTime(pending: Identity[]): void {
+    const { run } = this;
+    if (!run.expired()) return;
+    const pids = pending.map((p) => p.pid);
+    throw new TreeStateError('ETIMEDOUT', `the tree of ${run.root} did not die within ${run.timeoutMs} ms: ${describePids(pids)} ${pids.length === 1 ? 'was' : 'were'} still to be killed`, { pid: run.root, pids });
   }
 
   private async waitDead(targets: Identity[]): Promise<void> {
