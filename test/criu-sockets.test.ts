@@ -177,7 +177,9 @@ describe('criu dump and restore of a tree holding sockets', () => {
     }
     const port = await freeLoopbackPort();
     await using server = await spawnSupervised(python!, ['-m', 'http.server', String(port), '--bind', '127.0.0.1', '--directory', '/']);
-    const get = () => execFileSync(process.execPath, ['-e', `fetch('http://127.0.0.1:${port}/').then(r => console.log(r.status))`], { encoding: 'utf8' }).trim();
+    // stderr piped: the tries before the server listens fail, and their stack traces are no news.
+    const get = () =>
+      execFileSync(process.execPath, ['-e', `fetch('http://127.0.0.1:${port}/').then(r => console.log(r.status))`], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
     await waitFor(() => {
       try {
         return get() === '200';
