@@ -68,7 +68,9 @@ describe('treestate/testing', () => {
       await stopTree(tree.root);
       await tree.assertNoProgress();
       const stuck = await message(tree.waitProgress({ timeoutMs: 50 }));
-      expect(stuck).to.equal(`heartbeat did not advance within 50 ms for ${tree.pids().join(', ')}`);
+      // Each named with where its threads are: both stopped.
+      const stopped = (pid: number) => `${pid} \\(${pid} T( in \\w+)?, \\d+ T( in \\w+)?\\)`;
+      expect(stuck).to.match(new RegExp(`^heartbeat did not advance within 50 ms for ${tree.pids().map(stopped).join(', ')}$`));
       await continueTree(tree.root);
       await tree.waitProgress();
     });

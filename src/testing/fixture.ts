@@ -251,7 +251,7 @@ export class TreeFixture {
       const still = now.filter((h, i) => h.counter <= before[i]!.counter && !options.except?.includes(h.pid)).map((h) => h.pid);
       if (still.length === 0) return;
       if (Date.now() > deadline) {
-        throw new TreeStateError('ETIMEDOUT', `heartbeat did not advance within ${timeoutMs} ms for ${describePids(still)}`, { pids: still });
+        throw new TreeStateError('ETIMEDOUT', `heartbeat did not advance within ${timeoutMs} ms for ${describePids(still.map(threadStates))}`, { pids: still });
       }
       await pause(5);
     }
@@ -277,6 +277,30 @@ export class TreeFixture {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.dispose();
+  }
+}
+
+/**
+ * "PID (tid STATE in WCHAN, …)": where the threads of a process that did not
+ * beat are (stopped, or asleep in the kernel, and where); the pid alone once
+ * the process is gone.
+ */
+function threadStates(pid: number): string {
+  try {
+    const threads = readdirSync(`/proc/${pid}/task`).map((tid) => {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const state = stat.slice(stat.lastIndexOf(')') + 2).split(' ', 1)[0];
+      let wchan = '';
+      try {
+        wchan = readFileSync(`/proc/${pid}/task/${tid}/wchan`, 'utf8');
+      } catch {
+        // not readable here
+      }
+      return `${tid} ${state}${wchan && wchan !== '0' ? ` in ${wchan}` : ''}`;
+    });
+    return `${pid} (${threads.join(', ')})`;
+  } catch {
+    return String(pid);
   }
 }
 
