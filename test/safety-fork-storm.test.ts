@@ -31,6 +31,8 @@ describe('safety: fork storms', function () {
     for (let trial = 0; trial < TRIALS; trial++) {
       const result = await stopTree(tree.root, { timeoutMs: 10_000 });
       expect(result.state, `trial ${trial}`).to.equal('stopped');
+      // The storm's children are never born stopped: whatever was stopped, this stop stopped.
+      expect(result.alreadyStopped, `trial ${trial}: taken for the application's own stops`).to.deep.equal([]);
       const first = await snapshot(tree.root);
       await pause(25);
       const second = await snapshot(tree.root);
@@ -40,7 +42,7 @@ describe('safety: fork storms', function () {
       expect(notStopped, `trial ${trial}: threads not stopped`).to.deep.equal([]);
       if (first.processes.length > tree.size || result.exited.length > 0) grewBeyondShape++;
       await tree.assertNoProgress({ forMs: 30 });
-      await continueTree(tree.root);
+      expect((await continueTree(tree.root)).keptStopped, `trial ${trial}: left stopped by the continue`).to.deep.equal([]);
       await tree.waitProgress();
     }
     // The storm was real: trials saw storm children beyond the fixture's shape.
