@@ -604,7 +604,7 @@ class KillSweep {
     for (let round = 0; ; round++) {
       const strays = this.run.tally.identities().filter((p) => this.reached.get(p.pid) !== p.startTime);
       if (strays.length === 0) return;
-      if (round > 0) this.inTime(strays);
+      if (round > 0) this.inTime(strays.map((p) => p.pid));
       for (const stray of strays) {
         this.reached.set(stray.pid, stray.startTime);
         await this.from(stray);
@@ -623,7 +623,7 @@ class KillSweep {
     for (let round = 0; ; round++) {
       const members = (await native().sessionMembers(sid)).filter((p) => p.startTime >= born && this.reached.get(p.pid) !== p.startTime);
       if (members.length === 0) break;
-      if (round > 0) this.inTime(members);
+      if (round > 0) this.inTime(members.map((p) => p.pid));
       for (const member of members) {
         this.reached.set(member.pid, member.startTime);
         await this.from(member);
@@ -638,7 +638,7 @@ class KillSweep {
     const { run } = this;
     let failures: NativeFailure[] = [];
     for (let round = 0; ; round++) {
-      if (round > 0) this.inTime([from ?? { pid: run.root, startTime: run.rootStartTime ?? 0 }]);
+      if (round > 0) this.inTime([from?.pid ?? run.root], ' and what it forked since its last pass');
       let pass: NativeWalkResult;
       try {
         pass = await run.walk({
@@ -692,11 +692,10 @@ class KillSweep {
    * sends its SIGKILLs, however short its timeout), and another only before
    * the deadline: past it, the kill ends naming what it was still to kill.
    */
-  private inTime(pending: Identity[]): void {
+  private inTime(pids: number[], more = ''): void {
     const { run } = this;
     if (!run.expired()) return;
-    const pids = pending.map((p) => p.pid);
-    throw new TreeStateError('ETIMEDOUT', `the tree of ${run.root} did not die within ${run.timeoutMs} ms: ${describePids(pids)} ${pids.length === 1 ? 'was' : 'were'} still to be killed`, { pid: run.root, pids });
+    throw new TreeStateError('ETIMEDOUT', `the tree of ${run.root} did not die within ${run.timeoutMs} ms: ${describePids(pids)}${more} ${pids.length === 1 && !more ? 'was' : 'were'} still to be killed`, { pid: run.root, pids });
   }
 
   private async waitDead(targets: Identity[]): Promise<void> {
