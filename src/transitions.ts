@@ -188,6 +188,14 @@ async function stopPasses(run: Passes, options: StopOptions, beforeKill: boolean
       throw failureError(pass.failures, 'stop', rolledBackNote(undone));
     }
     const verdict = progress.judge(pass, fresh);
+    if (verdict !== null && typeof verdict === 'object' && 'release' in verdict) {
+      // Not a failure: what did not resume (gone, say) the next pass sees.
+      // It looks after a moment: the child has an exec to start.
+      await run.signal(verdict.release, native().signals.SIGCONT);
+      quiet = 0;
+      await pause(1);
+      continue;
+    }
     if (verdict === 'stopped') {
       const result = run.result('stopped', pass, run.passes + looks);
       // Before a kill, nothing is left to continue.
@@ -201,6 +209,11 @@ async function stopPasses(run: Passes, options: StopOptions, beforeKill: boolean
 }
 
 type GiveUp = { code: ErrorCode; message: string; fields: ConstructorParameters<typeof TreeStateError>[2] };
+/** Processes this stop stopped that hold a parent in vfork: resumed, so that they can exec and free it. */
+type Release = { release: Identity[] };
+
+/** How many times a stop resumes the stopped children of one parent held in vfork before it gives up (EVFORK). */
+const VFORK_RELEASES = 3;
 
 /**
  * What the passes of a stop have shown so far: whether the last one proves
@@ -212,7 +225,8 @@ class StopProgress {
   private growing = 0;
   private tracedOnly = 0;
   private heldOnly = 0;
-  private vforkOnly = 0;
+  /** Parents held in vfork, and how many times their stopped children were resumed. */
+  private readonly released = new Map<number, number>();
   private previousShape: TreeShape | undefined;
 
   constructor(
@@ -221,7 +235,7 @@ class StopProgress {
     private readonly beforeKill: boolean,
   ) {}
 
-  judge(pass: NativeWalkResult, fresh: number): 'stopped' | GiveUp | null {
+  judge(pass: NativeWalkResult, fresh: number): 'stopped' | GiveUp | Release | null {
     const { root, passes } = this.run;
     const notStopped = liveThreads(pass.processes, (s) => s !== 'T');
     // When a process exits, its children move to a subreaper or init, and a
@@ -243,13 +257,25 @@ class StopProgress {
     this.tracedOnly = notStopped.length > 0 && notStopped.every((t) => t.state === 't') ? this.tracedOnly + 1 : 0;
     if (this.tracedOnly >= 8) return { code: 'ETRACED', message: `cannot stop the tree of ${root}: ${describeThreads(notStopped)} in ptrace-stop`, fields: threads };
     // A parent waiting in vfork (D) leaves it only when its child execs or
-    // exits: with that child stopped (by us), never, so no SIGSTOP reaches it.
-    // Say so at once rather than wait for the timeout.
+    // exits: with that child stopped, never, so no SIGSTOP reaches it. A
+    // posix_spawn (make, a shell) caught between its vfork and its exec is
+    // that: the stop resumes the children it stopped of such a parent, the
+    // child execs, the parent leaves vfork into the SIGSTOP it has pending,
+    // and the next passes stop the new program. A child that does not exec
+    // (or one the application stopped itself, which is not ours to resume)
+    // holds its parent for good: after VFORK_RELEASES, say so rather than
+    // wait for the timeout.
     const vforkHeld = this.beforeKill ? [] : waitingInVfork(pass);
-    this.vforkOnly = vforkHeld.length > 0 && notStopped.every((t) => vforkHeld.includes(t.pid)) ? this.vforkOnly + 1 : 0;
-    if (this.vforkOnly >= 3) {
+    if (vforkHeld.length > 0 && notStopped.every((t) => vforkHeld.includes(t.pid))) {
+      const held = new Set(vforkHeld);
+      const ours = pass.processes.filter((p) => held.has(p.ppid) && processState(p.threads) === 'stopped' && this.run.tally.signalled.get(p.pid)?.startTime === p.startTime);
+      if (ours.length > 0 && vforkHeld.every((pid) => (this.released.get(pid) ?? 0) < VFORK_RELEASES)) {
+        for (const pid of vforkHeld) this.released.set(pid, (this.released.get(pid) ?? 0) + 1);
+        return { release: identitiesOf(ours) };
+      }
       const waits = vforkHeld.length === 1 ? 'waits' : 'wait';
-      return { code: 'EVFORK', message: `cannot stop the tree of ${root}: ${describePids(vforkHeld)} ${waits} in vfork for a stopped child, and a process leaves vfork only when its child execs or exits`, fields: { ...threads, pids: vforkHeld } };
+      const tried = ours.length > 0 ? `; resumed ${VFORK_RELEASES} times to let it exec, it did not` : '';
+      return { code: 'EVFORK', message: `cannot stop the tree of ${root}: ${describePids(vforkHeld)} ${waits} in vfork for a stopped child, and a process leaves vfork only when its child execs or exits${tried}`, fields: { ...threads, pids: vforkHeld } };
     }
     // A process with a thread in D or t may never finish its group-stop: the
     // kernel can hand the SIGSTOP to that very thread (a vfork parent, say),

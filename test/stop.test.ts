@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
-import { TreeStateError, getTreeState, snapshot, stopTree } from '../src/index.js';
+import { TreeStateError, continueTree, getTreeState, snapshot, stopTree } from '../src/index.js';
 import { native, nativeExecutable } from '../src/native.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
 import { betweenNativePasses, countingNativePasses, hasExited, readTracer, rejection, waitFor } from './helpers.js';
@@ -139,11 +139,27 @@ describe('stop', () => {
     expect(performance.now() - started, 'well before the 10 s timeout').to.be.below(3000);
     expect(e.code, e.message).to.equal('EVFORK');
     expect(e.pids).to.deep.equal([tree.root]);
-    expect(e.message).to.match(new RegExp(`^cannot stop the tree of ${tree.root}: ${tree.root} waits in vfork for a stopped child, .*; the \\d+ processes it had stopped were resumed$`));
+    expect(e.message).to.match(new RegExp(`^cannot stop the tree of ${tree.root}: ${tree.root} waits in vfork for a stopped child, .*; resumed 3 times to let it exec, it did not; the \\d+ processes it had stopped were resumed$`));
     // The root stays in vfork (its child never execs); everything else runs again.
     await tree.waitProgress({ except: [tree.root] });
     const status = await getTreeState(tree.root);
     expect(status.processes.filter((p) => p.pid !== tree.root).every((p) => p.state === 'running')).to.equal(true);
+  });
+
+  it('stops a parent caught in vfork (a posix_spawn between vfork and exec): resumes the child it stopped, which execs, and ends with the tree stopped', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 2, vforkExecOnCont: true });
+    await waitFor(async () => (await getTreeState(tree.root)).processes[0]!.threads[0]!.state === 'D', 5000, 'the root in vfork');
+    const result = await stopTree(tree.root, { timeoutMs: 10_000 });
+    expect(result.state).to.equal('stopped');
+    expect(result.alreadyStopped).to.deep.equal([]);
+    const after = await snapshot(tree.root);
+    // The vfork child ran on to its exec (only a SIGCONT lets it), and the stop stopped the program it became.
+    const execed = after.processes.filter((p) => p.ppid === tree.root && p.comm === 'sleep');
+    expect(execed, 'the vfork child, now sleep').to.have.lengthOf(1);
+    expect(after.processes.flatMap((p) => p.threads.map((t) => `${p.pid}/${t.tid} ${t.state}`)).filter((t) => !t.endsWith(' T'))).to.deep.equal([]);
+    await tree.assertNoProgress({ forMs: 50 });
+    await continueTree(tree.root);
+    await tree.waitProgress();
   });
 
   it('does not read the other threads of a process it stops behind a running leader, and verifies them after', async () => {

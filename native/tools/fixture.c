@@ -3,7 +3,7 @@
  *   treestate-fixture [--depth D] [--fanout F] [--threads T] [--fork-from-threads]
  *                     [--shm FILE] [--interval-ms N] [--storm] [--subreaper]
  *                     [--uid-depth D --uid U] [--memory-mb N] [--zombie] [--exit-on-cont]
- *                     [--vfork-hold] [--sockets FILE] [--tcp-pair] [--stop-child N]
+ *                     [--vfork-hold] [--vfork-exec-on-cont] [--sockets FILE] [--tcp-pair] [--stop-child N]
  *   treestate-fixture --trace PID      (ptrace-stop PID and hold it until killed)
  *   treestate-fixture --swallow-stops PID  (trace PID and discard every stop signal it gets)
  *   treestate-fixture --mirror-stop MS  (a parent that stops itself MS ms after its child stopped, like su)
@@ -67,7 +67,7 @@ struct slot {
 };
 
 static int depth_max = 1, fanout = 2, threads = 1, fork_from_threads = 0;
-static int storm = 0, subreaper = 0, uid_depth = -1, zombie = 0, exit_on_cont = 0, vfork_hold = 0;
+static int storm = 0, subreaper = 0, uid_depth = -1, zombie = 0, exit_on_cont = 0, vfork_hold = 0, vfork_exec_on_cont = 0;
 static long interval_ms = 5, memory_mb = 0;
 static uid_t drop_uid = 0;
 static const char *shm_path = NULL, *sockets_path = NULL;
@@ -157,6 +157,34 @@ static void *thread_main(void *p) {
 static void __attribute__((noinline)) hold_in_vfork(void) {
   if (vfork() == 0) {
     for (;;) pause();
+  }
+}
+
+static volatile sig_atomic_t vfork_child_continued = 0;
+static void on_vfork_child_cont(int sig) {
+  (void)sig;
+  vfork_child_continued = 1;
+}
+
+/* Waits in vfork (D) for a child that execs `sleep 1000` only after a
+ * SIGCONT, as a posix_spawn caught by a stop between its vfork and its exec
+ * does once resumed. The child's handler is its own (vfork shares memory, not
+ * signal actions); SIGCONT stays blocked but in sigsuspend, so that it cannot
+ * land between the test and the wait. */
+static void __attribute__((noinline)) vfork_then_exec_on_cont(void) {
+  if (vfork() == 0) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_vfork_child_cont;
+    sigaction(SIGCONT, &sa, NULL);
+    sigset_t cont, old;
+    sigemptyset(&cont);
+    sigaddset(&cont, SIGCONT);
+    sigprocmask(SIG_BLOCK, &cont, &old);
+    sigdelset(&old, SIGCONT);
+    while (!vfork_child_continued) sigsuspend(&old);
+    execl("/bin/sleep", "sleep", "1000", (char *)NULL);
+    _exit(127);
   }
 }
 
@@ -296,6 +324,10 @@ static void run_process(struct node self) {
     if (mine) mine->counter = ++counter;
     hold_in_vfork();
   }
+  if (vfork_exec_on_cont && self.depth == 0) {
+    if (mine) mine->counter = ++counter;
+    vfork_then_exec_on_cont();
+  }
   srand((unsigned)getpid());
   for (;;) {
     counter++;
@@ -411,6 +443,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--zombie")) zombie = 1;
     else if (!strcmp(a, "--exit-on-cont")) exit_on_cont = 1;
     else if (!strcmp(a, "--vfork-hold")) vfork_hold = 1;
+    else if (!strcmp(a, "--vfork-exec-on-cont")) vfork_exec_on_cont = 1;
     else if (!strcmp(a, "--sockets") && v) sockets_path = argv[++i];
     else if (!strcmp(a, "--tcp-pair")) tcp_pair = 1;
     else if (!strcmp(a, "--stop-child") && v) stop_child = atoi(argv[++i]);

@@ -38,6 +38,12 @@ export interface TreeOptions extends TreeShape {
   /** The root sits in uninterruptible sleep (D), in vfork for a child that never execs (killable only by SIGKILL). */
   vforkHold?: boolean;
   /**
+   * The root waits in vfork (D) for a child that execs `sleep 1000` only once
+   * it has been stopped and continued: a posix_spawn (make, say) that a stop
+   * caught between the vfork and the exec.
+   */
+  vforkExecOnCont?: boolean;
+  /**
    * The root listens on TCP and UDP on 127.0.0.1 and on an abstract unix
    * socket, and answers between heartbeats (see `endpoints()`).
    */
@@ -177,6 +183,7 @@ function fixtureArgs(o: TreeOptions, heartbeatFile: string): string[] {
   if (o.zombie) args.push('--zombie');
   if (o.exitOnCont) args.push('--exit-on-cont');
   if (o.vforkHold) args.push('--vfork-hold');
+  if (o.vforkExecOnCont) args.push('--vfork-exec-on-cont');
   if (o.intervalMs) args.push('--interval-ms', String(o.intervalMs));
   if (o.sockets || o.tcpPair) args.push('--sockets', socketsFile(heartbeatFile));
   if (o.tcpPair) args.push('--tcp-pair');
