@@ -102,10 +102,24 @@ export function runCgroupOf(pid: number): string | null {
   return path;
 }
 
+/**
+ * A file of a cgroup. A cgroup removed between the open and the read (the
+ * run helper removes its cgroup once empty) fails the read with ENODEV:
+ * that is ENOENT here, a cgroup that is gone, as for an open after the removal.
+ */
+function readCgroupFile(cgroup: string, file: string): string {
+  try {
+    return readFileSync(join(cgroup, file), 'utf8');
+  } catch (e) {
+    if (!hasCode(e, 'ENODEV')) throw e;
+    throw Object.assign(new Error(`ENOENT: ${cgroup} was removed while ${file} was read`), { code: 'ENOENT', cause: e });
+  }
+}
+
 /** cgroup.events as numbers: `populated`, `frozen`. */
 export function readEvents(cgroup: string): Record<string, number> {
   const out: Record<string, number> = {};
-  for (const line of readFileSync(join(cgroup, 'cgroup.events'), 'utf8').split('\n')) {
+  for (const line of readCgroupFile(cgroup, 'cgroup.events').split('\n')) {
     const [key, value] = line.split(' ');
     if (key) out[key] = Number(value);
   }
@@ -123,7 +137,7 @@ export function writeControl(cgroup: string, file: string, value: string): void 
 
 /** Every process in the cgroup and the cgroups below it. */
 export function cgroupMembers(cgroup: string): number[] {
-  const pids = readFileSync(join(cgroup, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number);
+  const pids = readCgroupFile(cgroup, 'cgroup.procs').split('\n').filter(Boolean).map(Number);
   for (const entry of readdirSync(cgroup, { withFileTypes: true })) {
     if (entry.isDirectory()) pids.push(...cgroupMembers(join(cgroup, entry.name)));
   }
