@@ -145,8 +145,18 @@ static void *thread_main(void *p) {
     for (int j = arg->thread_no - 1; j < fanout; j += threads - 1) fork_child(arg->self, j);
   }
   for (;;) {
-    if (storm && fork_from_threads) storm_once();
-    else sleep_ms(1000); /* idle: only the main thread beats */
+    if (storm && fork_from_threads) {
+      storm_once();
+      /* A breath between forks: each fork holds the process's mm lock and
+       * glibc's fork lock, and a thread forking back to back can take them
+       * again before the main thread, woken, gets them. The main thread,
+       * which beats, then starved for up to a second after each continue
+       * (5 s under load: a test's waitProgress failed). 50 us leaves a storm. */
+      struct timespec breath = {0, 50 * 1000};
+      nanosleep(&breath, NULL);
+    } else {
+      sleep_ms(1000); /* idle: only the main thread beats */
+    }
   }
   return NULL;
 }
