@@ -227,6 +227,8 @@ class StopProgress {
   private heldOnly = 0;
   /** Parents held in vfork, and how many times their stopped children were resumed. */
   private readonly released = new Map<number, number>();
+  /** Consecutive passes held by a vfork whose stopped child is not ours to resume (the application stopped it). */
+  private heldByOthers = 0;
   private previousShape: TreeShape | undefined;
 
   constructor(
@@ -267,15 +269,29 @@ class StopProgress {
     // wait for the timeout.
     const vforkHeld = this.beforeKill ? [] : waitingInVfork(pass);
     if (vforkHeld.length > 0 && notStopped.every((t) => vforkHeld.includes(t.pid))) {
+      // Which stopped child a parent waits for, /proc does not say: resume
+      // those this stop stopped (the others re-stop on the next pass), never
+      // one it did not stop.
       const held = new Set(vforkHeld);
-      const ours = pass.processes.filter((p) => held.has(p.ppid) && processState(p.threads) === 'stopped' && this.run.tally.signalled.get(p.pid)?.startTime === p.startTime);
+      const stoppedChildren = pass.processes.filter((p) => held.has(p.ppid) && processState(p.threads) === 'stopped');
+      const isOurs = (p: { pid: number; startTime: number }) => this.run.tally.signalled.get(p.pid)?.startTime === p.startTime;
+      const ours = stoppedChildren.filter(isOurs);
+      const others = stoppedChildren.filter((p) => !isOurs(p)).map((p) => p.pid);
       if (ours.length > 0 && vforkHeld.every((pid) => (this.released.get(pid) ?? 0) < VFORK_RELEASES)) {
         for (const pid of vforkHeld) this.released.set(pid, (this.released.get(pid) ?? 0) + 1);
+        this.heldByOthers = 0;
         return { release: identitiesOf(ours) };
       }
-      const waits = vforkHeld.length === 1 ? 'waits' : 'wait';
-      const tried = ours.length > 0 ? `; resumed ${VFORK_RELEASES} times to let it exec, it did not` : '';
-      return { code: 'EVFORK', message: `cannot stop the tree of ${root}: ${describePids(vforkHeld)} ${waits} in vfork for a stopped child, and a process leaves vfork only when its child execs or exits${tried}`, fields: { ...threads, pids: vforkHeld } };
+      // Nothing of ours to resume: a moment's state is not taken for a lasting one.
+      if (ours.length > 0 || ++this.heldByOthers >= 3) {
+        const waits = vforkHeld.length === 1 ? 'waits' : 'wait';
+        const why = others.length > 0
+          ? `; ${describePids(others)} ${others.length === 1 ? 'is' : 'are'} stopped, not by this stop (by the application, say), and a stop resumes only what it stopped`
+          : `; the children it had stopped were resumed ${VFORK_RELEASES} times to let it exec, and it did not`;
+        return { code: 'EVFORK', message: `cannot stop the tree of ${root}: ${describePids(vforkHeld)} ${waits} in vfork for a stopped child, and a process leaves vfork only when its child execs or exits${why}`, fields: { ...threads, pids: vforkHeld } };
+      }
+    } else {
+      this.heldByOthers = 0;
     }
     // A process with a thread in D or t may never finish its group-stop: the
     // kernel can hand the SIGSTOP to that very thread (a vfork parent, say),

@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { TreeStateError, continueTree, getTreeState, snapshot, stopTree } from '../src/index.js';
 import { native, nativeExecutable } from '../src/native.js';
 import { spawnSupervised, spawnTree } from '../src/testing/index.js';
-import { betweenNativePasses, countingNativePasses, hasExited, readTracer, rejection, waitFor } from './helpers.js';
+import { betweenNativePasses, countingNativePasses, hasExited, readTracer, rejection, statFields, waitFor } from './helpers.js';
 
 describe('stop', () => {
   it('stops every thread of every process, parents first, and the heartbeats freeze', async () => {
@@ -139,7 +139,7 @@ describe('stop', () => {
     expect(performance.now() - started, 'well before the 10 s timeout').to.be.below(3000);
     expect(e.code, e.message).to.equal('EVFORK');
     expect(e.pids).to.deep.equal([tree.root]);
-    expect(e.message).to.match(new RegExp(`^cannot stop the tree of ${tree.root}: ${tree.root} waits in vfork for a stopped child, .*; resumed 3 times to let it exec, it did not; the \\d+ processes it had stopped were resumed$`));
+    expect(e.message).to.match(new RegExp(`^cannot stop the tree of ${tree.root}: ${tree.root} waits in vfork for a stopped child, .*; the children it had stopped were resumed 3 times to let it exec, and it did not; the \\d+ processes it had stopped were resumed$`));
     // The root stays in vfork (its child never execs); everything else runs again.
     await tree.waitProgress({ except: [tree.root] });
     const status = await getTreeState(tree.root);
@@ -160,6 +160,23 @@ describe('stop', () => {
     await tree.assertNoProgress({ forMs: 50 });
     await continueTree(tree.root);
     await tree.waitProgress();
+  });
+
+  it('never resumes a vfork child the application stopped itself: EVFORK says so, and the child stays stopped', async () => {
+    await using tree = await spawnTree({ depth: 1, fanout: 2, vforkExecOnCont: true, vforkChildStops: true });
+    await waitFor(async () => {
+      const s = await snapshot(tree.root);
+      return s.processes[0]!.threads[0]!.state === 'D' && s.processes.some((p) => p.ppid === tree.root && p.threads[0]!.state === 'T');
+    }, 5000, 'the root in vfork, its child stopped by itself');
+    const child = (await snapshot(tree.root)).processes.find((p) => p.ppid === tree.root && p.threads[0]!.state === 'T')!.pid;
+    const e = await rejection(stopTree(tree.root, { timeoutMs: 10_000 }));
+    expect(e.code, e.message).to.equal('EVFORK');
+    expect(e.pids).to.deep.equal([tree.root]);
+    expect(e.message).to.match(new RegExp(`^cannot stop the tree of ${tree.root}: ${tree.root} waits in vfork for a stopped child, .*; ${child} is stopped, not by this stop \\(by the application, say\\), and a stop resumes only what it stopped; the \\d+ processes it had stopped were resumed$`));
+    // The application's stop is kept: the child is still stopped, before its exec, and the rest runs.
+    expect(statFields(child)[0]).to.equal('T');
+    expect(readFileSync(`/proc/${child}/comm`, 'utf8').trim()).to.equal('treestate-fixtu');
+    await tree.waitProgress({ except: [tree.root] });
   });
 
   it('does not read the other threads of a process it stops behind a running leader, and verifies them after', async () => {

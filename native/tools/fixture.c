@@ -3,7 +3,8 @@
  *   treestate-fixture [--depth D] [--fanout F] [--threads T] [--fork-from-threads]
  *                     [--shm FILE] [--interval-ms N] [--storm] [--subreaper]
  *                     [--uid-depth D --uid U] [--memory-mb N] [--zombie] [--exit-on-cont]
- *                     [--vfork-hold] [--vfork-exec-on-cont] [--sockets FILE] [--tcp-pair] [--stop-child N]
+ *                     [--vfork-hold] [--vfork-exec-on-cont [--vfork-child-stops]] [--sockets FILE]
+ *                     [--tcp-pair] [--stop-child N]
  *   treestate-fixture --trace PID      (ptrace-stop PID and hold it until killed)
  *   treestate-fixture --swallow-stops PID  (trace PID and discard every stop signal it gets)
  *   treestate-fixture --mirror-stop MS  (a parent that stops itself MS ms after its child stopped, like su)
@@ -67,7 +68,7 @@ struct slot {
 };
 
 static int depth_max = 1, fanout = 2, threads = 1, fork_from_threads = 0;
-static int storm = 0, subreaper = 0, uid_depth = -1, zombie = 0, exit_on_cont = 0, vfork_hold = 0, vfork_exec_on_cont = 0;
+static int storm = 0, subreaper = 0, uid_depth = -1, zombie = 0, exit_on_cont = 0, vfork_hold = 0, vfork_exec_on_cont = 0, vfork_child_stops = 0;
 static long interval_ms = 5, memory_mb = 0;
 static uid_t drop_uid = 0;
 static const char *shm_path = NULL, *sockets_path = NULL;
@@ -192,6 +193,8 @@ static void __attribute__((noinline)) vfork_then_exec_on_cont(void) {
     sigaddset(&cont, SIGCONT);
     sigprocmask(SIG_BLOCK, &cont, &old);
     sigdelset(&old, SIGCONT);
+    /* The application's own stop of a child between vfork and exec. */
+    if (vfork_child_stops) raise(SIGSTOP);
     while (!vfork_child_continued) sigsuspend(&old);
     execl("/bin/sleep", "sleep", "1000", (char *)NULL);
     _exit(127);
@@ -454,6 +457,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--exit-on-cont")) exit_on_cont = 1;
     else if (!strcmp(a, "--vfork-hold")) vfork_hold = 1;
     else if (!strcmp(a, "--vfork-exec-on-cont")) vfork_exec_on_cont = 1;
+    else if (!strcmp(a, "--vfork-child-stops")) vfork_child_stops = 1;
     else if (!strcmp(a, "--sockets") && v) sockets_path = argv[++i];
     else if (!strcmp(a, "--tcp-pair")) tcp_pair = 1;
     else if (!strcmp(a, "--stop-child") && v) stop_child = atoi(argv[++i]);

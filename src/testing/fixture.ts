@@ -43,6 +43,8 @@ export interface TreeOptions extends TreeShape {
    * caught between the vfork and the exec.
    */
   vforkExecOnCont?: boolean;
+  /** With vforkExecOnCont: that child stops itself (SIGSTOP) first, the application's own stop. */
+  vforkChildStops?: boolean;
   /**
    * The root listens on TCP and UDP on 127.0.0.1 and on an abstract unix
    * socket, and answers between heartbeats (see `endpoints()`).
@@ -184,6 +186,7 @@ function fixtureArgs(o: TreeOptions, heartbeatFile: string): string[] {
   if (o.exitOnCont) args.push('--exit-on-cont');
   if (o.vforkHold) args.push('--vfork-hold');
   if (o.vforkExecOnCont) args.push('--vfork-exec-on-cont');
+  if (o.vforkChildStops) args.push('--vfork-child-stops');
   if (o.intervalMs) args.push('--interval-ms', String(o.intervalMs));
   if (o.sockets || o.tcpPair) args.push('--sockets', socketsFile(heartbeatFile));
   if (o.tcpPair) args.push('--tcp-pair');
