@@ -66,6 +66,11 @@ export class Tally {
     return fresh;
   }
 
+  /** Whether this call signalled `p` itself (the same pid and start time). */
+  signalledAsItself(p: Identity): boolean {
+    return this.signalled.get(p.pid)?.startTime === p.startTime;
+  }
+
   /** Every process seen, in the order first seen (parents before their children). */
   identities(): Identity[] {
     return [...this.seen].map(([pid, startTime]) => ({ pid, startTime }));

@@ -120,7 +120,7 @@ export async function stopTree(pid: number, options: StopOptions = {}): Promise<
  */
 function recordedStop(result: TransitionResult, last: NativeWalkResult, { tally }: Passes): TransitionResult {
   const present = identitiesOf(last.processes.filter((p) => processState(p.threads) !== 'dead'));
-  const found = present.filter((p) => tally.signalled.get(p.pid)?.startTime !== p.startTime);
+  const found = present.filter((p) => !tally.signalledAsItself(p));
   const { kept, warnings } = recordStop({ pid: result.root, startTime: result.rootStartTime }, present, found, 'stop');
   return { ...result, alreadyStopped: kept.map((p) => p.pid), ...(warnings.length ? { warnings } : {}) };
 }
@@ -274,9 +274,9 @@ class StopProgress {
       // one it did not stop.
       const held = new Set(vforkHeld);
       const stoppedChildren = pass.processes.filter((p) => held.has(p.ppid) && processState(p.threads) === 'stopped');
-      const isOurs = (p: { pid: number; startTime: number }) => this.run.tally.signalled.get(p.pid)?.startTime === p.startTime;
-      const ours = stoppedChildren.filter(isOurs);
-      const others = stoppedChildren.filter((p) => !isOurs(p)).map((p) => p.pid);
+      const { tally } = this.run;
+      const ours = stoppedChildren.filter((p) => tally.signalledAsItself(p));
+      const others = stoppedChildren.filter((p) => !tally.signalledAsItself(p)).map((p) => p.pid);
       if (ours.length > 0 && vforkHeld.every((pid) => (this.released.get(pid) ?? 0) < VFORK_RELEASES)) {
         for (const pid of vforkHeld) this.released.set(pid, (this.released.get(pid) ?? 0) + 1);
         this.heldByOthers = 0;
