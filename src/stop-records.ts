@@ -8,8 +8,8 @@
 // that is gone, or whose root pid names another process now, is stale,
 // ignored and removed when seen; past 64 records, a lookup removes every
 // stale one it can tell is stale (see pruneGone).
-import { readFileSync } from 'node:fs';
 import type { Identity } from './native.js';
+import { readStatFields } from './proc-stat.js';
 import { bootId, readStateFile, removeStateFile, stateDir, stateFiles, writeStateFile } from './state-dir.js';
 
 export interface StopRecord {
@@ -74,15 +74,14 @@ const PRUNE_PAST = 64;
 
 /** Whether `root` is gone: no process has its pid, or the one that has it started at another time. Unknown (EACCES …) is not gone. */
 function rootGone(root: Identity): boolean {
-  let stat: string;
+  let fields: string[];
   try {
-    stat = readFileSync(`/proc/${root.pid}/stat`, 'utf8');
+    fields = readStatFields(`/proc/${root.pid}/stat`);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     return code === 'ENOENT' || code === 'ESRCH';
   }
-  // Field 22, the start time, is the 20th after the command's closing parenthesis.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // Field 22, the start time, is the 20th after the command.
   return Number(fields[19]) !== root.startTime;
 }
 

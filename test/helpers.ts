@@ -8,6 +8,7 @@ import { dirname, join } from 'node:path';
 import { locateCriu } from '../src/criu/locate.js';
 import { TreeStateError } from '../src/errors.js';
 import { packageRoot, type NativeWalkOptions, type NativeWalkResult } from '../src/native.js';
+import { readStatFields } from '../src/proc-stat.js';
 import { observePasses } from '../src/testing/index.js';
 
 export const cliPath = fileURLToPath(new URL('../bin/treestate.cjs', import.meta.url));
@@ -172,8 +173,7 @@ export async function countingNativePasses<T>(work: () => Promise<T>): Promise<{
 
 /** The fields of /proc/PID/stat after the comm: [state, ppid, …]. Throws (ENOENT, ESRCH) once the process is gone. */
 export function statFields(pid: number): string[] {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return readStatFields(`/proc/${pid}/stat`);
 }
 
 /** The TracerPid of `pid` (0: not traced). */

@@ -6,6 +6,7 @@ import { dirname, join } from 'node:path';
 import { TreeStateError, describePids } from '../errors.js';
 import { nativeExecutable } from '../native.js';
 import { DURATION, checkNumbers, wholeNumber, type NumberRule } from '../options.js';
+import { readStatFields } from '../proc-stat.js';
 import { writeControl } from '../cgroup/hierarchy.js';
 import { run } from '../cgroup/run.js';
 import { Supervisor, spawnSupervised } from './supervisor.js';
@@ -298,8 +299,7 @@ export class TreeFixture {
 function threadStates(pid: number): string {
   try {
     const threads = readdirSync(`/proc/${pid}/task`).map((tid) => {
-      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      const state = stat.slice(stat.lastIndexOf(')') + 2).split(' ', 1)[0];
+      const state = readStatFields(`/proc/${pid}/task/${tid}/stat`)[0];
       let wchan = '';
       try {
         wchan = readFileSync(`/proc/${pid}/task/${tid}/wchan`, 'utf8');
